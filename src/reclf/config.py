@@ -1,0 +1,276 @@
+"""Typed configuration: dataclasses, YAML presets and dotted ``key=value`` overrides.
+
+Every command that takes a config resolves it the same way: dataclass defaults, then the YAML
+preset, then command-line overrides (``train.max_steps=200 method.aggregator=irm``). An unknown
+key or a value of the wrong type is an error that names the key and lists the valid ones, raised
+before any work starts. Values on the command line are parsed with ``yaml.safe_load`` (data only,
+never ``eval``). The resolved config is saved next to every output (``save_config``).
+
+The ``method`` section is a free mapping here because each method has its own hyper-parameters;
+it is validated against the method's own dataclass when the model is built
+(``reclf.methods.create_model``), which also happens before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from reclf.utils.io import atomic_write_text
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema."""
+
+
+@dataclass
+class ImageEncoderConfig:
+    """Which image encoder, from which weights, and which stage gives the regions."""
+
+    name: str = "cnn-small"  # cnn-small | resnet18 | resnet50 | vit-tiny | vit-b16 | efficientnet-lite0
+    weights: str | None = None  # path to a torchvision/timm state dict (.pth / .safetensors) or "imagenet"
+    local_stage: str | None = None  # None: the encoder's default (ResNet: layer3, as GLoRIA and MGCA)
+    in_chans: int = 1
+    image_size: int = 128
+    freeze: bool = False
+
+
+@dataclass
+class TextEncoderConfig:
+    """Which text encoder, and how reports become words."""
+
+    name: str = "bert-tiny"  # bert-tiny (random init) | minilm (offline pretrained) | any HF name or folder
+    max_tokens: int = 128
+    last_n_layers: int = 1  # sum of the last N hidden layers (GLoRIA uses 4)
+    word_merge: str = "sum"  # sum | mean: WordPiece pieces to words
+    sections: list[str] = field(default_factory=lambda: ["findings", "impression"])
+    freeze: bool = False
+    # small BERT built from a config (bert-tiny): size knobs
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 2
+
+
+@dataclass
+class DataConfig:
+    """Where the paired corpus lives and how it is loaded."""
+
+    root: str = "out/synth/pretrain"
+    batch_size: int = 32
+    num_workers: int = 0
+    on_error: str = "skip"  # skip | raise
+    max_bad_fraction: float = 0.05
+    shuffle_sentences: bool = False
+    augment: bool = True
+    limit_train: int | None = None  # use only the first N training studies (seeded order)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and the run's bookkeeping."""
+
+    max_epochs: int = 5
+    max_steps: int = -1
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_fraction: float = 0.1
+    grad_clip: float = 1.0
+    accumulate: int = 1
+    precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed
+    devices: int | str = 1
+    num_nodes: int = 1
+    accelerator: str = "auto"
+    strategy: str = "auto"  # auto | ddp | ddp_spawn ...
+    gather_local: bool = False  # also score word-region matchings against other ranks' batches
+    compile: bool = False
+    deterministic: bool = True
+    val_every_n_epochs: int = 1
+    log_every_n_steps: int = 10
+    runs_dir: str = "runs"
+    resume: str | None = None  # PATH | auto
+    dry_run: bool = False  # two steps on tiny inputs, then stop
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    """The whole run: encoders, method, data, training and the seed."""
+
+    name: str = "run"
+    seed: int = 0
+    image_encoder: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
+    text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    method: dict[str, Any] = field(default_factory=lambda: {"name": "reclf"})
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# generic dataclass <-> mapping conversion with type checks
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check (and gently coerce: int -> float) ``value`` against the annotation ``tp``."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {sorted(_field_names(tp))}, got {value!r}")
+        return from_dict(tp, value, prefix=f"{key}.")
+    if origin in (list, tuple):
+        if isinstance(value, str | bytes) or not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_tp, *_) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _field_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    """Build dataclass ``cls`` from a mapping; unknown keys and wrong types are errors."""
+    hints = typing.get_type_hints(cls)
+    names = _field_names(cls)
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        raise ConfigError(
+            f"unknown config key {prefix}{unknown[0]!s}; valid keys here: {', '.join(prefix + n for n in names)}"
+        )
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> Any:
+    """A plain, YAML/JSON-ready view of a (nested) dataclass."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, list | tuple):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"a.b=3"`` -> (["a", "b"], 3). Values are YAML scalars/lists, never evaluated code."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key=value (e.g. train.max_steps=100)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: cannot parse the value ({exc})") from exc
+    return key.split("."), value
+
+
+def set_dotted(data: dict[str, Any], path: list[str], value: Any) -> None:
+    node = data
+    for part in path[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"cannot set {'.'.join(path)}: {part} is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge (``update`` wins)."""
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def resolve(
+    cls: type[T], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> T:
+    """Defaults <- YAML preset <- ``key=value`` overrides, validated against ``cls``."""
+    data: dict[str, Any] = load_yaml(path) if path is not None else {}
+    for text in overrides:
+        keys, value = parse_override(text)
+        set_dotted(data, keys, value)
+    return from_dict(cls, data)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """The run config used by ``reclf pretrain``."""
+    cfg = resolve(Config, path, overrides)
+    if "name" not in cfg.method:
+        raise ConfigError("method.name is required (one of convirt, gloria, mgca, reclf, ...)")
+    return cfg
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Write the resolved config as YAML, atomically."""
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
