@@ -142,7 +142,7 @@ def validate_studies(df: pd.DataFrame, source: str = "table") -> None:
         if bad.any():
             row = int(df.index[bad][0])
             raise StudyTableError(
-                f"{source}: column {col!r} row {row} holds {values[row]!r}; labels are 1, 0, -1 or empty"
+                f"{source}: column {col!r} row {row} holds {float(values[row]):g}; labels are 1, 0, -1 or empty"
             )
     for col in ("boxes", "annotations"):
         if col in df.columns:
