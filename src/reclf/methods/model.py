@@ -1,0 +1,338 @@
+"""``VLModel``: a vision-language model composed from shared parts.
+
+The same class is ConVIRT, GLoRIA, MGCA, RECLF and the ablations — which parts are present and how
+they are tuned is decided by ``MethodParams`` (``reclf.methods.params``):
+
+- encoders: ``reclf.models.image.build_image_encoder`` and ``reclf.models.text.build_text_encoder``;
+- projections to the joint space (global always; local when a matcher or MGCA's token loss needs it);
+- a global InfoNCE on cosines (every method);
+- a local matcher + aggregator over all image x report pairs and an InfoNCE on their scores
+  (GLoRIA: double-softmax attention + log-sum-exp; RECLF: softmax attention + SRM/IRM);
+- MGCA's token-level intra-pair loss and prototype loss.
+
+Distributed training: ``loss(batch, gather)`` takes an all-gather with autograd; the global
+embeddings are gathered so every rank computes the loss of the *global* batch (open_clip's
+``gather_with_grad``); DDP's gradient averaging then yields the exact full-batch gradient. The local
+matcher uses the rank's own batch unless ``gather_local`` is set on the call (then words and regions
+are gathered too, padded to a fixed number of words: memory grows with world size squared).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from reclf.align.aggregators import build_aggregator
+from reclf.align.losses import Temperature, info_nce, mgca_token_loss, scatter_candidate_scores, topk_candidates
+from reclf.align.matching import attend_paired, pairwise_local_outputs, pairwise_local_scores
+from reclf.align.prototypes import PrototypeLoss
+from reclf.config import ImageEncoderConfig, TextEncoderConfig
+from reclf.data.tokenization import WordTokens
+from reclf.methods.params import MethodParams
+from reclf.models.features import ImageFeatures, TextFeatures
+from reclf.models.image import build_image_encoder
+from reclf.models.projection import GlobalProjection, LocalProjection
+from reclf.models.text import TextEncoder, build_text_encoder
+
+Gather = Callable[[Tensor], Tensor]
+
+
+@dataclass
+class Explanation:
+    """Why an image and a report match: which regions each word looked at and which words mattered."""
+
+    words: list[str]
+    attention: Tensor | None  # [W, h, w] word -> region attention maps (methods with local features)
+    grid: tuple[int, int]
+    word_weights: Tensor | None  # [W] importance of each word's matching (IRM beta, LSE softmax, ...)
+    relations: Tensor | None  # [N, N] SRM attention between matchings; node 0 = global when present
+    global_node: bool
+    global_score: float
+    local_score: float | None
+
+
+def _standardise(x: Tensor, dim: int) -> Tensor:
+    if x.shape[dim] < 2:
+        return (x - x.mean()) / x.std().clamp_min(1e-6) if x.numel() > 1 else x - x
+    return (x - x.mean(dim=dim, keepdim=True)) / x.std(dim=dim, keepdim=True).clamp_min(1e-6)
+
+
+class VLModel(nn.Module):
+    """An image encoder, a text encoder and the alignment parts of one method."""
+
+    def __init__(
+        self,
+        params: MethodParams,
+        image_cfg: ImageEncoderConfig,
+        text_cfg: TextEncoderConfig,
+        text_encoder: TextEncoder | None = None,
+    ) -> None:
+        super().__init__()
+        self.params, self.image_cfg, self.text_cfg = params, image_cfg, text_cfg
+        d = params.embed_dim
+        self.image_encoder = build_image_encoder(image_cfg)
+        self.text_encoder = text_encoder or build_text_encoder(text_cfg, need_attention=params.token_weight > 0)
+        kind = params.projection
+        self.image_global = GlobalProjection(self.image_encoder.global_dim, d, kind)
+        self.text_global = GlobalProjection(self.text_encoder.hidden_size, d, kind)
+        if params.needs_local_features:
+            self.image_local = LocalProjection(self.image_encoder.local_dim, d, kind)
+            self.text_local = LocalProjection(self.text_encoder.hidden_size, d, kind)
+        self.global_tau = Temperature(params.global_temperature, learnable=params.learn_temperature)
+        if params.has_local:
+            self.aggregator = build_aggregator(
+                params.aggregator,
+                d,
+                gamma=params.lse_gamma,
+                d_z=params.d_z,
+                layers=params.srm_layers,
+                heads=params.srm_heads,
+                sentence_edges=params.sentence_edges,
+            )
+            self.local_tau = Temperature(params.local_temperature, learnable=params.learn_temperature)
+        if params.proto_weight > 0:
+            self.prototypes = PrototypeLoss(
+                d, params.num_prototypes, params.proto_temperature, params.sinkhorn_eps, params.sinkhorn_iters
+            )
+
+    # ------------------------------------------------------------------------------------------
+    # identity
+
+    @property
+    def method(self) -> str:
+        return self.params.name
+
+    @property
+    def has_local(self) -> bool:
+        return self.params.has_local
+
+    @property
+    def embed_dim(self) -> int:
+        return self.params.embed_dim
+
+    @property
+    def tokenizer(self):
+        """The word tokenizer (use it in collate functions: the same rule in training and inference)."""
+        return self.text_encoder.tokenizer
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """A JSON-able description that rebuilds this model (see ``save_pretrained``)."""
+        from reclf.config import to_dict
+        from reclf.methods.params import params_dict
+
+        return {
+            "method": params_dict(self.params),
+            "image_encoder": to_dict(self.image_cfg),
+            "text_encoder": to_dict(self.text_cfg),
+        }
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # ------------------------------------------------------------------------------------------
+    # encoding
+
+    def encode_image(self, images: Tensor) -> ImageFeatures:
+        """``images[B, C, H, W]`` in ``[0, 1]`` -> joint-space global and region features."""
+        out = self.image_encoder(images.to(self.device))
+        g = self.image_global(out.global_)
+        h, w = out.local.shape[-2:]
+        if self.params.needs_local_features:
+            local = self.image_local(out.local)
+        else:  # no local projection (ConVIRT): raw regions, normalised, for inspection only
+            local = F.normalize(out.local.flatten(2).transpose(1, 2), dim=-1)
+        return ImageFeatures(g, local, (int(h), int(w)), out.cls_attention)
+
+    def encode_text(self, reports: list[str] | str | WordTokens) -> TextFeatures:
+        """Reports (strings or tokens from ``model.tokenizer``) -> joint-space global and word features."""
+        tokens = reports if isinstance(reports, WordTokens) else self.tokenizer(reports)
+        need_attn = self.params.token_weight > 0 and self.training
+        out = self.text_encoder(tokens.to(self.device), need_cls_attention=need_attn)
+        g = self.text_global(out.global_)
+        if self.params.needs_local_features:
+            words = self.text_local(out.words, out.word_mask)
+        else:
+            words = F.normalize(out.words, dim=-1) * out.word_mask.unsqueeze(-1)
+        return TextFeatures(g, words, out.word_mask, out.sentence_ids, out.word_strings, out.cls_attention)
+
+    # ------------------------------------------------------------------------------------------
+    # scores
+
+    def global_similarity(self, img: ImageFeatures, txt: TextFeatures) -> Tensor:
+        """Cosine of the global embeddings: ``[n_img, n_txt]``."""
+        return img.global_ @ txt.global_.t()
+
+    def _local(self, img: ImageFeatures, txt: TextFeatures, pairs: Tensor | None = None, extras: bool = False):
+        if not self.has_local:
+            raise ValueError(f"method {self.method!r} has no local matcher; use global_similarity")
+        p = self.params
+        fn = pairwise_local_outputs if extras else pairwise_local_scores
+        return fn(
+            txt.words,
+            txt.word_mask,
+            txt.sentence_ids,
+            img.local,
+            img.global_,
+            txt.global_,
+            self.aggregator,
+            temperature=p.match_temperature,
+            mode=p.match_mode,
+            chunk_size=p.chunk_size,
+            pairs=pairs,
+            checkpoint=p.checkpoint_chunks and self.training,
+        )
+
+    def local_similarity(self, img: ImageFeatures, txt: TextFeatures) -> Tensor:
+        """The aggregated word-region score of every image x report pair: ``[n_img, n_txt]``."""
+        return self._local(img, txt)
+
+    def similarity(self, img: ImageFeatures, txt: TextFeatures) -> Tensor:
+        """The score this method ranks with (zero-shot, retrieval, relations).
+
+        ``fused`` averages the global and local scores after standardising each per image (across the
+        candidate reports), as GLoRIA's inference does, so neither scale dominates.
+        """
+        mode = self.params.similarity
+        if mode == "global":
+            return self.global_similarity(img, txt)
+        local = self.local_similarity(img, txt)
+        if mode == "local":
+            return local
+        return (_standardise(self.global_similarity(img, txt), 1) + _standardise(local, 1)) / 2
+
+    # ------------------------------------------------------------------------------------------
+    # training
+
+    def on_train_epoch_start(self, epoch: int) -> None:
+        """MGCA keeps its prototypes frozen during the first epoch(s)."""
+        if self.params.proto_weight > 0:
+            self.prototypes.frozen = epoch < self.params.freeze_prototypes_epochs
+
+    def loss(
+        self, batch: dict[str, Any], gather: Gather | None = None, gather_local: bool = False
+    ) -> dict[str, Tensor]:
+        """Named loss terms and their weighted total ``"loss"``.
+
+        ``batch``: ``{"images": [B, C, H, W], "tokens": WordTokens}`` (or ``"reports": list[str]``).
+        ``gather``: all-gather with autograd across ranks (``None`` in a single process).
+        """
+        p = self.params
+        tokens = batch.get("tokens")
+        img = self.encode_image(batch["images"])
+        txt = self.encode_text(tokens if tokens is not None else batch["reports"])
+        terms: dict[str, Tensor] = {}
+        g_img, g_txt = img.global_, txt.global_
+        if gather is not None:
+            g_img, g_txt = gather(g_img), gather(g_txt)
+        global_logits = self.global_tau(g_img @ g_txt.t())
+        terms["global"] = info_nce(global_logits, i2t_weight=p.i2t_weight, sum_directions=p.sum_directions)
+        total = p.global_weight * terms["global"]
+        if p.has_local:
+            terms["local"] = self._local_loss(img, txt, gather if gather_local else None)
+            total = total + p.local_weight * terms["local"]
+        if p.token_weight > 0:
+            token = mgca_token_loss(
+                txt.words,
+                txt.word_mask,
+                img.local,
+                word_weights=txt.word_weights,
+                patch_weights=img.patch_weights,
+                tau=p.token_temperature,
+            )
+            terms["token"] = token["loss"]
+            total = total + p.token_weight * terms["token"]
+        if p.proto_weight > 0:
+            if self.training and not self.prototypes.frozen:
+                self.prototypes.renormalize_()
+            terms["proto"] = self.prototypes(img.global_, txt.global_)
+            total = total + p.proto_weight * terms["proto"]
+        terms["loss"] = total
+        with torch.no_grad():
+            terms["global_tau"] = self.global_tau.tau.detach()
+        return terms
+
+    def _local_loss(self, img: ImageFeatures, txt: TextFeatures, gather: Gather | None) -> Tensor:
+        p = self.params
+        if gather is not None:
+            img, txt = _gather_features(img, txt, gather, self.tokenizer.max_tokens)
+        pairs = None
+        if p.hard_negatives > 0:
+            with torch.no_grad():
+                pairs = topk_candidates(self.global_similarity(img, txt), p.hard_negatives)
+        scores = self._local(img, txt, pairs)
+        if pairs is not None:
+            scores = scatter_candidate_scores(scores, pairs, len(txt))
+        return info_nce(self.local_tau(scores), i2t_weight=p.i2t_weight, sum_directions=p.sum_directions)
+
+    # ------------------------------------------------------------------------------------------
+    # explanation
+
+    @torch.no_grad()
+    def explain(self, image: Tensor, report: str) -> Explanation:
+        """Word -> region attention maps, importance of each word, SRM relations, for one pair."""
+        if image.dim() == 3:
+            image = image.unsqueeze(0)
+        was_training = self.training
+        self.eval()
+        try:
+            img = self.encode_image(image[:1])
+            txt = self.encode_text([report])
+            n_words = int(txt.word_mask[0].sum())
+            words = txt.word_strings[0] if txt.word_strings else [str(i) for i in range(n_words)]
+            global_score = float(self.global_similarity(img, txt)[0, 0])
+            attention = None
+            if self.params.needs_local_features:
+                p = self.params
+                mode = p.match_mode if p.has_local else "softmax"
+                temp = p.match_temperature if p.has_local else p.token_temperature
+                _, attn = attend_paired(txt.words, img.local, temp, mode, word_mask=txt.word_mask)
+                valid = txt.word_mask[0]
+                attention = attn[0][valid].reshape(n_words, *img.grid).cpu()
+            word_weights = relations = None
+            local_score = None
+            global_node = False
+            if self.has_local:
+                out = self._local(img, txt, extras=True)
+                local_score = float(out.score[0, 0])
+                global_node = bool(out.global_node)
+                node_valid = txt.word_mask[0]
+                if global_node:
+                    node_valid = torch.cat([node_valid.new_ones(1), node_valid])
+                if out.node_weights is not None:
+                    w = out.node_weights[0, 0][node_valid]
+                    word_weights = (w[1:] if global_node else w).cpu()
+                if out.relations is not None:
+                    rel = out.relations[0, 0]
+                    relations = rel[node_valid][:, node_valid].cpu()
+        finally:
+            self.train(was_training)
+        return Explanation(words, attention, img.grid, word_weights, relations, global_node, global_score, local_score)
+
+
+def _gather_features(img: ImageFeatures, txt: TextFeatures, gather: Gather, max_words: int):
+    """Gather local features across ranks; words are padded to ``max_words`` so shapes agree."""
+    pad = max_words - txt.words.shape[1]
+    if pad < 0:
+        raise ValueError(f"{txt.words.shape[1]} words exceed the padding width {max_words}")
+    words = F.pad(txt.words, (0, 0, 0, pad))
+    mask = F.pad(txt.word_mask, (0, pad), value=False)
+    sid = F.pad(txt.sentence_ids, (0, pad), value=-1)
+    img_all = ImageFeatures(gather(img.global_), gather(img.local), img.grid)
+    txt_all = TextFeatures(gather(txt.global_), gather(words), gather(mask.float()) > 0.5, gather(sid.float()).long())
+    return img_all, txt_all
+
+
+def _save_pretrained(self: VLModel, folder) -> None:
+    from reclf.methods.pretrained import save_pretrained
+
+    save_pretrained(self, folder)
+
+
+VLModel.save_pretrained = _save_pretrained  # type: ignore[attr-defined]

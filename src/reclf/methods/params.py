@@ -1,0 +1,146 @@
+"""Method hyper-parameters: one typed dataclass, and the registry of method presets.
+
+Every method is the same composition of parts — image and text encoders, projections, a global
+contrastive loss, optionally a local matcher + aggregator + local loss, MGCA's token and prototype
+losses — switched on and tuned by these parameters. A preset is therefore a handful of values, not
+a copy of another method with edits; the defaults below follow each method's paper and code
+(``shared/reference/anchors.md``), with one deliberate change for like-for-like comparison: every
+method projects to the same joint width ``embed_dim`` (128, MGCA's and BioViL's choice).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from reclf.config import ConfigError, from_dict
+
+
+@dataclass
+class MethodParams:
+    """The parts a method is composed of, and their settings."""
+
+    name: str = "reclf"
+    embed_dim: int = 128
+    projection: str = "linear"  # linear (GLoRIA) | mlp (MGCA, ConVIRT's non-linear head)
+
+    # global image-report contrast: InfoNCE(cos(g, h) / tau_g)
+    global_weight: float = 1.0
+    global_temperature: float = 0.07
+    learn_temperature: bool = False
+    i2t_weight: float = 0.5  # weight of image->report (ConVIRT: 0.75); report->image gets 1 - it
+    sum_directions: bool = False  # GLoRIA and MGCA add the two directions instead of averaging
+
+    # all-pairs local matching (GLoRIA, RECLF): attention -> aggregator -> InfoNCE(s / tau_l)
+    local_weight: float = 0.0  # 0: no local matcher
+    match_mode: str = "softmax"  # softmax | gloria (double softmax)
+    match_temperature: float = 0.1  # tau_a (gloria mode: 1 / temp1 = 0.25)
+    aggregator: str = "srm+irm"  # mean | max | lse | irm | srm+lse | srm+irm
+    lse_gamma: float = 5.0  # GLoRIA temp2
+    local_temperature: float = 0.1  # tau_l (GLoRIA: 1 / temp3)
+    d_z: int = 64  # RECLF matching-vector width
+    srm_layers: int = 1
+    srm_heads: int = 4
+    sentence_edges: bool = False
+    hard_negatives: int = 0  # >0: score only the positive + this many hardest negatives (by global sim)
+    chunk_size: int = 8  # images per chunk in the all-pairs matcher (bounds peak memory)
+    checkpoint_chunks: bool = False  # recompute chunks in backward (memory bounded by the chunk)
+
+    # MGCA: token-level intra-pair alignment and prototype clustering
+    token_weight: float = 0.0
+    token_temperature: float = 0.1
+    proto_weight: float = 0.0
+    num_prototypes: int = 500
+    proto_temperature: float = 0.2
+    sinkhorn_eps: float = 0.05
+    sinkhorn_iters: int = 3
+    freeze_prototypes_epochs: int = 1
+
+    # zero-shot / retrieval score: global | local | fused (mean of per-query standardised global and local)
+    similarity: str = "global"
+
+    @property
+    def has_local(self) -> bool:
+        return self.local_weight > 0
+
+    @property
+    def needs_local_features(self) -> bool:
+        return self.has_local or self.token_weight > 0
+
+
+# name -> the values that differ from the dataclass defaults
+PRESETS: dict[str, dict[str, Any]] = {
+    # ConVIRT (Zhang et al. 2020): global only, non-linear heads, tau 0.1, lambda 0.75
+    "convirt": {"projection": "mlp", "global_temperature": 0.1, "i2t_weight": 0.75},
+    # GLoRIA (Huang et al. 2021): global + attention-weighted local with log-sum-exp pooling;
+    # temperatures temp1 4, temp2 5, temp3 10; loss weights 1, 1; directions summed
+    "gloria": {
+        "global_temperature": 0.1,
+        "sum_directions": True,
+        "local_weight": 1.0,
+        "match_mode": "gloria",
+        "match_temperature": 0.25,
+        "aggregator": "lse",
+        "lse_gamma": 5.0,
+        "local_temperature": 0.1,
+        "similarity": "fused",
+    },
+    # MGCA (Wang et al. 2022): instance loss tau 0.07, token-level intra-pair alignment tau 0.1,
+    # 500 prototypes with Sinkhorn (3 iterations, eps 0.05) at tau 0.2; weights 1 / 1 / 1 as its CLI runs
+    "mgca": {
+        "projection": "mlp",
+        "global_temperature": 0.07,
+        "sum_directions": True,
+        "token_weight": 1.0,
+        "proto_weight": 1.0,
+    },
+    # RECLF (DESIGN §1): global + relation-enhanced local (SRM + IRM) over all pairs
+    "reclf": {"local_weight": 1.0, "aggregator": "srm+irm", "similarity": "fused"},
+    # ablations
+    "reclf-no-srm": {"local_weight": 1.0, "aggregator": "irm", "similarity": "fused"},
+    "reclf-no-irm": {"local_weight": 1.0, "aggregator": "srm+lse", "similarity": "fused"},
+}
+
+METHODS: tuple[str, ...] = tuple(PRESETS)
+
+
+def list_methods() -> list[str]:
+    """The registered method names."""
+    return list(METHODS)
+
+
+def method_params(name: str, **overrides: Any) -> MethodParams:
+    """The preset of ``name`` with ``overrides`` applied; unknown keys or values are clear errors."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown method {name!r}; registered methods: {', '.join(METHODS)}")
+    values = {**PRESETS[name], **overrides, "name": name}
+    params = from_dict(MethodParams, values, prefix="method.")
+    _validate(params)
+    return params
+
+
+def _validate(p: MethodParams) -> None:
+    from reclf.align.aggregators import AGGREGATORS
+
+    checks = [
+        (p.projection in ("linear", "mlp"), f"method.projection must be linear or mlp, got {p.projection!r}"),
+        (p.match_mode in ("softmax", "gloria"), f"method.match_mode must be softmax or gloria, got {p.match_mode!r}"),
+        (p.aggregator in AGGREGATORS, f"method.aggregator must be one of {AGGREGATORS}, got {p.aggregator!r}"),
+        (
+            p.similarity in ("global", "local", "fused"),
+            f"method.similarity must be global, local or fused, got {p.similarity!r}",
+        ),
+        (p.similarity == "global" or p.has_local, f"method.similarity={p.similarity!r} needs a local matcher"),
+        (p.embed_dim > 0 and p.chunk_size > 0, "method.embed_dim and method.chunk_size must be positive"),
+        (0.0 <= p.i2t_weight <= 1.0, "method.i2t_weight must be in [0, 1]"),
+        (p.global_temperature > 0 and p.local_temperature > 0, "temperatures must be positive"),
+        (p.hard_negatives >= 0, "method.hard_negatives must be >= 0"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def params_dict(p: MethodParams) -> dict[str, Any]:
+    return dataclasses.asdict(p)
