@@ -1,0 +1,255 @@
+"""Findings: what each looks like, where it goes, and its exact pixel mask.
+
+Each renderer adds density to the chest's density map (see ``anatomy``) only inside the
+finding's mask, so the mask is exactly the set of pixels the finding changed (before the
+detector blur). Locations follow the spec: ``side`` is the PATIENT's side (left = image right),
+``zone`` the lung third (upper / middle / lower). Sizes are in normalised units with a floor of
+about one pixel so that a finding never vanishes at 64 px.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from reclf.data.synthetic.anatomy import Anatomy, AnatomyLayers, Grid, lung_mask, sigma, to_image
+from reclf.data.synthetic.vocab import FINDINGS, SEVERITIES, SIDES, ZONES
+
+CERTAINTIES = ("present", "uncertain")
+
+
+@dataclass(frozen=True)
+class FindingSpec:
+    """One finding of a study: kind, the patient's side, lung zone, severity and certainty.
+
+    ``certainty="uncertain"`` is rendered like ``"present"`` but the report hedges it (label -1).
+    ``device`` names the support device kind (``vocab.DEVICE_KINDS``) for ``support_devices``.
+    """
+
+    finding: str
+    side: str = "none"
+    zone: str = "none"
+    severity: str = "moderate"
+    certainty: str = "present"
+    device: str = ""
+
+    def __post_init__(self) -> None:
+        if self.finding not in FINDINGS:
+            raise ValueError(f"unknown finding {self.finding!r}; known: {', '.join(FINDINGS)}")
+        if self.side not in SIDES:
+            raise ValueError(f"{self.finding}: side {self.side!r} is not one of {SIDES}")
+        if self.zone not in ZONES:
+            raise ValueError(f"{self.finding}: zone {self.zone!r} is not one of {ZONES}")
+        if self.severity not in SEVERITIES + ("none",):
+            raise ValueError(f"{self.finding}: severity {self.severity!r} is not one of {SEVERITIES}")
+        if self.certainty not in CERTAINTIES:
+            raise ValueError(f"{self.finding}: certainty {self.certainty!r} is not one of {CERTAINTIES}")
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+    def sides(self) -> tuple[str, ...]:
+        return ("right", "left") if self.side == "bilateral" else (self.side,)
+
+
+def _min_size(grid: Grid, pixels: float = 1.2) -> float:
+    return pixels / grid.size
+
+
+def _place(anat: Anatomy, side: str, zone: str, rng: np.random.Generator, margin: float) -> tuple[float, float]:
+    """A point inside ``side``'s lung within ``zone`` (falls back to the zone's centre line)."""
+    y0, y1 = anat.zone_range(side, zone)
+    n = 24
+    us = rng.uniform(0.25, 0.85, n) * anat.tw
+    ys = rng.uniform(y0 + 0.25 * (y1 - y0), y1 - 0.25 * (y1 - y0), n)
+    xs = anat.cx + sigma(side) * us
+    ok = np.ones(n, dtype=bool)
+    for dx, dy in ((0, 0), (margin, 0), (-margin, 0), (0, margin), (0, -margin)):
+        ok &= lung_mask(anat, side, xs + dx, ys + dy)
+    i = int(np.argmax(ok)) if ok.any() else 0
+    return float(xs[i]), float(ys[i])
+
+
+def _blob(grid: Grid, cx: float, cy: float, r: float, rng: np.random.Generator, lobes: int, aspect: float = 1.0):
+    """A lobulated smooth field (max 1 near the centre) made of a few Gaussians."""
+    field = np.zeros_like(grid.px)
+    for k in range(lobes):
+        ox, oy = (0.0, 0.0) if k == 0 else rng.normal(0.0, 0.45 * r, 2)
+        rk = r * rng.uniform(0.6, 1.0)
+        field = np.maximum(
+            field, np.exp(-(((grid.px - cx - ox) / (rk * aspect)) ** 2 + ((grid.py - cy - oy) / rk) ** 2))
+        )
+    return field
+
+
+def _opacity(spec: FindingSpec, anat: Anatomy, grid: Grid, layers: AnatomyLayers, rng) -> np.ndarray:
+    """Consolidation (dense, homogeneous), pneumonia (patchy) or a lung nodule/mass."""
+    mask = np.zeros_like(grid.px, dtype=bool)
+    for side in spec.sides():
+        lung = layers.lungs[side]
+        if spec.finding == "lung_lesion":
+            r = {"mild": 0.016, "moderate": 0.027, "severe": 0.05}[spec.severity]
+            r = max(r, _min_size(grid, 1.3))
+            x, y = _place(anat, side, spec.zone, rng, r)
+            field = _blob(grid, x, y, r, rng, 1 if spec.severity != "severe" else 3)
+            m = (field > 0.37) & lung
+            layers.density += m * (0.45 + 0.2 * field)
+        else:
+            r = {"mild": 0.04, "moderate": 0.058, "severe": 0.08}[spec.severity]
+            x, y = _place(anat, side, spec.zone, rng, r * 0.5)
+            field = _blob(grid, x, y, r, rng, 4, aspect=rng.uniform(1.0, 1.5))
+            m = (field > 0.3) & lung
+            edge = np.clip((field - 0.3) / 0.35, 0.0, 1.0)
+            if spec.finding == "consolidation":
+                layers.density += m * (0.5 * edge + 0.08)
+            else:  # pneumonia: patchy, ill-defined
+                patch = np.asarray(
+                    Image.fromarray(rng.random((12, 12), dtype=np.float32), mode="F").resize(
+                        (grid.size, grid.size), Image.BICUBIC
+                    )
+                )
+                layers.density += m * (0.08 + 0.34 * edge * np.clip(0.35 + patch, 0.0, 1.0))
+        mask |= m
+    return mask
+
+
+def _atelectasis(spec: FindingSpec, anat: Anatomy, grid: Grid, layers: AnatomyLayers, rng) -> np.ndarray:
+    """Plate-like (mild), band (moderate) or lobar collapse wedge (severe)."""
+    mask = np.zeros_like(grid.px, dtype=bool)
+    rx, ry, amp = {"mild": (0.07, 0.008, 0.4), "moderate": (0.09, 0.022, 0.45), "severe": (0.11, 0.05, 0.55)}[
+        spec.severity
+    ]
+    ry = max(ry, _min_size(grid, 1.0))
+    for side in spec.sides():
+        x, y = _place(anat, side, spec.zone, rng, ry)
+        tilt = rng.uniform(-0.25, 0.25) * sigma(side)
+        dx, dy = grid.px - x, grid.py - y
+        a = dx * np.cos(tilt) + dy * np.sin(tilt)
+        b = -dx * np.sin(tilt) + dy * np.cos(tilt)
+        if spec.severity == "severe":  # wedge: wider towards the chest wall
+            widen = np.clip(0.6 + 0.8 * sigma(side) * a / rx, 0.3, 1.4)
+            inside = (a / rx) ** 2 + (b / (ry * widen)) ** 2 < 1.0
+        else:
+            inside = (a / rx) ** 2 + (b / ry) ** 2 < 1.0
+        m = inside & layers.lungs[side]
+        layers.density += m * amp
+        mask |= m
+    return mask
+
+
+def _edema(spec: FindingSpec, anat: Anatomy, grid: Grid, layers: AnatomyLayers, rng) -> np.ndarray:
+    """Bilateral perihilar haze fading to the periphery, with interstitial texture."""
+    reach, amp = {"mild": (0.10, 0.2), "moderate": (0.14, 0.28), "severe": (0.19, 0.36)}[spec.severity]
+    tex = np.asarray(
+        Image.fromarray(rng.random((28, 28), dtype=np.float32), mode="F").resize((grid.size, grid.size), Image.BICUBIC)
+    )
+    mask = np.zeros_like(grid.px, dtype=bool)
+    for side in ("right", "left"):
+        hx, hy = anat.hilum(side)
+        d = np.hypot(grid.px - hx, (grid.py - hy) * 0.75)
+        f = np.clip((np.exp(-d / reach) - 0.3) / 0.7, 0.0, 1.0)
+        m = (f > 0) & layers.lungs[side]
+        layers.density += m * amp * f * np.clip(0.6 + 0.6 * tex, 0.0, 1.2)
+        mask |= m
+    return mask
+
+
+def _effusion(spec: FindingSpec, anat: Anatomy, grid: Grid, layers: AnatomyLayers, rng) -> np.ndarray:
+    """Dependent fluid with a meniscus rising to the chest wall; blunts the costophrenic angle."""
+    mask = np.zeros_like(grid.px, dtype=bool)
+    for side in spec.sides():
+        y_dome = anat.dome(side)
+        h = y_dome - anat.y_apex
+        level = {
+            "mild": anat.y_cp - 0.035,
+            "moderate": y_dome - 0.05 - rng.uniform(0, 0.03),
+            "severe": y_dome - 0.3 * h,
+        }[spec.severity]
+        u = np.clip(sigma(side) * (grid.px - anat.cx) / anat.tw, 0.0, 1.0)
+        meniscus = level - 0.07 * u**2
+        m = (grid.py > meniscus) & layers.lungs[side]
+        layers.density += m * (0.55 * np.clip((grid.py - meniscus) / 0.025, 0.25, 1.0))
+        layers.density -= m * layers.vessels * 0.7
+        mask |= m
+    return mask
+
+
+def _pneumothorax(spec: FindingSpec, anat: Anatomy, grid: Grid, layers: AnatomyLayers, rng) -> np.ndarray:
+    """Air between chest wall and a collapsed lung: no markings, plus a thin visceral pleural line."""
+    side = spec.side
+    f = {"mild": 0.88, "moderate": 0.76, "severe": 0.6}[spec.severity]
+    ax, ay = anat.cx + sigma(side) * (anat.med_w + 0.02), anat.dome(side) - 0.03
+
+    def collapsed(scale: float) -> np.ndarray:
+        return lung_mask(anat, side, ax + (grid.px - ax) / scale, ay + (grid.py - ay) / scale)
+
+    lung = layers.lungs[side]
+    inner = collapsed(f) & lung
+    m = lung & ~inner
+    rim = inner & ~collapsed(f * (1.0 - max(0.02, 1.5 / grid.size)))
+    layers.density -= m * (layers.vessels + 0.08)
+    layers.density += rim * 0.22
+    layers.density += inner * (0.1 * (1.0 - f))
+    return m
+
+
+def _device_path(spec: FindingSpec, anat: Anatomy) -> list[tuple[float, float]]:
+    """Patient-frame polyline of a support device."""
+    cx, tw, ya = anat.cx, anat.tw, anat.y_apex
+    if spec.device == "endotracheal_tube":
+        return [(cx, 0.0), (cx, ya + 0.05), (cx + 0.002, ya + 0.15)]
+    if spec.device == "nasogastric_tube":
+        yd = anat.y_dome_left
+        return [(cx - 0.005, 0.0), (cx + 0.012, ya + 0.3), (cx + 0.03, yd + 0.02), (cx + 0.12, yd + 0.09)]
+    s = sigma(spec.side)
+    if spec.device == "central_line":
+        return [(cx + s * 0.2 * tw, ya - 0.12), (cx + s * 0.12 * tw, ya + 0.02), (cx + 0.05 * s * tw, ya + 0.22)]
+    # PICC: along the arm and subclavian vein into the SVC
+    return [
+        (cx + s * 1.25 * tw, ya + 0.08),
+        (cx + s * 0.6 * tw, ya + 0.01),
+        (cx + s * 0.15 * tw, ya + 0.06),
+        (cx + 0.06 * s * tw, ya + 0.24),
+    ]
+
+
+def _device(spec: FindingSpec, anat: Anatomy, grid: Grid, layers: AnatomyLayers, rng) -> np.ndarray:
+    path = _device_path(spec, anat)
+    xs, ys = to_image(np.array([p[0] for p in path]), np.array([p[1] for p in path]), anat.theta)
+    canvas = Image.new("L", (grid.size, grid.size), 0)
+    width = max(1, int(round(grid.size * (0.012 if spec.device == "endotracheal_tube" else 0.007))))
+    ImageDraw.Draw(canvas).line(
+        [(float(x) * grid.size, float(y) * grid.size) for x, y in zip(xs, ys, strict=True)],
+        fill=255,
+        width=width,
+        joint="curve",
+    )
+    line = np.asarray(canvas) > 0
+    layers.density += line * 0.75
+    return line
+
+
+RENDERERS = {
+    "atelectasis": _atelectasis,
+    "consolidation": _opacity,
+    "pneumonia": _opacity,
+    "lung_lesion": _opacity,
+    "edema": _edema,
+    "pleural_effusion": _effusion,
+    "pneumothorax": _pneumothorax,
+    "support_devices": _device,
+}
+
+
+def render_finding(spec: FindingSpec, anat: Anatomy, grid: Grid, layers: AnatomyLayers, rng) -> np.ndarray:
+    """Add one finding to ``layers.density`` in place; return its mask (bool [S, S], inside the thorax).
+
+    Cardiomegaly is part of the anatomy (see ``anatomy.with_cardiomegaly``); its mask is the heart.
+    """
+    if spec.finding == "cardiomegaly":
+        mask = layers.heart.copy()
+    else:
+        mask = RENDERERS[spec.finding](spec, anat, grid, layers, rng)
+    return mask & layers.thorax
