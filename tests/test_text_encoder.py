@@ -1,0 +1,202 @@
+"""Text encoders: bert-tiny and the offline MiniLM build, run, merge words and expose [CLS] attention."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from reclf.config import TextEncoderConfig
+from reclf.data.tokenization import merge_pieces
+from reclf.models.text import TextEncoder, TextEncoderError, build_text_encoder
+
+REPORTS = [
+    "No pneumothorax. The cardiomediastinal silhouette is normal.",
+    "Large right pleural effusion, 2.5 cm nodule.",
+    "Lungs clear.",
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """On a shared 2-core machine, 2 intra-op threads are ~10x slower than 1 for these tiny batches."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> TextEncoder:
+    torch.manual_seed(0)
+    return build_text_encoder(TextEncoderConfig(name="bert-tiny", hidden_size=128, num_layers=2, num_heads=2)).eval()
+
+
+@pytest.fixture(scope="module")
+def minilm() -> TextEncoder:
+    return build_text_encoder(TextEncoderConfig(name="minilm", max_tokens=64)).eval()
+
+
+def test_bert_tiny_shapes_and_passthrough(tiny) -> None:
+    assert tiny.hidden_size == 128 and tiny.tokenizer.max_tokens == 128
+    assert tiny.tokenizer.vocab_size == 30522  # MiniLM's WordPiece vocabulary
+    tokens = tiny.tokenizer(REPORTS)
+    out = tiny(tokens)
+    b, w = tokens.word_mask.shape
+    assert out.words.shape == (b, w, 128) and out.global_.shape == (b, 128)
+    assert torch.equal(out.word_mask, tokens.word_mask) and torch.equal(out.sentence_ids, tokens.sentence_ids)
+    assert out.word_strings == tokens.words and out.cls_attention is None
+    assert out.words[~out.word_mask].abs().sum() == 0  # padding words are zero
+    assert out.words[out.word_mask].abs().sum(-1).gt(0).all()
+    assert sum(p.numel() for p in tiny.parameters()) < 5_000_000
+
+
+def test_bert_tiny_trains_and_freezes() -> None:
+    torch.manual_seed(0)
+    enc = build_text_encoder(TextEncoderConfig(name="bert-tiny", hidden_size=32, num_layers=1, num_heads=2))
+    enc.train()
+    out = enc.encode(REPORTS[:2])
+    (out.words.sum() + out.global_.sum()).backward()
+    grads = [p.grad for p in enc.parameters() if p.requires_grad]
+    assert grads and all(g is not None for g in grads)  # no unused parameters (pooler dropped): DDP-safe
+    # gradient checkpointing: same features, gradients still reach every parameter
+    torch.manual_seed(0)
+    ckpt = build_text_encoder(
+        TextEncoderConfig(name="bert-tiny", hidden_size=32, num_layers=1, num_heads=2), gradient_checkpointing=True
+    ).train()
+    ckpt.backbone.load_state_dict(enc.backbone.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(ckpt.eval().encode(REPORTS[:2]).words, enc.eval().encode(REPORTS[:2]).words, atol=1e-5)
+    ckpt.train()
+    out2 = ckpt.encode(REPORTS[:2])
+    out2.words.sum().backward()
+    assert all(p.grad is not None for p in ckpt.backbone.encoder.parameters())
+    frozen = build_text_encoder(
+        TextEncoderConfig(name="bert-tiny", hidden_size=32, num_layers=1, num_heads=2, freeze=True)
+    )
+    frozen.train()
+    assert not any(p.requires_grad for p in frozen.parameters())
+    assert not frozen.backbone.training  # frozen backbone stays in eval mode (no dropout)
+
+
+def test_minilm_shapes_and_sensible_embedding(minilm) -> None:
+    assert minilm.hidden_size == 384
+    out = minilm.encode(REPORTS)
+    assert out.words.shape == (3, out.word_mask.shape[1], 384)
+    sents = [
+        "There is a large right pleural effusion.",
+        "Large effusion in the right pleural space.",
+        "The football match was played on a sunny afternoon.",
+    ]
+    out = minilm.encode(sents)
+    mask = out.word_mask.unsqueeze(-1).float()
+    emb = F.normalize((out.words * mask).sum(1) / mask.sum(1), dim=-1)  # mean over words, as all-MiniLM pools
+    related, unrelated = float(emb[0] @ emb[1]), float(emb[0] @ emb[2])
+    assert related > unrelated + 0.3, (related, unrelated)
+    # a randomly initialised model would not separate them: the pretrained weights were really loaded
+    torch.manual_seed(0)
+    rand = build_text_encoder(TextEncoderConfig(name="bert-tiny", hidden_size=384, num_layers=1, num_heads=6)).eval()
+    r = rand.encode(sents)
+    m = r.word_mask.unsqueeze(-1).float()
+    e = F.normalize((r.words * m).sum(1) / m.sum(1), dim=-1)
+    assert float(e[0] @ e[1]) - float(e[0] @ e[2]) < related - unrelated
+
+
+def test_minilm_cls_attention(minilm) -> None:
+    tokens = minilm.tokenizer(REPORTS)
+    out = minilm(tokens, need_cls_attention=True)
+    assert minilm.backbone.config._attn_implementation != "eager"  # switched back after the call
+    att = out.cls_attention
+    assert att is not None and att.shape == tokens.word_mask.shape
+    assert att[~tokens.word_mask].eq(0).all() and att[tokens.word_mask].gt(0).all()
+    # reference: eager attention of the last layer, [CLS] row, mean over heads
+    minilm.backbone.set_attn_implementation("eager")
+    try:
+        ref = (
+            minilm.backbone(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, output_attentions=True)
+            .attentions[-1][:, :, 0]
+            .mean(1)
+        )
+    finally:
+        minilm.backbone.set_attn_implementation("sdpa")
+    assert torch.allclose(ref.sum(-1), torch.ones(3), atol=1e-5)  # a distribution over the pieces
+    outside = (ref * (tokens.piece_to_word < 0)).sum(-1)  # on [CLS]/[SEP]/punctuation/padding
+    assert torch.allclose(att.sum(-1) + outside, torch.ones(3), atol=1e-5)
+    assert torch.allclose(att, merge_pieces(ref, tokens.piece_to_word, att.shape[1]), atol=1e-6)
+    # asking for attention does not change the features
+    plain = minilm(tokens)
+    assert torch.allclose(plain.words, out.words, atol=1e-4)
+
+
+def test_sum_of_last_n_layers_and_mean_merge(minilm) -> None:
+    tokens = minilm.tokenizer(REPORTS[:2])
+    with torch.no_grad():
+        hs = minilm.backbone(
+            input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, output_hidden_states=True
+        ).hidden_states
+        last3 = TextEncoder(minilm.backbone, minilm.tokenizer, last_n_layers=3, word_merge="sum").eval()(tokens)
+        last3_mean = TextEncoder(minilm.backbone, minilm.tokenizer, last_n_layers=3, word_merge="mean").eval()(tokens)
+        last1 = minilm(tokens)
+    summed = hs[-1] + hs[-2] + hs[-3]
+    assert torch.allclose(last3.global_, summed[:, 0], atol=1e-4)
+    assert torch.allclose(last1.global_, hs[-1][:, 0], atol=1e-4)
+    n_words = tokens.word_mask.shape[1]
+    assert torch.allclose(last3.words, merge_pieces(summed, tokens.piece_to_word, n_words), atol=1e-4)
+    counts = merge_pieces(torch.ones(tokens.piece_to_word.shape), tokens.piece_to_word, n_words)
+    assert counts.max() >= 4  # some word has many pieces, so sum and mean really differ
+    assert torch.allclose(last3_mean.words * counts.unsqueeze(-1), last3.words, atol=1e-3)
+    with pytest.raises(TextEncoderError, match="last_n_layers"):
+        TextEncoder(minilm.backbone, minilm.tokenizer, last_n_layers=7)
+
+
+def test_build_errors() -> None:
+    with pytest.raises(TextEncoderError, match="not available offline"):
+        build_text_encoder(TextEncoderConfig(name="no-such-org/no-such-model-xyz"))
+    with pytest.raises(TextEncoderError, match="max_tokens"):
+        build_text_encoder(TextEncoderConfig(name="minilm", max_tokens=1024))
+    with pytest.raises(TextEncoderError, match="divisible"):
+        build_text_encoder(TextEncoderConfig(name="bert-tiny", hidden_size=30, num_heads=4))
+
+
+def _save_tiny(folder: Path) -> TextEncoder:
+    torch.manual_seed(1)
+    enc = build_text_encoder(TextEncoderConfig(name="bert-tiny", hidden_size=32, num_layers=1, num_heads=2)).eval()
+    enc.backbone.save_pretrained(folder)
+    enc.tokenizer.hf_tokenizer.save_pretrained(folder)
+    return enc
+
+
+def test_local_folder_and_remote_code_checkpoint(tmp_path: Path) -> None:
+    plain = tmp_path / "plain"
+    ref = _save_tiny(plain)
+    expect = ref.encode(REPORTS[:2])
+    loaded = build_text_encoder(TextEncoderConfig(name=str(plain))).eval()
+    got = loaded.encode(REPORTS[:2])
+    assert loaded.hidden_size == 32 and got.word_strings == expect.word_strings
+    assert torch.allclose(got.words, expect.words, atol=1e-5)
+
+    # a CXR-BERT-style folder: custom model_type + auto_map (remote code), weights under "bert."
+    from safetensors.torch import load_file, save_file
+
+    remote = tmp_path / "remote"
+    _save_tiny(remote)
+    cfg = json.loads((remote / "config.json").read_text())
+    cfg.update(model_type="cxr-bert", architectures=["CXRBertModel"], auto_map={"AutoModel": "x.CXRBertModel"})
+    (remote / "config.json").write_text(json.dumps(cfg))
+    tok_cfg = json.loads((remote / "tokenizer_config.json").read_text())
+    tok_cfg.update(tokenizer_class="CXRBertTokenizer", auto_map={"AutoTokenizer": ["x.CXRBertTokenizer", None]})
+    (remote / "tokenizer_config.json").write_text(json.dumps(tok_cfg))
+    weights = load_file(remote / "model.safetensors")
+    save_file({f"bert.{k}": v.contiguous() for k, v in weights.items()}, remote / "model.safetensors")
+    as_bert = build_text_encoder(TextEncoderConfig(name=str(remote))).eval()
+    out = as_bert.encode(REPORTS[:2])
+    assert out.word_strings == expect.word_strings
+    assert torch.allclose(out.words, expect.words, atol=1e-5)
+
+    # weights that do not fit a BertModel: a clear error
+    save_file({"something.else": torch.zeros(2)}, remote / "model.safetensors")
+    with pytest.raises(TextEncoderError, match="BERT"):
+        build_text_encoder(TextEncoderConfig(name=str(remote)))
