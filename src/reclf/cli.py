@@ -14,6 +14,11 @@ import sys
 # name -> (module, one-line help). Only commands that work are listed.
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("reclf.data.synthetic.cli", "generate SynthCXR, the built-in synthetic benchmark"),
+    "prepare": (
+        "reclf.data.sources.cli",
+        "turn a real data set (MIMIC-CXR, CheXpert, RSNA, SIIM, COVIDx, IU X-ray, CSV) into a study table, "
+        "splits and an image cache",
+    ),
 }
 
 

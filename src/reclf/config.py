@@ -35,8 +35,9 @@ class ConfigError(ValueError):
 class ImageEncoderConfig:
     """Which image encoder, from which weights, and which stage gives the regions."""
 
-    name: str = "cnn-small"  # cnn-small | resnet18 | resnet50 | vit-tiny | vit-b16 | efficientnet-lite0
-    weights: str | None = None  # path to a torchvision/timm state dict (.pth / .safetensors) or "imagenet"
+    # cnn-small | resnet18/34/50 | vit-tiny | vit-tiny-12 | vit-small | vit-b16 | efficientnet-lite0
+    name: str = "cnn-small"
+    weights: str | None = None  # None (random) | torchvision/timm state dict file | "imagenet" (efficientnet-lite0)
     local_stage: str | None = None  # None: the encoder's default (ResNet: layer3, as GLoRIA and MGCA)
     in_chans: int = 1
     image_size: int = 128

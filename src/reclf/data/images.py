@@ -50,14 +50,19 @@ def load_dicom(path: str | Path) -> np.ndarray:
     """Read a DICOM radiograph with modality and VOI LUTs applied, MONOCHROME1 inverted."""
     import pydicom
     from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     path = Path(path)
     try:
         ds = pydicom.dcmread(path)
         pixels = ds.pixel_array
-    except (InvalidDicomError, AttributeError, ValueError, OSError, KeyError) as exc:
+    except (InvalidDicomError, AttributeError, ValueError, OSError, KeyError, TypeError, RuntimeError) as exc:
         raise ImageReadError(f"cannot read DICOM {path}: {exc}") from exc
+    return _dicom_to_float(ds, pixels, path)
+
+
+def _dicom_to_float(ds, pixels: np.ndarray, path: Path) -> np.ndarray:
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
     if pixels.ndim == 3 and pixels.shape[-1] in (3, 4):  # colour secondary capture
         pixels = pixels[..., :3].mean(axis=-1)
     elif pixels.ndim != 2:
@@ -94,3 +99,127 @@ def pad_to_square(arr: np.ndarray, value: float = 0.0) -> np.ndarray:
     top, left = (n - h) // 2, (n - w) // 2
     out[top : top + h, left : left + w] = arr
     return out
+
+
+# --- the prepared-image cache (used by ``reclf prepare``) -------------------------------------------------------
+#
+# A cached image is an 8-bit grayscale PNG whose short side is ``size`` (or a ``size`` x ``size`` square when the
+# image is first padded to a square). The geometry is computed from the *original* dimensions so that a mask drawn
+# at the original resolution (SIIM RLE, RSNA boxes) lands on exactly the same pixels as the image.
+
+JPEG_SUFFIXES = {".jpg", ".jpeg"}
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+def target_shape(height: int, width: int, size: int, square: bool = False) -> tuple[int, int]:
+    """``(H, W)`` of the cached image for an original of ``height`` x ``width``."""
+    if square:
+        return size, size
+    scale = size / min(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def read_for_cache(path: str | Path, size: int) -> tuple[Image.Image | np.ndarray, tuple[int, int], dict]:
+    """Read ``path`` for caching: ``(image, (orig_h, orig_w), meta)``.
+
+    8-bit JPEG/PNG come back as a PIL ``L`` image (JPEGs decoded with DCT scaling straight to a size at least as
+    large as needed, several times faster than a full decode); 16-bit images and DICOM as a float array from
+    :func:`load_image` / :func:`load_dicom_with_meta`. ``meta`` holds the DICOM view position when there is one.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"image file {path} does not exist")
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        arr, meta = load_dicom_with_meta(path)
+        return arr, (int(arr.shape[0]), int(arr.shape[1])), meta
+    try:
+        img = Image.open(path)
+        width, height = img.size
+        if path.suffix.lower() in JPEG_SUFFIXES or img.format == "JPEG":
+            scale = size / min(width, height)
+            if scale < 1.0:
+                img.draft("L", (int(np.ceil(width * scale)), int(np.ceil(height * scale))))
+        img.load()
+        if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            arr = pil_to_float(img) if img.mode != "F" else np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)
+            img.close()
+            return arr, (height, width), {}
+        if img.mode != "L":
+            img = img.convert("L")
+        return img, (height, width), {}
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise ImageReadError(f"cannot read image {path}: {exc}") from exc
+
+
+def to_cache_image(image: Image.Image | np.ndarray, orig_shape: tuple[int, int], size: int, square: bool = False):
+    """Pad (optional) and resize to the cache geometry; returns an 8-bit ``L`` PIL image."""
+    out_h, out_w = target_shape(*orig_shape, size, square)
+    if isinstance(image, np.ndarray):
+        arr = pad_to_square(image) if square else image
+        img = Image.fromarray(arr.astype(np.float32), mode="F")
+        img = img.resize((out_w, out_h), Image.Resampling.BILINEAR, reducing_gap=2.0)
+        return Image.fromarray(float_to_uint8(np.asarray(img, dtype=np.float32)), mode="L")
+    if square:
+        w, h = image.size
+        n = max(w, h)
+        canvas = Image.new("L", (n, n), 0)
+        canvas.paste(image, ((n - w) // 2, (n - h) // 2))
+        image = canvas
+    return image.resize((out_w, out_h), Image.Resampling.BILINEAR, reducing_gap=2.0)
+
+
+def mask_to_cache(mask: np.ndarray, size: int, square: bool = False) -> Image.Image:
+    """A boolean mask at original resolution -> 8-bit (0/255) ``L`` image in the cache geometry (nearest)."""
+    out_h, out_w = target_shape(*mask.shape, size, square)
+    arr = mask.astype(bool)
+    if square:
+        arr = pad_to_square(arr, value=False)
+    img = Image.fromarray(arr.astype(np.uint8) * 255, mode="L")
+    return img.resize((out_w, out_h), Image.Resampling.NEAREST)
+
+
+def save_png_atomic(img: Image.Image, path: str | Path) -> None:
+    """Write ``img`` as PNG under a temporary name and rename it: a reader never sees half a file."""
+    from reclf.utils.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG", compress_level=1)
+
+
+def png_is_complete(path: str | Path) -> bool:
+    """Cheap integrity check for a cached PNG: the signature at the start and the IEND chunk at the end."""
+    path = Path(path)
+    try:
+        n = path.stat().st_size
+        if n < len(PNG_SIGNATURE) + len(PNG_IEND):
+            return False
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            fh.seek(n - len(PNG_IEND))
+            tail = fh.read()
+    except OSError:
+        return False
+    return head == PNG_SIGNATURE and tail == PNG_IEND
+
+
+def load_dicom_with_meta(path: str | Path) -> tuple[np.ndarray, dict]:
+    """:func:`load_dicom` plus header fields an adapter wants (``view``: ViewPosition, ``patient_id``)."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    path = Path(path)
+    try:
+        ds = pydicom.dcmread(path)
+        pixels = ds.pixel_array
+    except (InvalidDicomError, AttributeError, ValueError, OSError, KeyError, TypeError, RuntimeError) as exc:
+        raise ImageReadError(f"cannot read DICOM {path}: {exc}") from exc
+    arr = _dicom_to_float(ds, pixels, path)
+    meta = {}
+    view = str(ds.get("ViewPosition", "") or "").strip().upper()
+    if view:
+        meta["view"] = view
+    patient = str(ds.get("PatientID", "") or "").strip()
+    if patient:
+        meta["patient_id"] = patient
+    return arr, meta
