@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "turn a real data set (MIMIC-CXR, CheXpert, RSNA, SIIM, COVIDx, IU X-ray, CSV) into a study table, "
         "splits and an image cache",
     ),
+    "pretrain": ("reclf.train.cli", "train a method: Lightning, DDP, checkpoints, exact resume, export"),
+    "export": ("reclf.train.export", "turn a training checkpoint into a save_pretrained folder"),
 }
 
 

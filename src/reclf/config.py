@@ -98,6 +98,7 @@ class TrainConfig:
     runs_dir: str = "runs"
     resume: str | None = None  # PATH | auto
     dry_run: bool = False  # two steps on tiny inputs, then stop
+    checkpoint_every_n_steps: int = 0  # also write last.ckpt every n optimiser steps (0: only after validation)
     progress: bool = True
 
 

@@ -1,0 +1,65 @@
+"""``reclf export CKPT --out DIR``: a training checkpoint -> the ``save_pretrained`` folder.
+
+Evaluation reads models only from ``save_pretrained`` folders (``model.safetensors`` +
+``config.json``), never from Lightning checkpoints. The checkpoint is read with
+``weights_only=True``; the model is rebuilt from the resolved run config stored inside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+STATE_PREFIX = "model."
+
+
+def model_state_dict(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The method model's weights from a Lightning checkpoint of ``PretrainModule``."""
+    state = checkpoint.get("state_dict")
+    if not isinstance(state, dict):
+        raise ValueError("the checkpoint has no state_dict; is it a `reclf pretrain` checkpoint?")
+    return {k[len(STATE_PREFIX) :]: v for k, v in state.items() if k.startswith(STATE_PREFIX)}
+
+
+def export_checkpoint(ckpt: str | Path, out: str | Path, model: Any = None, overwrite: bool = False) -> Path:
+    """Write ``out`` = ``model.save_pretrained`` of the weights in ``ckpt``; returns ``out``.
+
+    ``model``: a model of the right architecture to load the weights into (default: rebuilt
+    from the config saved in the checkpoint with ``reclf.methods.build_model``).
+    """
+    from reclf.train.runs import load_checkpoint
+    from reclf.utils.io import atomic_dir
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    checkpoint = load_checkpoint(ckpt)
+    if model is None:
+        from reclf.config import Config, from_dict
+        from reclf.methods import build_model
+
+        cfg_dict = checkpoint.get("reclf", {}).get("config")
+        if not cfg_dict:
+            raise ValueError(f"{ckpt} holds no run config (checkpoint['reclf']['config']); cannot rebuild the model")
+        model = build_model(from_dict(Config, cfg_dict))
+    missing, unexpected = model.load_state_dict(model_state_dict(checkpoint), strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{ckpt} does not match the model: missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}"
+        )
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        model.save_pretrained(tmp)
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="a checkpoint of `reclf pretrain` (runs/<name>/<time>/checkpoints/*.ckpt)")
+    parser.add_argument("--out", required=True, help="output folder (model.safetensors + config.json)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+
+def run(args: argparse.Namespace) -> int:
+    out = export_checkpoint(args.checkpoint, args.out, overwrite=args.overwrite)
+    print(f"exported {args.checkpoint} -> {out}")
+    return 0
