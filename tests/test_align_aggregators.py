@@ -148,3 +148,20 @@ def test_factory_names_and_errors():
     assert isinstance(agg, RelationAggregator) and len(agg.srm.layers) == 2
     cfg = AggregatorConfig(name="srm+lse", d_z=8, srm=SRMConfig(heads=2))
     assert RelationAggregator(D, cfg).node_readout is not None
+
+
+@pytest.mark.parametrize("sentence_edges", [False, True])
+@pytest.mark.parametrize("name", ["srm+irm", "srm+lse"])
+def test_fused_attention_path_equals_the_explicit_one(name, sentence_edges):
+    """Training skips the relation matrices (fused kernel); scores and gradients must not change."""
+    torch.manual_seed(0)
+    words, ctx, mask, sent, img_g, txt_g = inputs()
+    agg = build_aggregator(name, D, d_z=8, heads=2, layers=2, sentence_edges=sentence_edges)
+    ctx = ctx.clone().requires_grad_()
+    full = agg(words, ctx, mask, sent, img_g, txt_g, extras=True)
+    (g_full,) = torch.autograd.grad(full.score.sum(), ctx)
+    fast = agg(words, ctx, mask, sent, img_g, txt_g, extras=False)
+    (g_fast,) = torch.autograd.grad(fast.score.sum(), ctx)
+    assert full.relations is not None and fast.relations is None
+    torch.testing.assert_close(fast.score, full.score, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(g_fast, g_full, atol=1e-5, rtol=1e-4)

@@ -192,7 +192,7 @@ def _chunk_fn(
         grouped = words.unsqueeze(0) if shared else words
         gmask = word_mask.unsqueeze(0) if shared else word_mask
         context, _ = _attend_grouped(grouped, regions, temperature, mode, gmask, True)
-        out = aggregator(words, context, word_mask, sentence_ids, img_global, txt_global)
+        out = aggregator(words, context, word_mask, sentence_ids, img_global, txt_global, extras=keep_extras)
         if not keep_extras:
             return (out.score,)
         extras = [x for x in (out.node_weights, out.relations) if x is not None]
