@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import re
@@ -14,9 +15,10 @@ from PIL import Image
 
 from reclf.cli import main as cli_main
 from reclf.data.studies import CHEXPERT_LABELS, read_studies
+from reclf.data.synthetic import anatomy
 from reclf.data.synthetic import generate as gen_mod
 from reclf.data.synthetic.findings import FindingSpec
-from reclf.data.synthetic.generate import StudySpec, build_specs, generate, render_study
+from reclf.data.synthetic.generate import StudySpec, build_specs, generate, png_bytes, render_study
 from reclf.data.synthetic.vocab import CHEXPERT_LABEL, HEDGE_PHRASES, LABEL_TERMS, NEGATION_PHRASES, PARENT_LABELS
 
 SIZE = 64
@@ -278,3 +280,26 @@ def test_interrupted_run_leaves_no_table(tmp_path, monkeypatch):
         generate(out, workers=1, sets=("zeroshot_5x200", "relations"), **TINY)
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_png_writer_round_trips(out1, tables):
+    rng = np.random.default_rng(0)
+    for array in (rng.integers(0, 256, (7, 5), dtype=np.uint8), np.zeros((3, 4), np.uint8)):
+        for up in (True, False):
+            img = Image.open(io.BytesIO(png_bytes(array, up_filter=up)))
+            assert img.mode == "L" and np.array_equal(np.asarray(img), array)
+    masks = [Image.open(out1 / "segmentation" / p) for p in tables["segmentation"]["mask_path"]]
+    assert all(m.mode == "L" and set(np.unique(np.asarray(m))) <= {0, 255} for m in masks)
+
+
+def test_crops_match_full_frame():
+    """Shapes drawn in bounding-box crops equal the same shapes evaluated on the whole image."""
+    small = np.random.default_rng(1).random((24, 24), dtype=np.float32)
+    full = np.asarray(Image.fromarray(small, mode="F").resize((96, 96), Image.BICUBIC))
+    box = (slice(10, 70), slice(33, 90))
+    assert np.allclose(anatomy.upsample(small, 96, box), full[box], atol=1e-5)
+    for spec in build_specs("pretrain", 5, 40, 2)[:8]:
+        out = render_study(spec, 80)
+        grid = anatomy.make_grid(80, out.anatomy.theta)
+        for side in ("left", "right"):
+            assert np.array_equal(out.lungs[side], anatomy.lung_mask(out.anatomy, side, grid.px, grid.py))

@@ -2,19 +2,21 @@
 
 Each renderer adds density to the chest's density map (see ``anatomy``) only inside the
 finding's mask, so the mask is exactly the set of pixels the finding changed (before the
-detector blur). Locations follow the spec: ``side`` is the PATIENT's side (left = image right),
+detector blur). Renderers work on the bounding-box crop of their shape (``Grid.box``), not on
+the whole image. Locations follow the spec: ``side`` is the PATIENT's side (left = image right),
 ``zone`` the lung third (upper / middle / lower). Sizes are in normalised units with a floor of
 about one pixel so that a finding never vanishes at 64 px.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from reclf.data.synthetic.anatomy import Anatomy, AnatomyLayers, Grid, lung_mask, sigma, to_image
+from reclf.data.synthetic.anatomy import Anatomy, AnatomyLayers, Box, Grid, lung_mask, sigma, to_image, upsample
 from reclf.data.synthetic.vocab import FINDINGS, SEVERITIES, SIDES, ZONES
 
 CERTAINTIES = ("present", "uncertain")
@@ -65,53 +67,67 @@ def _place(anat: Anatomy, side: str, zone: str, rng: np.random.Generator, margin
     us = rng.uniform(0.25, 0.85, n) * anat.tw
     ys = rng.uniform(y0 + 0.25 * (y1 - y0), y1 - 0.25 * (y1 - y0), n)
     xs = anat.cx + sigma(side) * us
-    ok = np.ones(n, dtype=bool)
-    for dx, dy in ((0, 0), (margin, 0), (-margin, 0), (0, margin), (0, -margin)):
-        ok &= lung_mask(anat, side, xs + dx, ys + dy)
+    offsets = np.array([(0, 0), (margin, 0), (-margin, 0), (0, margin), (0, -margin)], dtype=np.float64)
+    ok = lung_mask(anat, side, xs + offsets[:, :1], ys + offsets[:, 1:]).all(axis=0)  # centre and 4 neighbours
     i = int(np.argmax(ok)) if ok.any() else 0
     return float(xs[i]), float(ys[i])
 
 
-def _blob(grid: Grid, cx: float, cy: float, r: float, rng: np.random.Generator, lobes: int, aspect: float = 1.0):
-    """A lobulated smooth field (max 1 near the centre) made of a few Gaussians."""
-    field = np.zeros_like(grid.px)
+#: Blob fields are only used where they exceed this (finding thresholds are 0.3 and 0.37).
+BLOB_FLOOR = 0.3
+
+
+def _blob(
+    grid: Grid, cx: float, cy: float, r: float, rng: np.random.Generator, lobes: int, aspect: float = 1.0
+) -> tuple[Box, np.ndarray]:
+    """A lobulated smooth field (max 1 near the centre) made of a few Gaussians: ``(box, field in box)``.
+
+    The box holds every pixel where the field exceeds :data:`BLOB_FLOOR`; outside it the field is 0.
+    """
+    lobe_params = []
     for k in range(lobes):
         ox, oy = (0.0, 0.0) if k == 0 else rng.normal(0.0, 0.45 * r, 2)
         rk = r * rng.uniform(0.6, 1.0)
-        field = np.maximum(
-            field, np.exp(-(((grid.px - cx - ox) / (rk * aspect)) ** 2 + ((grid.py - cy - oy) / rk) ** 2))
-        )
-    return field
+        lobe_params.append((cx + float(ox), cy + float(oy), rk))
+    reach = math.sqrt(-math.log(BLOB_FLOOR))  # exp(-q) > floor <=> q < reach ** 2
+    box = grid.box(
+        min(x - rk * aspect * reach for x, _, rk in lobe_params),
+        max(x + rk * aspect * reach for x, _, rk in lobe_params),
+        min(y - rk * reach for _, y, rk in lobe_params),
+        max(y + rk * reach for _, y, rk in lobe_params),
+    )
+    px, py = grid.px[box], grid.py[box]
+    field = None
+    for x, y, rk in lobe_params:
+        a, b = (px - x) * (1.0 / (rk * aspect)), (py - y) * (1.0 / rk)
+        g = np.exp(-(a * a + b * b))
+        field = g if field is None else np.maximum(field, g)
+    return box, field
 
 
 def _opacity(spec: FindingSpec, anat: Anatomy, grid: Grid, layers: AnatomyLayers, rng) -> np.ndarray:
     """Consolidation (dense, homogeneous), pneumonia (patchy) or a lung nodule/mass."""
     mask = np.zeros_like(grid.px, dtype=bool)
     for side in spec.sides():
-        lung = layers.lungs[side]
         if spec.finding == "lung_lesion":
             r = {"mild": 0.016, "moderate": 0.027, "severe": 0.05}[spec.severity]
             r = max(r, _min_size(grid, 1.3))
             x, y = _place(anat, side, spec.zone, rng, r)
-            field = _blob(grid, x, y, r, rng, 1 if spec.severity != "severe" else 3)
-            m = (field > 0.37) & lung
-            layers.density += m * (0.45 + 0.2 * field)
+            box, field = _blob(grid, x, y, r, rng, 1 if spec.severity != "severe" else 3)
+            m = (field > 0.37) & layers.lungs[side][box]
+            layers.density[box] += m * (0.45 + 0.2 * field)
         else:
             r = {"mild": 0.04, "moderate": 0.058, "severe": 0.08}[spec.severity]
             x, y = _place(anat, side, spec.zone, rng, r * 0.5)
-            field = _blob(grid, x, y, r, rng, 4, aspect=rng.uniform(1.0, 1.5))
-            m = (field > 0.3) & lung
-            edge = np.clip((field - 0.3) / 0.35, 0.0, 1.0)
+            box, field = _blob(grid, x, y, r, rng, 4, aspect=rng.uniform(1.0, 1.5))
+            m = (field > 0.3) & layers.lungs[side][box]
+            edge = np.clip((field - 0.3) * (1.0 / 0.35), 0.0, 1.0)
             if spec.finding == "consolidation":
-                layers.density += m * (0.5 * edge + 0.08)
+                layers.density[box] += m * (0.5 * edge + 0.08)
             else:  # pneumonia: patchy, ill-defined
-                patch = np.asarray(
-                    Image.fromarray(rng.random((12, 12), dtype=np.float32), mode="F").resize(
-                        (grid.size, grid.size), Image.BICUBIC
-                    )
-                )
-                layers.density += m * (0.08 + 0.34 * edge * np.clip(0.35 + patch, 0.0, 1.0))
-        mask |= m
+                patch = upsample(rng.random((12, 12), dtype=np.float32), grid.size, box)
+                layers.density[box] += m * (0.08 + 0.34 * edge * np.clip(0.35 + patch, 0.0, 1.0))
+        mask[box] |= m
     return mask
 
 
@@ -125,34 +141,40 @@ def _atelectasis(spec: FindingSpec, anat: Anatomy, grid: Grid, layers: AnatomyLa
     for side in spec.sides():
         x, y = _place(anat, side, spec.zone, rng, ry)
         tilt = rng.uniform(-0.25, 0.25) * sigma(side)
-        dx, dy = grid.px - x, grid.py - y
-        a = dx * np.cos(tilt) + dy * np.sin(tilt)
-        b = -dx * np.sin(tilt) + dy * np.cos(tilt)
+        reach = math.hypot(rx, 1.4 * ry)  # |a| < rx and |b| < 1.4 ry inside the band or wedge
+        box = grid.box(x - reach, x + reach, y - reach, y + reach)
+        dx, dy = grid.px[box] - x, grid.py[box] - y
+        ct, st = math.cos(tilt), math.sin(tilt)
+        a = dx * ct + dy * st
+        b = dy * ct - dx * st
         if spec.severity == "severe":  # wedge: wider towards the chest wall
-            widen = np.clip(0.6 + 0.8 * sigma(side) * a / rx, 0.3, 1.4)
-            inside = (a / rx) ** 2 + (b / (ry * widen)) ** 2 < 1.0
+            widen = np.clip(0.6 + (0.8 * sigma(side) / rx) * a, 0.3, 1.4)
+            bn = b / (ry * widen)
         else:
-            inside = (a / rx) ** 2 + (b / ry) ** 2 < 1.0
-        m = inside & layers.lungs[side]
-        layers.density += m * amp
-        mask |= m
+            bn = b * (1.0 / ry)
+        an = a * (1.0 / rx)
+        m = (an * an + bn * bn < 1.0) & layers.lungs[side][box]
+        layers.density[box] += m * amp
+        mask[box] |= m
     return mask
 
 
 def _edema(spec: FindingSpec, anat: Anatomy, grid: Grid, layers: AnatomyLayers, rng) -> np.ndarray:
     """Bilateral perihilar haze fading to the periphery, with interstitial texture."""
     reach, amp = {"mild": (0.10, 0.2), "moderate": (0.14, 0.28), "severe": (0.19, 0.36)}[spec.severity]
-    tex = np.asarray(
-        Image.fromarray(rng.random((28, 28), dtype=np.float32), mode="F").resize((grid.size, grid.size), Image.BICUBIC)
-    )
+    small = rng.random((28, 28), dtype=np.float32)
     mask = np.zeros_like(grid.px, dtype=bool)
+    radius = reach * math.log(1.0 / 0.3)  # f > 0 <=> d < radius
     for side in ("right", "left"):
         hx, hy = anat.hilum(side)
-        d = np.hypot(grid.px - hx, (grid.py - hy) * 0.75)
-        f = np.clip((np.exp(-d / reach) - 0.3) / 0.7, 0.0, 1.0)
-        m = (f > 0) & layers.lungs[side]
-        layers.density += m * amp * f * np.clip(0.6 + 0.6 * tex, 0.0, 1.2)
-        mask |= m
+        box = grid.box(hx - radius, hx + radius, hy - radius / 0.75, hy + radius / 0.75)
+        ex, ey = grid.px[box] - hx, (grid.py[box] - hy) * 0.75
+        d = np.sqrt(ex * ex + ey * ey)
+        f = np.clip((np.exp(d * (-1.0 / reach)) - 0.3) * (1.0 / 0.7), 0.0, 1.0)
+        m = (f > 0) & layers.lungs[side][box]
+        tex = upsample(small, grid.size, box)
+        layers.density[box] += m * (amp * f * np.clip(0.6 + 0.6 * tex, 0.0, 1.2))
+        mask[box] |= m
     return mask
 
 
@@ -167,12 +189,15 @@ def _effusion(spec: FindingSpec, anat: Anatomy, grid: Grid, layers: AnatomyLayer
             "moderate": y_dome - 0.05 - rng.uniform(0, 0.03),
             "severe": y_dome - 0.3 * h,
         }[spec.severity]
-        u = np.clip(sigma(side) * (grid.px - anat.cx) / anat.tw, 0.0, 1.0)
-        meniscus = level - 0.07 * u**2
-        m = (grid.py > meniscus) & layers.lungs[side]
-        layers.density += m * (0.55 * np.clip((grid.py - meniscus) / 0.025, 0.25, 1.0))
-        layers.density -= m * layers.vessels * 0.7
-        mask |= m
+        box = layers.lung_boxes[side]  # the fluid lies in the lung
+        py = grid.py[box]
+        u = np.clip((grid.px[box] - anat.cx) * (sigma(side) / anat.tw), 0.0, 1.0)
+        meniscus = level - 0.07 * u * u
+        m = (py > meniscus) & layers.lungs[side][box]
+        layers.density[box] += m * (
+            0.55 * np.clip((py - meniscus) * (1.0 / 0.025), 0.25, 1.0) - 0.7 * layers.vessels[box]
+        )
+        mask[box] |= m
     return mask
 
 
@@ -182,17 +207,20 @@ def _pneumothorax(spec: FindingSpec, anat: Anatomy, grid: Grid, layers: AnatomyL
     f = {"mild": 0.88, "moderate": 0.76, "severe": 0.6}[spec.severity]
     ax, ay = anat.cx + sigma(side) * (anat.med_w + 0.02), anat.dome(side) - 0.03
 
-    def collapsed(scale: float) -> np.ndarray:
-        return lung_mask(anat, side, ax + (grid.px - ax) / scale, ay + (grid.py - ay) / scale)
+    box = layers.lung_boxes[side]  # everything below lies in the lung
+    px, py = grid.px[box], grid.py[box]
 
-    lung = layers.lungs[side]
+    def collapsed(scale: float) -> np.ndarray:
+        return lung_mask(anat, side, ax + (px - ax) * (1.0 / scale), ay + (py - ay) * (1.0 / scale))
+
+    lung = layers.lungs[side][box]
     inner = collapsed(f) & lung
     m = lung & ~inner
     rim = inner & ~collapsed(f * (1.0 - max(0.02, 1.5 / grid.size)))
-    layers.density -= m * (layers.vessels + 0.08)
-    layers.density += rim * 0.22
-    layers.density += inner * (0.1 * (1.0 - f))
-    return m
+    layers.density[box] += rim * 0.22 + inner * (0.1 * (1.0 - f)) - m * (layers.vessels[box] + 0.08)
+    mask = np.zeros_like(layers.lungs[side])
+    mask[box] = m
+    return mask
 
 
 def _device_path(spec: FindingSpec, anat: Anatomy) -> list[tuple[float, float]]:

@@ -21,16 +21,18 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import struct
 import sys
 import time
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from reclf.data.studies import CHEXPERT_LABELS, patient_split, write_studies
 from reclf.data.synthetic.anatomy import (
@@ -59,7 +61,7 @@ from reclf.data.synthetic.vocab import (
 from reclf.utils.io import atomic_dir, atomic_write_json
 from reclf.utils.seed import rng as derive_rng
 
-GENERATOR_VERSION = "synthcxr-1.0"
+GENERATOR_VERSION = "synthcxr-1.1"
 SIZE_RANGE = (64, 512)
 N_RANGE = (20, 1_000_000)
 PER_CLASS_RANGE = (2, 10_000)
@@ -154,7 +156,7 @@ def render_study(spec: StudySpec, size: int) -> RenderedStudy:
     )
     return RenderedStudy(
         spec=spec,
-        image=np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8),
+        image=np.rint(image * np.float32(255.0)).astype(np.uint8),  # expose() clips to [0, 1]
         masks=[m for m in masks if m is not None],
         report=report,
         anatomy=anat,
@@ -317,12 +319,50 @@ def assign_splits(specs: list[StudySpec], set_name: str, seed: int) -> list[Stud
 
 
 # --------------------------------------------------------------------------------------------- writing
-def _save_png(array: np.ndarray, path: Path, level: int = 4) -> None:
-    Image.fromarray(array).save(path, format="PNG", compress_level=level)
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_bytes(array: np.ndarray, up_filter: bool = True, level: int = 1) -> bytes:
+    """An 8-bit grayscale PNG of ``array`` (uint8 [H, W]), encoded with numpy + zlib.
+
+    Every row uses PNG filter 2 ("Up", the byte-wise difference to the row above) when
+    ``up_filter`` (smooth images compress better), else filter 0 (masks); deflate uses zlib's
+    run-length strategy, which is faster and, on these noisy images, smaller than its default.
+    Deterministic bytes; several times faster than PIL's encoder at its default level.
+    """
+    h, w = array.shape
+    rows = np.empty((h, w + 1), dtype=np.uint8)
+    rows[:, 0] = 2 if up_filter else 0
+    rows[:, 1:] = array
+    if up_filter:
+        np.subtract(array[1:], array[:-1], out=rows[1:, 1:])  # uint8 arithmetic wraps mod 256 as PNG wants
+    header = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)  # 8-bit grayscale, no interlace
+    deflate = zlib.compressobj(level, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", deflate.compress(rows.tobytes()) + deflate.flush())
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+@lru_cache(maxsize=8)
+def _empty_mask_png(size: int) -> bytes:
+    return png_bytes(np.zeros((size, size), dtype=np.uint8), up_filter=False)
+
+
+def _save_png(array: np.ndarray, path: Path) -> None:
+    path.write_bytes(png_bytes(array))
 
 
 def _save_mask(mask: np.ndarray, path: Path) -> None:
-    _save_png(mask.astype(np.uint8) * 255, path, level=1)
+    """A 0/255 mask PNG; empty masks (segmentation negatives) reuse one encoding per size."""
+    if mask.any():
+        data = png_bytes(mask.view(np.uint8) * np.uint8(255), up_filter=False)
+    else:
+        data = _empty_mask_png(mask.shape[0])
+    path.write_bytes(data)
 
 
 def build_row(task: tuple[StudySpec, int, str, str]) -> dict[str, object]:
