@@ -21,6 +21,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "pretrain": ("reclf.train.cli", "train a method: Lightning, DDP, checkpoints, exact resume, export"),
     "export": ("reclf.train.export", "turn a training checkpoint into a save_pretrained folder"),
+    "evaluate": (
+        "reclf.evaluate.cli",
+        "evaluate a model: zeroshot, linear, segment, retrieve, relations, grounding, baseline",
+    ),
+    "report": ("reclf.evaluate.report", "collect results.json files into report.md with tables and figures"),
+    "explain": ("reclf.evaluate.explain", "explain an image-report match: word attention, IRM weights, SRM relations"),
+    "demo": ("reclf.evaluate.demo", "SynthCXR -> pretrain every method -> every evaluation -> runs/demo/report.md"),
 }
 
 

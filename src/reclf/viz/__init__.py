@@ -1,1 +1,1 @@
-"""viz."""
+"""Figures (matplotlib, Agg): bar charts with intervals, attention overlays, IRM-shaded reports, SRM matrices."""

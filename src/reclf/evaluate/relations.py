@@ -1,0 +1,122 @@
+"""Relations: does the model bind a finding to its place, size and polarity?
+
+SynthCXR's ``relations/`` set has one finding per image and ``candidates.csv`` with, per study,
+the true caption (``is_correct`` = 1) and foils that differ from it in exactly one attribute
+(``contrast``: side, zone, severity or negation). With ``model.similarity`` as the score, the
+metric per contrast type is the fraction of (image, foil) pairs whose true caption scores
+strictly higher than the foil (a tie counts as half: a constant scorer gets 0.5, chance).
+``all`` is the fraction of images whose true caption beats every one of its foils.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from reclf.evaluate.common import data_info, load_table, model_info, report_bad
+from reclf.evaluate.features import encode_images, encode_texts
+from reclf.evaluate.loading import LoadedModel, image_size_of
+from reclf.evaluate.results import TaskResult, format_table, write_results
+from reclf.evaluate.stats import Estimate, mean_ci
+
+CANDIDATE_COLUMNS = ("study_id", "text", "is_correct", "contrast")
+
+
+@dataclass
+class RelationsConfig:
+    candidates: str = "candidates.csv"  # relative to the data folder
+    score: str = "method"  # method | global | local
+    image_size: int | None = None
+    batch_size: int = 32
+    n_boot: int = 1000
+    seed: int = 0
+    cache_dir: str | None = None
+
+
+def read_candidates(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no candidates file (SynthCXR writes relations/candidates.csv)")
+    df = pd.read_csv(path, dtype={"study_id": str, "text": str, "contrast": str}, keep_default_na=False)
+    missing = [c for c in CANDIDATE_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}; expected {list(CANDIDATE_COLUMNS)}")
+    bad = ~df["is_correct"].astype(str).isin(["0", "1", "True", "False", "true", "false"])
+    if bad.any():
+        row = int(df.index[bad][0])
+        raise ValueError(f"{path}: row {row}: is_correct must be 0 or 1, got {df.loc[row, 'is_correct']!r}")
+    df["is_correct"] = df["is_correct"].astype(str).isin(["1", "True", "true"])
+    return df
+
+
+def wins(true_score: float, foil_score: float) -> float:
+    """1 if the true caption scores higher, 0.5 on a tie, 0 otherwise."""
+    return 1.0 if true_score > foil_score else (0.5 if true_score == foil_score else 0.0)
+
+
+def run_relations(loaded: LoadedModel, data: str | Path, out: str | Path | None, cfg: RelationsConfig) -> TaskResult:
+    model = loaded.model
+    table = load_table(data)
+    cands = read_candidates(table.folder / cfg.candidates)
+    size = cfg.image_size or image_size_of(model)
+    img, enc = encode_images(model, table.paths(), size, cfg.batch_size, cache_dir=cfg.cache_dir,
+                             model_hash=loaded.sha256)
+    report_bad(enc.bad, table)
+    df = table.df.iloc[enc.kept].reset_index(drop=True)
+    texts = sorted(set(cands["text"]))
+    text_index = {t: i for i, t in enumerate(texts)}
+    txt = encode_texts(model, texts)
+    fn = {"method": model.similarity, "global": model.global_similarity,
+          "local": getattr(model, "local_similarity", None)}[cfg.score]
+    if fn is None or (cfg.score == "local" and not getattr(model, "has_local", False)):
+        raise ValueError(f"method {getattr(model, 'method', '?')} has no local score; use --score method")
+    groups = dict(tuple(cands.groupby("study_id", sort=False)))
+    per_contrast: dict[str, list[float]] = {}
+    all_beaten: list[float] = []
+    rows: list[dict[str, Any]] = []
+    no_true = missing = 0
+    with torch.no_grad():
+        for i, sid in enumerate(df["study_id"].astype(str)):
+            g = groups.get(sid)
+            if g is None:
+                missing += 1
+                continue
+            true = g[g["is_correct"]]
+            foils = g[~g["is_correct"]]
+            if len(true) != 1 or foils.empty:
+                no_true += 1
+                continue
+            idx = torch.as_tensor([text_index[t] for t in [true["text"].iloc[0], *foils["text"]]])
+            s = fn(img.index(slice(i, i + 1)), txt.index(idx))[0].float().numpy()
+            results = [wins(float(s[0]), float(f)) for f in s[1:]]
+            for contrast, w, fs in zip(foils["contrast"], results, s[1:]):
+                per_contrast.setdefault(contrast, []).append(w)
+                rows.append({"study_id": sid, "contrast": contrast, "true": float(s[0]), "foil": float(fs), "win": w})
+            all_beaten.append(float(all(w == 1.0 for w in results)))
+    if not all_beaten:
+        raise ValueError(f"{table.folder}: no study has a true caption and at least one foil in {cfg.candidates}")
+    if missing or no_true:
+        print(f"relations: {missing} images without candidates, {no_true} without exactly one true caption "
+              "and a foil (skipped)")
+    metrics: dict[str, Estimate] = {}
+    for contrast in sorted(per_contrast):
+        metrics[f"{contrast}"] = mean_ci(np.asarray(per_contrast[contrast]), cfg.n_boot, cfg.seed)
+    metrics["all_foils"] = mean_ci(np.asarray(all_beaten), cfg.n_boot, cfg.seed)
+    by_class: dict[str, dict[str, float]] = {}
+    if "class" in df.columns:
+        cls_of = dict(zip(df["study_id"].astype(str), df["class"].astype(str)))
+        frame = pd.DataFrame(rows)
+        frame["class"] = frame["study_id"].map(cls_of)
+        by_class = {f"{c}/{k}": float(v) for (c, k), v in frame.groupby(["class", "contrast"])["win"].mean().items()}
+    config = asdict(cfg) | {"image_size": size, "chance": 0.5}
+    info = data_info(table, enc.kept, enc.bad) | {"skipped_no_candidates": missing, "skipped_incomplete": no_true}
+    result = TaskResult("relations", metrics, config, model_info(loaded), info, [cfg.seed],
+                        {"by_class_contrast": by_class})
+    if out is not None:
+        write_results(result, out)
+    print(format_table(result))
+    return result

@@ -1,0 +1,175 @@
+"""Zero-shot classification with versioned prompt files.
+
+Multi-class (5x200 style, the table's ``class`` column): every image is scored against every
+prompt of every class; a class's score is the mean (or max, GLoRIA) over its prompts; the
+prediction is the best class. Scores are computed by each available rule:
+``global`` (cosine of global embeddings), ``local`` (the method's word-region matcher),
+``fused`` (the mean of global and local after z-normalising each prompt's scores over the
+images, as GLoRIA fuses them) and ``method`` (``model.similarity``, the method's own score).
+
+Binary (``--binary``): for each label with a positive/negative prompt pair in the prompt file,
+p(label) = softmax over ("X", "no X") of the mean prompt scores; AUROC per label and macro.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from reclf.evaluate.common import data_info, load_table, model_info, report_bad
+from reclf.evaluate.features import encode_images, encode_texts, similarity_matrix
+from reclf.evaluate.loading import LoadedModel, image_size_of
+from reclf.evaluate.metrics import accuracy, auroc, macro_auroc, macro_f1
+from reclf.evaluate.prompts import PromptSet, load_prompts, match_classes, sample_prompts
+from reclf.evaluate.results import TaskResult, format_table, write_results
+from reclf.evaluate.stats import Estimate, bootstrap_ci
+
+
+@dataclass
+class ZeroShotConfig:
+    prompts: str = "auto"  # a YAML path or built-in name; auto: synthcxr if its classes match, else chexpert
+    prompts_per_class: int | None = None  # None: every prompt (GLoRIA samples 5)
+    reduce: str = "mean"  # mean | max over a class's prompts
+    binary: bool = False  # also (or, without a class column, only) the binary pos/neg tasks
+    split: str | None = None  # None: every row of the table
+    image_size: int | None = None  # None: the model's own
+    batch_size: int = 32
+    chunk: int = 64
+    temperature: float = 0.1  # softmax temperature of the binary pos/neg probability
+    n_boot: int = 1000
+    seed: int = 0
+    cache_dir: str | None = None
+
+
+def score_modes(model: Any) -> dict[str, Any]:
+    """The similarity rules this model supports (name -> fn(img, txt) -> [I, T])."""
+    modes: dict[str, Any] = {"global": model.global_similarity}
+    if getattr(model, "has_local", False):
+        modes["local"] = model.local_similarity
+    modes["method"] = model.similarity
+    return modes
+
+
+def _znorm(s: torch.Tensor) -> torch.Tensor:
+    return (s - s.mean(0, keepdim=True)) / s.std(0, keepdim=True).clamp_min(1e-6)
+
+
+def prompt_scores(model: Any, img: Any, txt: Any, chunk: int) -> dict[str, torch.Tensor]:
+    """``[n_images, n_prompts]`` scores per rule, plus ``fused`` when a local score exists."""
+    out = {name: similarity_matrix(fn, img, txt, chunk) for name, fn in score_modes(model).items()}
+    if "local" in out:
+        out["fused"] = 0.5 * (_znorm(out["global"]) + _znorm(out["local"]))
+    return out
+
+
+def class_scores(scores: torch.Tensor, owner: np.ndarray, n_classes: int, reduce: str) -> torch.Tensor:
+    """Reduce ``[N, P]`` prompt scores to ``[N, C]`` class scores (mean or max over each class's prompts)."""
+    cols = []
+    for c in range(n_classes):
+        s = scores[:, torch.as_tensor(owner == c)]
+        cols.append(s.max(1).values if reduce == "max" else s.mean(1))
+    return torch.stack(cols, 1)
+
+
+def pick_prompt_file(spec: str, classes: list[str]) -> PromptSet:
+    if spec != "auto":
+        return load_prompts(spec)
+    errors = []
+    for name in ("synthcxr", "chexpert"):
+        try:
+            ps = load_prompts(name)
+            if not classes or match_classes(classes, ps):
+                return ps
+        except (FileNotFoundError, ValueError) as exc:
+            errors.append(str(exc))
+    raise ValueError(f"no built-in prompt file fits the classes {classes}: {errors[-1] if errors else ''}")
+
+
+def run_zeroshot(loaded: LoadedModel, data: str | Path, out: str | Path | None, cfg: ZeroShotConfig) -> TaskResult:
+    model = loaded.model
+    table = load_table(data, (cfg.split,) if cfg.split else None)
+    has_class = "class" in table.df.columns and (table.df["class"].astype(str).str.len() > 0).any()
+    if not has_class and not cfg.binary:
+        raise ValueError(f"{table.folder}: no 'class' column for multi-class zero-shot; pass --binary for "
+                         "the positive/negative prompt tasks on the label columns")
+    if has_class:
+        table.df = table.df[table.df["class"].astype(str).str.len() > 0].reset_index(drop=True)
+    size = cfg.image_size or image_size_of(model)
+    img, enc = encode_images(model, table.paths(), size, cfg.batch_size, cache_dir=cfg.cache_dir,
+                             model_hash=loaded.sha256)
+    report_bad(enc.bad, table)
+    df = table.df.iloc[enc.kept].reset_index(drop=True)
+    metrics: dict[str, Estimate] = {}
+    extra: dict[str, Any] = {}
+    classes = sorted(df["class"].astype(str).unique()) if has_class else []
+    ps = pick_prompt_file(cfg.prompts, classes if has_class else [])
+    config = asdict(cfg) | {"prompt_file": ps.describe(), "image_size": size}
+
+    if has_class:
+        mapping = match_classes(classes, ps)
+        prompts, owner = [], []
+        for ci, c in enumerate(classes):
+            chosen = sample_prompts(ps.classes[mapping[c]], cfg.prompts_per_class, cfg.seed + ci)
+            prompts += chosen
+            owner += [ci] * len(chosen)
+        owner_arr = np.asarray(owner)
+        txt = encode_texts(model, prompts)
+        y = np.asarray([classes.index(c) for c in df["class"].astype(str)])
+        per_mode = prompt_scores(model, img, txt, cfg.chunk)
+        extra["classes"] = classes
+        extra["confusion"] = {}
+        for mode, s in per_mode.items():
+            pred = class_scores(s, owner_arr, len(classes), cfg.reduce).argmax(1).numpy()
+            metrics[f"{mode}/accuracy"] = bootstrap_ci(accuracy, y, pred, n_boot=cfg.n_boot, seed=cfg.seed)
+            metrics[f"{mode}/macro_f1"] = bootstrap_ci(
+                lambda a, b: macro_f1(a, b, labels=np.arange(len(classes))), y, pred, n_boot=cfg.n_boot,
+                seed=cfg.seed)
+            conf = np.zeros((len(classes), len(classes)), dtype=int)
+            np.add.at(conf, (y, pred), 1)
+            extra["confusion"][mode] = conf.tolist()
+        metrics["chance/accuracy"] = Estimate(1.0 / len(classes), float("nan"), float("nan"), len(y))
+
+    if cfg.binary:
+        metrics.update(_binary(model, img, df, ps, cfg, extra))
+
+    result = TaskResult("zeroshot", metrics, config, model_info(loaded), data_info(table, enc.kept, enc.bad),
+                        [cfg.seed], extra)
+    if out is not None:
+        write_results(result, out)
+    print(format_table(result))
+    return result
+
+
+def _binary(model: Any, img: Any, df: Any, ps: PromptSet, cfg: ZeroShotConfig, extra: dict) -> dict[str, Estimate]:
+    labels = [lab for lab in ps.binary if lab in df.columns]
+    if not labels:
+        raise ValueError(f"none of the binary labels {list(ps.binary)} of {ps.path} is a column of the data")
+    metrics: dict[str, Estimate] = {}
+    modes = score_modes(model)
+    for mode, fn in modes.items():
+        ys, ps_, used = [], [], []
+        for lab in labels:
+            pos, neg = ps.binary[lab]
+            y = df[lab].to_numpy(dtype=float)
+            y = np.where(np.isnan(y), 0.0, y)  # unmentioned = negative (CheXpert convention); -1 dropped
+            keep = y >= 0
+            if len(np.unique(y[keep])) < 2:
+                continue
+            s = similarity_matrix(fn, img, encode_texts(model, pos + neg), cfg.chunk)
+            sp, sn = s[:, : len(pos)].mean(1), s[:, len(pos) :].mean(1)
+            prob = torch.softmax(torch.stack([sp, sn], 1) / cfg.temperature, 1)[:, 0].numpy()
+            metrics[f"binary/{mode}/{lab}/auroc"] = bootstrap_ci(auroc, y[keep], prob[keep], n_boot=cfg.n_boot,
+                                                                 seed=cfg.seed)
+            ys.append(np.where(keep, y, np.nan))
+            ps_.append(prob)
+            used.append(lab)
+        if used:
+            Y, P = np.stack(ys, 1), np.stack(ps_, 1)
+            metrics[f"binary/{mode}/macro_auroc"] = bootstrap_ci(macro_auroc, Y, P, n_boot=cfg.n_boot,
+                                                                 seed=cfg.seed)
+            extra.setdefault("binary_labels", used)
+    return metrics

@@ -1,0 +1,73 @@
+"""The evaluate / report / explain commands end to end on a real tiny model (cnn-small 64 px + bert-tiny)."""
+
+import argparse
+import json
+
+import pytest
+import torch
+
+from reclf.evaluate import cli as eval_cli
+from reclf.evaluate import explain as explain_cli
+from reclf.evaluate import report as report_cli
+from test_eval_stub import make_folder
+
+
+def _run(module, argv):
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    return module.run(parser.parse_args(argv))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from reclf.methods import create_model
+
+    root = tmp_path_factory.mktemp("cli")
+    torch.manual_seed(0)
+    model = create_model("reclf", image_encoder={"name": "cnn-small", "image_size": 64},
+                         text_encoder={"name": "bert-tiny"})
+    model.save_pretrained(root / "model")
+    return root, make_folder(root / "data", n=16)
+
+
+def test_tasks_write_results_and_report(setup):
+    root, data = setup
+    common = ["--model", str(root / "model"), "--data", str(data), "--n-boot", "20",
+              "--cache-dir", str(root / "cache")]
+    _run(eval_cli, ["zeroshot", *common, "--out", str(root / "runs/zs"), "--prompts", "chexpert",
+                    "--prompts-per-class", "2"])
+    _run(eval_cli, ["retrieve", *common, "--out", str(root / "runs/ret")])
+    _run(eval_cli, ["relations", *common, "--out", str(root / "runs/rel")])
+    _run(eval_cli, ["grounding", *common, "--out", str(root / "runs/gr")])
+    _run(eval_cli, ["linear", *common, "--out", str(root / "runs/lin"), "--fractions", "50,100", "--seeds", "0,1",
+                    "--max-steps", "20"])
+    _run(eval_cli, ["segment", *common, "--out", str(root / "runs/seg"), "--fractions", "100", "--seeds", "0",
+                    "--epochs", "1", "--min-steps", "2"])
+    _run(eval_cli, ["baseline", "--kind", "random", "--model", str(root / "model"), "--out", str(root / "floor"),
+                    "--seed", "1"])
+    _run(eval_cli, ["zeroshot", "--model", str(root / "floor"), "--data", str(data), "--n-boot", "20",
+                    "--out", str(root / "runs/zs_floor"), "--prompts", "chexpert", "--prompts-per-class", "2"])
+    sha = json.loads((root / "runs/zs/results.json").read_text())["model"]["sha256"]
+    for name in ("zs", "ret", "rel", "gr", "lin", "seg"):
+        saved = json.loads((root / "runs" / name / "results.json").read_text())
+        assert saved["metrics"] and saved["model"]["sha256"] == sha and len(sha) == 64
+    floor = json.loads((root / "runs/zs_floor/results.json").read_text())
+    assert floor["model"]["label"].startswith("floor:random") and floor["model"]["sha256"] != sha
+
+    _run(report_cli, [str(root / "runs"), "--out", str(root / "report"), "--samples", "1"])
+    text = (root / "report" / "report.md").read_text()
+    for task in ("zeroshot", "linear", "segment", "retrieve", "relations", "grounding"):
+        assert f"## {task}" in text
+    assert "floor:random" in text
+    assert list((root / "report" / "figures").glob("*.png"))
+    assert list((root / "report" / "figures" / "explain").glob("*relations.png"))  # RECLF has SRM
+
+
+def test_explain_writes_the_pictures(setup):
+    root, data = setup
+    _run(explain_cli, ["--model", str(root / "model"), "--image", str(data / "images" / "s0.png"),
+                       "--report", "small right pleural effusion. no pneumothorax.", "--out", str(root / "ex")])
+    info = json.loads((root / "ex" / "explanation.json").read_text())
+    assert set(info["figures"]) == {"attention", "importance", "relations"}
+    assert info["words"][:4] == ["small", "right", "pleural", "effusion"]
+    assert len(info["word_weights"]) == len(info["words"])

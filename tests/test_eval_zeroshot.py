@@ -1,0 +1,41 @@
+import json
+
+import numpy as np
+import torch
+
+from reclf.evaluate.loading import wrap_model
+from reclf.evaluate.prompts import expand, load_prompts, sample_prompts
+from reclf.evaluate.zeroshot import ZeroShotConfig, class_scores, run_zeroshot
+from test_eval_stub import StubModel, make_folder
+
+
+def test_prompt_combinations_and_sampling():
+    prompts = expand({"severity": ["", "small"], "subtype": ["effusion"], "location": ["left", "right"]}, "t")
+    assert prompts == ["effusion left", "effusion right", "small effusion left", "small effusion right"]
+    assert sample_prompts(prompts, 2, seed=1) == sample_prompts(prompts, 2, seed=1)
+    assert len(sample_prompts(prompts, 2, seed=1)) == 2
+    ps = load_prompts("chexpert")
+    assert len(ps.classes) == 5 and all(ps.classes.values()) and "Pneumothorax" in ps.binary
+
+
+def test_class_scores_mean_and_max():
+    s = torch.tensor([[0.1, 0.9, 0.3], [0.5, 0.2, 0.4]])
+    owner = np.array([0, 0, 1])
+    assert torch.allclose(class_scores(s, owner, 2, "max"), torch.tensor([[0.9, 0.3], [0.5, 0.4]]))
+    assert torch.allclose(class_scores(s, owner, 2, "mean"), torch.tensor([[0.5, 0.3], [0.35, 0.4]]))
+
+
+def test_zeroshot_end_to_end(tmp_path):
+    torch.manual_seed(0)
+    data = make_folder(tmp_path / "data", n=10)
+    cfg = ZeroShotConfig(prompts="chexpert", prompts_per_class=3, binary=True, n_boot=50,
+                         cache_dir=str(tmp_path / "cache"))
+    res = run_zeroshot(wrap_model(StubModel()), data, tmp_path / "out", cfg)
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    for mode in ("global", "local", "fused", "method"):
+        m = saved["metrics"][f"{mode}/accuracy"]
+        assert 0.0 <= m["ci_low"] <= m["value"] <= m["ci_high"] <= 1.0
+    assert saved["config"]["prompt_file"]["version"] == 1
+    assert saved["data"]["used"] == 10
+    assert np.asarray(res.extra["confusion"]["global"]).sum() == 10
+    assert any(k.startswith("binary/global/") for k in saved["metrics"])
