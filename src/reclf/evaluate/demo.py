@@ -50,15 +50,42 @@ class DemoSettings:
     method_overrides: dict[str, Any] = field(default_factory=dict)
 
 
-QUICK = DemoSettings(synth_n=400, synth_per_class=20, image_size=64, pretrain_steps=30, pretrain_batch=16, seeds=1,
-                     linear_fractions=[0.1, 1.0], linear_seeds=[0, 1, 2], segment_fractions=[1.0], segment_seeds=[0],
-                     segment_epochs=3, segment_min_steps=24, segment_task="opacity", supervised_epochs=10,
-                     prompts_per_class=10, n_boot=200)
-FULL = DemoSettings(synth_n=2000, synth_per_class=60, image_size=64, pretrain_steps=200, pretrain_batch=32, seeds=2,
-                    linear_fractions=[0.01, 0.1, 1.0], linear_seeds=[0, 1, 2], segment_fractions=[0.1, 1.0],
-                    segment_seeds=[0], segment_epochs=6, segment_min_steps=60, segment_task="opacity",
-                    supervised_epochs=20,
-                    prompts_per_class=20, n_boot=500)
+QUICK = DemoSettings(
+    synth_n=400,
+    synth_per_class=20,
+    image_size=64,
+    pretrain_steps=30,
+    pretrain_batch=16,
+    seeds=1,
+    linear_fractions=[0.1, 1.0],
+    linear_seeds=[0, 1, 2],
+    segment_fractions=[1.0],
+    segment_seeds=[0],
+    segment_epochs=3,
+    segment_min_steps=24,
+    segment_task="opacity",
+    supervised_epochs=10,
+    prompts_per_class=10,
+    n_boot=200,
+)
+FULL = DemoSettings(
+    synth_n=2000,
+    synth_per_class=60,
+    image_size=64,
+    pretrain_steps=200,
+    pretrain_batch=32,
+    seeds=2,
+    linear_fractions=[0.01, 0.1, 1.0],
+    linear_seeds=[0, 1, 2],
+    segment_fractions=[0.1, 1.0],
+    segment_seeds=[0],
+    segment_epochs=6,
+    segment_min_steps=60,
+    segment_task="opacity",
+    supervised_epochs=20,
+    prompts_per_class=20,
+    n_boot=500,
+)
 LOCAL_METHODS = ("gloria", "reclf", "reclf-no-srm", "reclf-no-irm")  # hard_negatives applies to these
 
 
@@ -72,8 +99,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tasks", default="zeroshot,linear,segment,retrieve,relations,grounding")
     parser.add_argument("--no-baselines", action="store_true", help="skip the floor and ceiling")
     parser.add_argument("--fresh", action="store_true", help="delete the demo folder first (not SynthCXR)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads (1 is fastest for these tiny models on small CPUs)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads per job (1 is fastest for these tiny models on small CPUs)",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=2,
+        help="pretraining runs / model evaluations at once, one process each (default 2: one per core)",
+    )
 
 
 def _say(text: str) -> None:
@@ -89,8 +126,15 @@ def ensure_synth(folder: Path, s: DemoSettings) -> Path:
 
     _say(f"SynthCXR: generating {s.synth_n} pretraining studies ({s.image_size} px) into {folder}")
     t = time.time()
-    generate(folder, n=s.synth_n, size=max(s.image_size, 64), per_class=s.synth_per_class, workers=2,
-             overwrite=True, preview=False)
+    generate(
+        folder,
+        n=s.synth_n,
+        size=max(s.image_size, 64),
+        per_class=s.synth_per_class,
+        workers=2,
+        overwrite=True,
+        preview=False,
+    )
     _say(f"SynthCXR: done in {time.time() - t:.0f} s")
     return folder
 
@@ -100,15 +144,29 @@ def demo_config(method: str, seed: int, s: DemoSettings, synth: Path, runs: Path
     from reclf.config import load_config
 
     preset = Path("configs") / f"demo_{method}.yaml"
-    overrides = [f"seed={seed}", f"name={method}@seed{seed}", f"data.root={synth / 'pretrain'}",
-                 f"train.runs_dir={runs}", "train.progress=false", f"image_encoder.image_size={s.image_size}"]
+    overrides = [
+        f"seed={seed}",
+        f"name={method}@seed{seed}",
+        f"data.root={synth / 'pretrain'}",
+        f"train.runs_dir={runs}",
+        "train.progress=false",
+        f"image_encoder.image_size={s.image_size}",
+    ]
     if not preset.is_file():
-        overrides += [f"method.name={method}", "image_encoder.name=cnn-small", "text_encoder.name=bert-tiny",
-                      f"train.max_steps={s.pretrain_steps}", f"data.batch_size={s.pretrain_batch}",
-                      "train.max_epochs=1000"]
+        overrides += [
+            f"method.name={method}",
+            "image_encoder.name=cnn-small",
+            "text_encoder.name=bert-tiny",
+            f"train.max_steps={s.pretrain_steps}",
+            f"data.batch_size={s.pretrain_batch}",
+            "train.max_epochs=1000",
+        ]
     else:  # the preset's method, encoders and optimiser; the demo's budget
-        overrides += [f"train.max_steps={s.pretrain_steps}", f"data.batch_size={s.pretrain_batch}",
-                      "train.max_epochs=1000"]
+        overrides += [
+            f"train.max_steps={s.pretrain_steps}",
+            f"data.batch_size={s.pretrain_batch}",
+            "train.max_epochs=1000",
+        ]
     if method in LOCAL_METHODS:
         overrides += [f"method.{k}={v}" for k, v in s.method_overrides.items()]
     return load_config(preset if preset.is_file() else None, overrides)
@@ -132,8 +190,15 @@ def pretrain_one(method: str, seed: int, s: DemoSettings, synth: Path, root: Pat
     result = pretrain(cfg)
     if result.export_dir is None:
         raise RuntimeError(f"pretraining {method} (seed {seed}) produced no export; see {result.run_dir}")
-    atomic_write_json(marker, {"export_dir": str(result.export_dir), "run_dir": str(result.run_dir),
-                               "seconds": round(time.time() - t, 1), "summary": result.summary})
+    atomic_write_json(
+        marker,
+        {
+            "export_dir": str(result.export_dir),
+            "run_dir": str(result.run_dir),
+            "seconds": round(time.time() - t, 1),
+            "summary": result.summary,
+        },
+    )
     return result.export_dir
 
 
@@ -148,45 +213,98 @@ def baselines(like: Path, s: DemoSettings, synth: Path, root: Path) -> list[Path
         make_random(model, floor, seed=12345)
     if not (ceiling / BASELINE_FILE).is_file():
         _say(f"ceiling: supervised encoder on {synth / 'classification'} ({s.supervised_epochs} epochs)")
-        train_supervised(model, synth / "classification", ceiling,
-                         SupervisedConfig(epochs=s.supervised_epochs, image_size=s.image_size))
+        train_supervised(
+            model,
+            synth / "classification",
+            ceiling,
+            SupervisedConfig(epochs=s.supervised_epochs, image_size=s.image_size),
+        )
     return [floor, ceiling]
 
 
-TASK_DATA = {"zeroshot": "zeroshot_5x200", "linear": "classification", "segment": "segmentation",
-             "retrieve": "retrieval_8x200", "relations": "relations", "grounding": "relations"}
+TASK_DATA = {
+    "zeroshot": "zeroshot_5x200",
+    "linear": "classification",
+    "segment": "segmentation",
+    "retrieve": "retrieval_8x200",
+    "relations": "relations",
+    "grounding": "relations",
+}
 IMAGE_ONLY = ("linear", "segment")
 
 
-def evaluate_all(models: dict[str, Path], tasks: list[str], s: DemoSettings, synth: Path, root: Path) -> list[Path]:
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+
+
+def _pool(jobs: int, threads: int):
+    """A process pool for independent demo jobs (each with its own torch threads), or None for jobs=1."""
+    if jobs <= 1:
+        return None
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = multiprocessing.get_context("spawn")  # fork after torch/OpenMP start-up can hang
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker, initargs=(threads,))
+
+
+def _map(pool, fn, items: list[tuple]) -> list[Any]:
+    """``fn(*item)`` for every item, in order, in the pool when there is one."""
+    if pool is None:
+        return [fn(*item) for item in items]
+    futures = [pool.submit(fn, *item) for item in items]
+    return [f.result() for f in futures]
+
+
+def evaluate_all(
+    models: dict[str, Path], tasks: list[str], s: DemoSettings, synth: Path, root: Path, pool=None
+) -> list[Path]:
+    items = [(label, path, tasks, s, synth, root) for label, path in models.items()]
+    return [out for outs in _map(pool, evaluate_model, items) for out in outs]
+
+
+def evaluate_model(label: str, path: Path, tasks: list[str], s: DemoSettings, synth: Path, root: Path) -> list[Path]:
+    """Every task for one model (skipping tasks whose results.json exists)."""
     from reclf.evaluate.cli import run_task
     from reclf.evaluate.loading import load_model
 
     done: list[Path] = []
-    opts = {"n_boot": s.n_boot, "prompts_per_class": s.prompts_per_class, "fractions": s.linear_fractions,
-            "seeds": s.linear_seeds, "image_size": s.image_size, "binary": True, "rerank_k": 50}
-    for label, path in models.items():
-        loaded = None
-        for task in tasks:
-            if label.startswith("ceiling") and task not in IMAGE_ONLY:
-                continue  # the supervised ceiling has no trained text side
-            out = root / "eval" / task / label.replace(":", "-")
-            if (out / "results.json").is_file():
-                done.append(out)
-                continue
-            if loaded is None:
-                loaded = load_model(path)
-                loaded.label = label
-            task_opts = dict(opts)
-            if task == "segment":
-                task_opts.update(fractions=s.segment_fractions, seeds=s.segment_seeds, epochs=s.segment_epochs,
-                                 min_steps=s.segment_min_steps,
-                                 seg_task=s.segment_task)
-            _say(f"evaluate {task} · {label}")
-            t = time.time()
-            run_task(task, loaded, synth / TASK_DATA[task], out, task_opts, str(root / "cache"))
-            _say(f"evaluate {task} · {label}: {time.time() - t:.0f} s")
+    opts = {
+        "n_boot": s.n_boot,
+        "prompts_per_class": s.prompts_per_class,
+        "fractions": s.linear_fractions,
+        "seeds": s.linear_seeds,
+        "image_size": s.image_size,
+        "binary": True,
+        "rerank_k": 50,
+    }
+    loaded = None
+    for task in tasks:
+        if label.startswith("ceiling") and task not in IMAGE_ONLY:
+            continue  # the supervised ceiling has no trained text side
+        out = root / "eval" / task / label.replace(":", "-")
+        if (out / "results.json").is_file():
             done.append(out)
+            continue
+        if loaded is None:
+            loaded = load_model(path)
+            loaded.label = label
+        task_opts = dict(opts)
+        if task == "segment":
+            task_opts.update(
+                fractions=s.segment_fractions,
+                seeds=s.segment_seeds,
+                epochs=s.segment_epochs,
+                min_steps=s.segment_min_steps,
+                seg_task=s.segment_task,
+            )
+        _say(f"evaluate {task} · {label}")
+        t = time.time()
+        run_task(task, loaded, synth / TASK_DATA[task], out, task_opts, str(root / "cache"))
+        _say(f"evaluate {task} · {label}: {time.time() - t:.0f} s")
+        done.append(out)
     return done
 
 
@@ -217,11 +335,11 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.time()
     ensure_synth(synth, s)
     timings["synth_s"] = round(time.time() - t0, 1)
-    models: dict[str, Path] = {}
+    pool = _pool(args.jobs, args.threads)
     t = time.time()
-    for method in methods:
-        for seed in range(s.seeds):
-            models[f"{method}@seed{seed}"] = pretrain_one(method, seed, s, synth, root)
+    runs = [(method, seed, s, synth, root) for method in methods for seed in range(s.seeds)]
+    exports = _map(pool, pretrain_one, runs)
+    models: dict[str, Path] = {f"{m}@seed{seed}": e for (m, seed, *_), e in zip(runs, exports)}
     timings["pretrain_s"] = round(time.time() - t, 1)
     if not args.no_baselines and models:
         t = time.time()
@@ -230,15 +348,32 @@ def run(args: argparse.Namespace) -> int:
         models = {"floor:random": floor, **models, "ceiling:supervised": ceiling}
         timings["baselines_s"] = round(time.time() - t, 1)
     t = time.time()
-    evaluate_all(models, tasks, s, synth, root)
+    evaluate_all(models, tasks, s, synth, root, pool)
     timings["evaluate_s"] = round(time.time() - t, 1)
+    if pool is not None:
+        pool.shutdown()
     t = time.time()
     results = find_results([root / "eval"])
-    path = write_report(results, root, data=str(synth / "relations"), samples=2,
-                        title="reclf demo on SynthCXR" + (" (quick)" if args.quick else ""))
+    path = write_report(
+        results,
+        root,
+        data=str(synth / "relations"),
+        samples=2,
+        title="reclf demo on SynthCXR" + (" (quick)" if args.quick else ""),
+    )
     timings["report_s"] = round(time.time() - t, 1)
     timings["total_s"] = round(time.time() - t0, 1)
-    atomic_write_json(root / "demo.json", {"settings": asdict(s), "methods": methods, "tasks": tasks,
-                                           "models": {k: str(v) for k, v in models.items()}, "timings": timings})
+    atomic_write_json(
+        root / "demo.json",
+        {
+            "settings": asdict(s),
+            "methods": methods,
+            "tasks": tasks,
+            "jobs": args.jobs,
+            "threads": args.threads,
+            "models": {k: str(v) for k, v in models.items()},
+            "timings": timings,
+        },
+    )
     _say(f"report: {path}  (timings: {timings})")
     return 0
