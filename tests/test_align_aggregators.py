@@ -19,14 +19,6 @@ from reclf.align.matching import attend
 D = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def inputs(n_img=3, n_txt=4, n_words=8, seed=0):
     g = torch.Generator().manual_seed(seed)
     words = F.normalize(torch.randn(n_txt, n_words, D, generator=g), dim=-1)

@@ -18,15 +18,6 @@ from reclf.align.matching import (
 D = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is faster than two contending ones on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make_batch(n_img: int = 4, n_txt: int = 5, n_words: int = 7, n_reg: int = 9, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
     lengths = torch.randint(1, n_words + 1, (n_txt,), generator=g)

@@ -16,10 +16,6 @@ from torch import nn
 
 from reclf.models.features import ImageEncoderOutput, ImageFeatures, TextFeatures
 
-# Tiny tensors: one intra-op thread is several times faster than two on a shared 2-core machine
-# (thread hand-offs dominate), and the evaluation tests import this module first.
-torch.set_num_threads(1)
-
 WORD = re.compile(r"[a-z0-9]+")
 
 

@@ -20,15 +20,6 @@ REPORTS = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """On a shared 2-core machine, 2 intra-op threads are ~10x slower than 1 for these tiny batches."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny() -> TextEncoder:
     torch.manual_seed(0)
