@@ -39,3 +39,11 @@ def test_zeroshot_end_to_end(tmp_path):
     assert saved["data"]["used"] == 10
     assert np.asarray(res.extra["confusion"]["global"]).sum() == 10
     assert any(k.startswith("binary/global/") for k in saved["metrics"])
+
+
+def test_auto_prompt_file_follows_the_table_source():
+    from reclf.evaluate.zeroshot import pick_prompt_file
+
+    classes = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]
+    assert pick_prompt_file("auto", classes, "synthcxr").name != pick_prompt_file("auto", classes, "chexpert").name
+    assert "chexpert" in pick_prompt_file("auto", classes, "").name.lower()

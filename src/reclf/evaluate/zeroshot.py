@@ -31,7 +31,7 @@ from reclf.evaluate.stats import Estimate, bootstrap_ci
 
 @dataclass
 class ZeroShotConfig:
-    prompts: str = "auto"  # a YAML path or built-in name; auto: synthcxr if its classes match, else chexpert
+    prompts: str = "auto"  # a YAML path or built-in name; auto: by the table's source (synthcxr or chexpert)
     prompts_per_class: int | None = None  # None: every prompt (GLoRIA samples 5)
     reduce: str = "mean"  # mean | max over a class's prompts
     binary: bool = False  # also (or, without a class column, only) the binary pos/neg tasks
@@ -75,11 +75,14 @@ def class_scores(scores: torch.Tensor, owner: np.ndarray, n_classes: int, reduce
     return torch.stack(cols, 1)
 
 
-def pick_prompt_file(spec: str, classes: list[str]) -> PromptSet:
+def pick_prompt_file(spec: str, classes: list[str], source: str = "") -> PromptSet:
+    """``spec`` as given, or for ``auto`` the built-in file of the table's source: SynthCXR's vocabulary for
+    ``source == "synthcxr"``, CheXpert's (radiologists' wording) for real data, then whichever fits."""
     if spec != "auto":
         return load_prompts(spec)
     errors = []
-    for name in ("synthcxr", "chexpert"):
+    order = ("synthcxr", "chexpert") if source == "synthcxr" else ("chexpert", "synthcxr")
+    for name in order:
         try:
             ps = load_prompts(name)
             if not classes or match_classes(classes, ps):
@@ -106,7 +109,8 @@ def run_zeroshot(loaded: LoadedModel, data: str | Path, out: str | Path | None, 
     metrics: dict[str, Estimate] = {}
     extra: dict[str, Any] = {}
     classes = sorted(df["class"].astype(str).unique()) if has_class else []
-    ps = pick_prompt_file(cfg.prompts, classes if has_class else [])
+    sources = set(table.df["source"].astype(str)) if "source" in table.df.columns else set()
+    ps = pick_prompt_file(cfg.prompts, classes if has_class else [], "synthcxr" if sources == {"synthcxr"} else "")
     config = asdict(cfg) | {"prompt_file": ps.describe(), "image_size": size}
 
     if has_class:
