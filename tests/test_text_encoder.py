@@ -191,3 +191,18 @@ def test_local_folder_and_remote_code_checkpoint(tmp_path: Path) -> None:
     save_file({"something.else": torch.zeros(2)}, remote / "model.safetensors")
     with pytest.raises(TextEncoderError, match="BERT"):
         build_text_encoder(TextEncoderConfig(name=str(remote)))
+
+
+def test_mean_pooling_is_the_mean_over_real_pieces() -> None:
+    torch.manual_seed(0)
+    enc = build_text_encoder(TextEncoderConfig(name="bert-tiny", pooling="mean")).eval()
+    reports = ["Small left effusion.", "Heart size is enlarged and there is mild pulmonary edema."]
+    tokens = enc.tokenizer(reports)
+    with torch.no_grad():
+        out = enc(tokens)
+        hidden = enc.backbone(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
+    for b in range(2):
+        n = int(tokens.attention_mask[b].sum())
+        torch.testing.assert_close(out.global_[b], hidden[b, :n].mean(0), atol=1e-5, rtol=1e-5)
+    with pytest.raises(TextEncoderError, match="pooling"):
+        build_text_encoder(TextEncoderConfig(name="bert-tiny", pooling="max"))

@@ -52,6 +52,7 @@ class TextEncoderConfig:
     max_tokens: int = 128
     last_n_layers: int = 1  # sum of the last N hidden layers (GLoRIA uses 4)
     word_merge: str = "sum"  # sum | mean: WordPiece pieces to words
+    pooling: str = "cls"  # cls | mean: the global report vector ([CLS] as MGCA/ConVIRT, token mean as GLoRIA)
     sections: list[str] = field(default_factory=lambda: ["findings", "impression"])
     freeze: bool = False
     # small BERT built from a config (bert-tiny): size knobs

@@ -69,7 +69,9 @@ def _text_encoder_from_folder(text_dir: Path, cfg: TextEncoderConfig, need_atten
     backbone = AutoModel.from_config(hf_config)
     hf_tok = _fast_tokenizer(text_dir)
     tokenizer = WordTokenizer(hf_tok, cfg.max_tokens)
-    return TextEncoder(backbone, tokenizer, cfg.last_n_layers, cfg.word_merge, cfg.freeze, name=str(text_dir))
+    return TextEncoder(
+        backbone, tokenizer, cfg.last_n_layers, cfg.word_merge, cfg.freeze, name=str(text_dir), pooling=cfg.pooling
+    )
 
 
 def from_pretrained(folder: str | Path, map_location: str = "cpu") -> VLModel:

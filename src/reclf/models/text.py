@@ -73,8 +73,12 @@ class TextEncoder(nn.Module):
         word_merge: str = "sum",
         freeze: bool = False,
         name: str = "",
+        pooling: str = "cls",
     ) -> None:
         super().__init__()
+        if pooling not in ("cls", "mean"):
+            raise TextEncoderError(f"text_encoder.pooling must be 'cls' or 'mean', got {pooling!r}")
+        self.pooling = pooling
         n_layers = int(backbone.config.num_hidden_layers)
         if not 1 <= last_n_layers <= n_layers:
             raise TextEncoderError(f"text_encoder.last_n_layers={last_n_layers} must be in 1..{n_layers} for {name}")
@@ -165,8 +169,13 @@ class TextEncoder(nn.Module):
             att = out.attentions[-1]  # [B, heads, T, T]
             cls_to_piece = att[:, :, 0, :].mean(dim=1)  # [B, T]
             cls_attention = merge_pieces(cls_to_piece, tokens.piece_to_word, n_words, "sum")
+        if self.pooling == "mean":  # mean over the real pieces ([CLS] and [SEP] included, padding not)
+            keep = tokens.attention_mask.unsqueeze(-1).to(hidden.dtype)
+            global_ = (hidden * keep).sum(1) / keep.sum(1).clamp_min(1.0)
+        else:
+            global_ = hidden[:, 0]
         return TextEncoderOutput(
-            global_=hidden[:, 0],
+            global_=global_,
             words=words,
             word_mask=tokens.word_mask,
             sentence_ids=tokens.sentence_ids,
@@ -323,7 +332,9 @@ def build_text_encoder(
             "(the report vector is the [CLS] position); pass a BERT/RoBERTa-style model"
         )
     tokenizer = WordTokenizer(hf_tok, cfg.max_tokens)
-    encoder = TextEncoder(backbone, tokenizer, cfg.last_n_layers, cfg.word_merge, cfg.freeze, name=name)
+    encoder = TextEncoder(
+        backbone, tokenizer, cfg.last_n_layers, cfg.word_merge, cfg.freeze, name=name, pooling=cfg.pooling
+    )
     if gradient_checkpointing:
         encoder.set_gradient_checkpointing(True)
     return encoder
