@@ -174,7 +174,32 @@ def bench_b(batch: int, n_words: int, grid: int, dim: int, repeats: int, chunk: 
 
 
 def _rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+    """Current resident set size (not the lifetime peak, which import-time spikes would mask)."""
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+class PeakRSS:
+    """Polls the current RSS in a thread while the block runs; ``peak`` is the highest value seen."""
+
+    def __enter__(self) -> PeakRSS:
+        import threading
+
+        self.peak, self._stop = _rss_mib(), False
+
+        def poll() -> None:
+            while not self._stop:
+                self.peak = max(self.peak, _rss_mib())
+                time.sleep(0.0005)
+
+        self._thread = threading.Thread(target=poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop = True
+        self._thread.join()
+        self.peak = max(self.peak, _rss_mib())
 
 
 def memory_child(batch: int, n_words: int, grid: int, dim: int, chunk: int, mode: str, threads: int) -> None:
@@ -187,13 +212,14 @@ def memory_child(batch: int, n_words: int, grid: int, dim: int, chunk: int, mode
 
         checkpoint(lambda a: a * 2, torch.ones(1, requires_grad=True), use_reentrant=False).sum().backward()
     base = _rss_mib()
-    if mode == "no_grad":
-        with torch.no_grad():
-            pairwise_local_scores(**x, aggregator=agg, chunk_size=chunk)
-    else:
-        s = pairwise_local_scores(**x, aggregator=agg, chunk_size=chunk, checkpoint=(mode == "checkpoint"))
-        reclf_local_loss(s, 0.1).backward()
-    print(json.dumps({"batch": batch, "mode": mode, "peak_mib": _rss_mib() - base}))
+    with PeakRSS() as peak:
+        if mode == "no_grad":
+            with torch.no_grad():
+                pairwise_local_scores(**x, aggregator=agg, chunk_size=chunk)
+        else:
+            s = pairwise_local_scores(**x, aggregator=agg, chunk_size=chunk, checkpoint=(mode == "checkpoint"))
+            reclf_local_loss(s, 0.1).backward()
+    print(json.dumps({"batch": batch, "mode": mode, "peak_mib": peak.peak - base}))
 
 
 def bench_c(
