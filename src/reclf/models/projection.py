@@ -43,8 +43,10 @@ def _mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
     )
 
 
-class GlobalProjection(nn.Module):
-    """Project a pooled vector ``[B, C]`` to ``[B, d]`` (``linear``: GLoRIA; ``mlp``: MGCA)."""
+class _ProjectionHead(nn.Module):
+    """Shared construction: ``linear`` (with a bias for global heads, none for local ones) or MGCA's MLP."""
+
+    linear_bias: bool = True
 
     def __init__(
         self,
@@ -58,9 +60,13 @@ class GlobalProjection(nn.Module):
         _check_kind(kind)
         self.kind, self.in_dim, self.out_dim, self.normalize = kind, in_dim, out_dim, normalize
         if kind == "linear":
-            self.net: nn.Module = nn.Linear(in_dim, out_dim)
+            self.net: nn.Module = nn.Linear(in_dim, out_dim, bias=self.linear_bias)
         else:
             self.net = _mlp(in_dim, hidden_dim or in_dim, out_dim)
+
+
+class GlobalProjection(_ProjectionHead):
+    """Project a pooled vector ``[B, C]`` to ``[B, d]`` (``linear``: GLoRIA; ``mlp``: MGCA)."""
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 2 or x.shape[-1] != self.in_dim:
@@ -69,28 +75,14 @@ class GlobalProjection(nn.Module):
         return F.normalize(y, dim=-1, eps=NORM_EPS) if self.normalize else y
 
 
-class LocalProjection(nn.Module):
+class LocalProjection(_ProjectionHead):
     """Project per-token features to the joint space.
 
     ``forward(x[B, N, C] | x[B, C, h, w], mask[B, N] | None) -> [B, N, d]`` (a map is flattened row-major,
     ``N = h*w``). ``linear`` is GLoRIA's bias-free 1x1 convolution; ``mlp`` is MGCA's per-token MLP.
     """
 
-    def __init__(
-        self,
-        in_dim: int,
-        out_dim: int = DEFAULT_JOINT_DIM,
-        kind: ProjectionKind = "linear",
-        hidden_dim: int | None = None,
-        normalize: bool = True,
-    ) -> None:
-        super().__init__()
-        _check_kind(kind)
-        self.kind, self.in_dim, self.out_dim, self.normalize = kind, in_dim, out_dim, normalize
-        if kind == "linear":
-            self.net: nn.Module = nn.Linear(in_dim, out_dim, bias=False)
-        else:
-            self.net = _mlp(in_dim, hidden_dim or in_dim, out_dim)
+    linear_bias = False
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         if x.dim() == 4:  # [B, C, h, w] feature map -> [B, h*w, C]
