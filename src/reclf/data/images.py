@@ -48,16 +48,7 @@ def pil_to_float(img: Image.Image) -> np.ndarray:
 
 def load_dicom(path: str | Path) -> np.ndarray:
     """Read a DICOM radiograph with modality and VOI LUTs applied, MONOCHROME1 inverted."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    path = Path(path)
-    try:
-        ds = pydicom.dcmread(path)
-        pixels = ds.pixel_array
-    except (InvalidDicomError, AttributeError, ValueError, OSError, KeyError, TypeError, RuntimeError) as exc:
-        raise ImageReadError(f"cannot read DICOM {path}: {exc}") from exc
-    return _dicom_to_float(ds, pixels, path)
+    return load_dicom_with_meta(path)[0]
 
 
 def _dicom_to_float(ds, pixels: np.ndarray, path: Path) -> np.ndarray:
