@@ -121,3 +121,21 @@ def test_pointing_game_is_region_level_on_coarse_grids():
     mask[1, 6] = True  # a one-pixel lesion inside the top-right region of a 2x2 grid
     assert pointing_game(np.array([[0.1, 0.9], [0.0, 0.0]]), mask) == 1.0
     assert pointing_game(np.array([[0.9, 0.1], [0.0, 0.0]]), mask) == 0.0
+
+
+def test_report_summary_table_merges_seeds_and_falls_back_to_global():
+    from reclf.evaluate.report import merge_seeds, summary_table
+
+    def res(label, task, metrics):
+        return {"task": task, "model": {"label": label},
+                "metrics": {k: {"value": v, "ci_low": None, "ci_high": None, "n": 10} for k, v in metrics.items()}}
+
+    results = [
+        res("reclf@seed0", "zeroshot", {"method/accuracy": 0.30}),
+        res("reclf@seed1", "zeroshot", {"method/accuracy": 0.40}),
+        res("convirt@seed0", "zeroshot", {"global/accuracy": 0.20}),
+    ]
+    lines = summary_table(merge_seeds(results))
+    assert lines[2] == "| model | zero-shot acc |"
+    assert "| convirt | 0.200 |" in lines
+    assert "| reclf | 0.350 ± 0.071 |" in lines

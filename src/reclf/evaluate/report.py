@@ -29,6 +29,19 @@ HEADLINE = {
     "grounding": ["pointing_game", "attention_iou"],
 }
 TASK_ORDER = ("zeroshot", "linear", "segment", "retrieve", "relations", "grounding")
+# the one-table summary at the top of a report: (task, metric, column header); a method without the
+# method-score variant (global-only methods) is shown with its global score
+SUMMARY = (
+    ("zeroshot", "method/accuracy", "zero-shot acc"),
+    ("retrieve", "method/i2t/P@10", "img→report P@10"),
+    ("retrieve", "method/t2i/R@10", "report→img R@10"),
+    ("relations", "negation", "binding: negation"),
+    ("relations", "side", "binding: side"),
+    ("relations", "all_foils", "binding: all foils"),
+    ("grounding", "pointing_game", "pointing game"),
+    ("linear", "100%/auroc", "linear AUROC (100 %)"),
+    ("segment", "opacity/100%/dice_pos", "seg Dice, positives (100 %)"),
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -106,6 +119,25 @@ def markdown_tables(task: str, by_label: dict[str, dict[str, Any]], max_cols: in
     return lines
 
 
+def summary_table(merged: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """Models x the headline metric of every task (mean ± std over pretraining seeds), one table."""
+    cols = [(t, k, h) for t, k, h in SUMMARY if t in merged]
+    labels = sorted({lab for t, _, _ in cols for lab in merged[t]}, key=_label_key)
+    if not cols or not labels:
+        return []
+
+    def cell(task: str, key: str, label: str) -> str:
+        metrics = merged[task].get(label) or {}
+        m = metrics.get(key) or metrics.get(key.replace("method/", "global/"))
+        if not m or m.get("value") is None or np.isnan(m["value"]):
+            return "–"
+        return f"{m['value']:.3f}" + (f" ± {m['std']:.3f}" if m.get("std") else "")
+
+    lines = ["## summary", "", "| model | " + " | ".join(h for _, _, h in cols) + " |", "|---|" + "---|" * len(cols)]
+    lines += [f"| {lab} | " + " | ".join(cell(t, k, lab) for t, k, _ in cols) + " |" for lab in labels]
+    return lines + ["", "Confidence intervals and every other metric: the per-task sections below.", ""]
+
+
 def headline_metrics(task: str, by_label: dict[str, dict[str, Any]]) -> list[str]:
     present = OrderedDict.fromkeys(k for m in by_label.values() for k in m)
     chosen = [k for k in HEADLINE.get(task, []) if k in present]
@@ -125,6 +157,7 @@ def write_report(results: list[dict[str, Any]], out: str | Path, data: str | Non
              f"{len(results)} evaluation runs. Cells: value ± std over seeds [95 % bootstrap CI]; "
              "`floor:` = random-init encoder of the same architecture, `ceiling:` = supervised encoder "
              "trained on the labels. Labels merged over `@seedN` pretraining seeds show mean ± std over them.", ""]
+    lines += summary_table(merged)
     for task in sorted(merged, key=lambda t: TASK_ORDER.index(t) if t in TASK_ORDER else 99):
         by_label = merged[task]
         lines += [f"## {task}", ""]
