@@ -24,7 +24,7 @@ bounded by the chunk too (it grows linearly with the batch, not quadratically).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -262,51 +262,6 @@ def _pairwise(
     return _concat_outputs(outs)
 
 
-def pairwise_local_scores(
-    words: Tensor,
-    word_mask: Tensor,
-    sentence_ids: Tensor,
-    regions: Tensor,
-    img_global: Tensor,
-    txt_global: Tensor,
-    aggregator: Aggregator,
-    *,
-    temperature: float = DEFAULT_ATTN_TEMPERATURE,
-    mode: AttentionMode = "softmax",
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    pairs: Tensor | None = None,
-    checkpoint: bool = False,
-) -> Tensor:
-    """Local score of every image x report pair: ``[I, T]`` (or ``[I, K]`` with ``pairs``).
-
-    Args:
-        words, word_mask, sentence_ids: ``[T, W, d]``, ``[T, W]`` bool, ``[T, W]`` long (the reports).
-        regions, img_global: ``[I, R, d]``, ``[I, d]`` (the images); ``txt_global``: ``[T, d]``.
-        aggregator: pools each pair's matchings into a scalar (``reclf.align.aggregators``).
-        temperature, mode: the attention rule (``attend``).
-        chunk_size: images per chunk; peak working memory ~ ``chunk_size * T * W * (R + d)`` floats.
-        pairs: optional ``[I, K]`` indices of the reports to score for each image (RECLF's positive +
-            top-k hardest negatives, see ``reclf.align.losses.topk_candidates``); the result is then ``[I, K]``.
-        checkpoint: recompute each chunk in the backward pass (activation checkpointing), so that the
-            memory held for backward is bounded by the chunk as well; costs one extra forward.
-    """
-    return _pairwise(
-        words,
-        word_mask,
-        sentence_ids,
-        regions,
-        img_global,
-        txt_global,
-        aggregator,
-        temperature,
-        mode,
-        chunk_size,
-        pairs,
-        checkpoint,
-        keep_extras=False,
-    ).score
-
-
 def pairwise_local_outputs(
     words: Tensor,
     word_mask: Tensor,
@@ -321,8 +276,24 @@ def pairwise_local_outputs(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     pairs: Tensor | None = None,
     checkpoint: bool = False,
+    keep_extras: bool = True,
 ) -> AggregateOutput:
-    """As ``pairwise_local_scores`` but keeps the aggregator's node weights and relations for every pair."""
+    """The aggregated local matching of every image x report pair: ``score[I, T]`` (or ``[I, K]`` with
+    ``pairs``) and, with ``keep_extras``, the aggregator's node weights and relations for every pair.
+
+    Args:
+        words, word_mask, sentence_ids: ``[T, W, d]``, ``[T, W]`` bool, ``[T, W]`` long (the reports).
+        regions, img_global: ``[I, R, d]``, ``[I, d]`` (the images); ``txt_global``: ``[T, d]``.
+        aggregator: pools each pair's matchings into a scalar (``reclf.align.aggregators``).
+        temperature, mode: the attention rule (``attend``).
+        chunk_size: images per chunk; peak working memory ~ ``chunk_size * T * W * (R + d)`` floats.
+        pairs: optional ``[I, K]`` indices of the reports to score for each image (RECLF's positive +
+            top-k hardest negatives, see ``reclf.align.losses.topk_candidates``); the result is then ``[I, K]``.
+        checkpoint: recompute each chunk in the backward pass (activation checkpointing), so that the
+            memory held for backward is bounded by the chunk as well; costs one extra forward.
+        keep_extras: also return node weights / relations (explanations); without them SRM can use a
+            fused attention kernel.
+    """
     return _pairwise(
         words,
         word_mask,
@@ -336,8 +307,14 @@ def pairwise_local_outputs(
         chunk_size,
         pairs,
         checkpoint,
-        keep_extras=True,
+        keep_extras=keep_extras,
     )
+
+
+def pairwise_local_scores(*args: Any, **kwargs: Any) -> Tensor:
+    """Local score of every image x report pair, ``[I, T]`` (or ``[I, K]`` with ``pairs``): the score of
+    ``pairwise_local_outputs`` (same arguments) without the extras."""
+    return pairwise_local_outputs(*args, keep_extras=False, **kwargs).score
 
 
 __all__ = [
