@@ -9,7 +9,6 @@ rebuilds offline without the original download.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -104,8 +103,3 @@ def from_pretrained(folder: str | Path, map_location: str = "cpu") -> VLModel:
     model.eval()
     return model
 
-
-def copy_pretrained(src: str | Path, dst: str | Path) -> None:
-    """Copy a saved model folder (atomically)."""
-    with atomic_dir(Path(dst), overwrite=True) as tmp:
-        shutil.copytree(src, tmp, dirs_exist_ok=True)
