@@ -206,3 +206,47 @@ def test_mean_pooling_is_the_mean_over_real_pieces() -> None:
         torch.testing.assert_close(out.global_[b], hidden[b, :n].mean(0), atol=1e-5, rtol=1e-5)
     with pytest.raises(TextEncoderError, match="pooling"):
         build_text_encoder(TextEncoderConfig(name="bert-tiny", pooling="max"))
+
+
+def test_frozen_encoder_cache_returns_exactly_the_uncached_outputs() -> None:
+    torch.manual_seed(0)
+    cfg = TextEncoderConfig(name="bert-tiny", hidden_size=32, num_layers=1, num_heads=2, freeze=True, cache_size=100)
+    enc = build_text_encoder(cfg).train()  # a frozen backbone stays in eval mode: outputs are deterministic
+    plain = TextEncoder(enc.backbone, enc.tokenizer, freeze=True, cache_size=0)
+    assert enc.cache is not None and plain.cache is None
+    first = enc.encode(REPORTS[:2], need_cls_attention=True)
+    assert len(enc.cache) == 2 and enc.cache.misses == 2
+    # a batch mixing seen and new reports, in another order and padding width
+    batch = [REPORTS[2], REPORTS[0], REPORTS[1] + " Stable."]
+    cached, fresh = enc.encode(batch, need_cls_attention=True), plain.encode(batch, need_cls_attention=True)
+    assert enc.cache.hits == 1 and enc.cache.misses == 4 and len(enc.cache) == 4
+    for name in ("global_", "words", "cls_attention"):
+        assert torch.allclose(getattr(cached, name), getattr(fresh, name), atol=1e-5), name
+    assert torch.equal(cached.word_mask, fresh.word_mask) and cached.word_strings == fresh.word_strings
+    assert torch.allclose(
+        first.words[0, : int(first.word_mask[0].sum())], cached.words[1, : int(cached.word_mask[1].sum())], atol=1e-6
+    )
+    # a full cache keeps working (computes the rest each time) and never grows past its size
+    small = TextEncoder(enc.backbone, enc.tokenizer, freeze=True, cache_size=1)
+    out = small.encode(batch)
+    assert len(small.cache) == 1 and torch.allclose(out.words, fresh.words, atol=1e-5)
+    # a trainable encoder has no cache
+    assert (
+        build_text_encoder(TextEncoderConfig(name="bert-tiny", hidden_size=32, num_layers=1, num_heads=2)).cache is None
+    )
+
+
+def test_freeze_layers_freezes_embeddings_and_the_bottom_layers() -> None:
+    cfg = TextEncoderConfig(name="bert-tiny", hidden_size=32, num_layers=3, num_heads=2, freeze_layers=2)
+    enc = build_text_encoder(cfg)
+    trainable = {
+        n.split(".")[1] + "." + n.split(".")[3] if ".layer." in n else n.split(".")[1]
+        for n, p in enc.backbone.named_parameters(prefix="bb")
+        if p.requires_grad
+    }
+    assert trainable == {"encoder.2"}
+    assert enc.cache is None  # only a fully frozen backbone is cached
+    with pytest.raises(TextEncoderError, match="freeze_layers=4 must be in 0..3"):
+        build_text_encoder(
+            TextEncoderConfig(name="bert-tiny", hidden_size=32, num_layers=3, num_heads=2, freeze_layers=4)
+        )

@@ -63,22 +63,26 @@ def test_decimals_de_id_and_case(tok) -> None:
     assert t.sentence_ids[0].tolist() == [0, 0, 0, 0, 0, 0, 0, 0, 0, 1]  # no split at "2.5" nor at "Dr."
 
 
-def test_truncated_word_keeps_remaining_pieces(hf_tok) -> None:
+def test_truncated_word_is_dropped_not_kept_as_a_fragment(hf_tok) -> None:
     report = "Small left pneumothorax."
     full = WordTokenizer(hf_tok, max_tokens=64)(report)
     n_pieces = len(pieces_of(full, hf_tok, 0, 2))  # pieces of "pneumothorax"
     assert n_pieces >= 3
-    # keep [CLS] small left + 2 pieces of pneumothorax + [SEP]
+    # keep [CLS] small left + 2 pieces of pneumothorax + [SEP]: the fragment is no word
     cut = WordTokenizer(hf_tok, max_tokens=1 + 2 + 2 + 1)(report)
-    kept = pieces_of(cut, hf_tok, 0, 2)
-    assert len(kept) == 2
-    assert cut.words == [["small", "left", "".join(p.removeprefix("##") for p in kept)]]
-    assert cut.words[0][2] != "pneumothorax" and "pneumothorax".startswith(cut.words[0][2])
-    assert cut.word_mask.tolist() == [[True, True, True]]
+    assert cut.words == [["small", "left"]]
+    assert cut.word_mask.tolist() == [[True, True]]
+    assert cut.piece_to_word[0].tolist() == [-1, 0, 1, -1, -1, -1]
+    # a word that ends exactly at the cut is whole and stays
+    exact = WordTokenizer(hf_tok, max_tokens=1 + 2 + n_pieces + 1)(report)
+    assert exact.words == [["small", "left", "pneumothorax"]]
     # words entirely past the cut are gone
     cut2 = WordTokenizer(hf_tok, max_tokens=4)(report)
     assert cut2.words == [["small", "left"]]
     assert hf_tok.convert_ids_to_tokens(cut2.input_ids[0].tolist())[-1] == "[SEP]"
+    # the same rule alone and in a batch with a short report
+    batch = WordTokenizer(hf_tok, max_tokens=6)([report, "Clear."])
+    assert batch.words == [["small", "left"], ["clear"]]
 
 
 def test_sentence_ids_follow_split_sentences(tok) -> None:

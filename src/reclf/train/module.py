@@ -194,16 +194,37 @@ class PretrainModule(L.LightningModule):
         self._t_last = None
 
     # ------------------------------------------------------------------ optimiser
-    def configure_optimizers(self) -> dict[str, Any]:
+    def param_groups(self) -> list[dict[str, Any]]:
+        """AdamW groups: one learning rate per part (text encoder, image encoder, heads), and no weight
+        decay on biases, norms, temperatures and other scalars/vectors. Frozen parameters are left out."""
         cfg = self.train_cfg
-        decay, no_decay = [], []
+        lrs = {"text": cfg.lr_text, "image": cfg.lr_image, "heads": None}
+        groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
         for name, p in self.model.named_parameters():
             if not p.requires_grad:
                 continue
-            # biases, norms, temperatures and other scalars/vectors are not weight-decayed
-            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
-        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(0.9, 0.999))
+            part = (
+                "text"
+                if name.startswith("text_encoder.")
+                else "image"
+                if name.startswith("image_encoder.")
+                else "heads"
+            )
+            decay = not (p.ndim <= 1 or name.endswith(".bias"))
+            groups.setdefault((part, decay), []).append(p)
+        return [
+            {
+                "params": params,
+                "lr": cfg.lr if lrs[part] is None else lrs[part],
+                "weight_decay": cfg.weight_decay if decay else 0.0,
+                "name": f"{part}{'' if decay else '/no_decay'}",
+            }
+            for (part, decay), params in groups.items()
+        ]
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        cfg = self.train_cfg
+        optimizer = torch.optim.AdamW(self.param_groups(), lr=cfg.lr, betas=(0.9, 0.999))
         total = self.trainer.estimated_stepping_batches
         total = int(total) if math.isfinite(total) and total > 0 else max(cfg.max_steps, 1)
         schedule = WarmupCosine(total, warmup_steps(total, cfg.warmup_fraction))
