@@ -250,3 +250,26 @@ def test_freeze_layers_freezes_embeddings_and_the_bottom_layers() -> None:
         build_text_encoder(
             TextEncoderConfig(name="bert-tiny", hidden_size=32, num_layers=3, num_heads=2, freeze_layers=4)
         )
+
+
+def test_cache_file_round_trip_and_refusal_of_another_encoder(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    cfg = TextEncoderConfig(name="bert-tiny", hidden_size=32, num_layers=1, num_heads=2, freeze=True)
+    enc = build_text_encoder(cfg)
+    assert enc.precompute(REPORTS + REPORTS[:1], batch_size=2) == 3
+    path = tmp_path / "text.safetensors"
+    enc.save_cache(path)
+    again = TextEncoder(enc.backbone, enc.tokenizer, freeze=True, cache_size=10)
+    again.pending_cache_file = str(path)
+    out = again.encode(REPORTS, need_cls_attention=True)  # loads the file at the first call: all hits
+    assert again.cache.hits == 3 and again.cache.misses == 0
+    ref = TextEncoder(enc.backbone, enc.tokenizer, freeze=True, cache_size=0).encode(REPORTS, need_cls_attention=True)
+    assert torch.allclose(out.words, ref.words, atol=1e-5) and torch.allclose(out.cls_attention, ref.cls_attention)
+    # another encoder (other weights) refuses the file, and as a pending file it is ignored, not used
+    torch.manual_seed(1)
+    other = build_text_encoder(cfg)
+    with pytest.raises(TextEncoderError, match="another text encoder"):
+        other.load_cache(path)
+    other.pending_cache_file = str(path)
+    other.encode(REPORTS)
+    assert other.cache.hits == 0 and other.cache.misses == 3

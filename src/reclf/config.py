@@ -57,6 +57,7 @@ class TextEncoderConfig:
     freeze: bool = False  # freeze the whole backbone (its outputs are then cached per report: see cache_size)
     freeze_layers: int = 0  # freeze the embeddings and the first N transformer layers (ConVIRT: 6); 0 = none
     cache_size: int = 100_000  # frozen backbone: reports whose outputs are kept in memory (0 = no cache)
+    cache_file: str | None = None  # frozen backbone: a file of precomputed outputs to start from (if it exists)
     # small BERT built from a config (bert-tiny): size knobs
     hidden_size: int = 128
     num_layers: int = 2

@@ -23,6 +23,7 @@ Names (``cfg.name``):
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
@@ -80,6 +81,57 @@ class TextOutputCache:
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    # -------------------------------------------------------------- on disk
+    def save(self, path: str | Path, fingerprint: str) -> None:
+        """Write every entry to one safetensors file (atomically), tagged with the encoder's fingerprint."""
+        from safetensors.torch import save as save_bytes
+
+        from reclf.utils.io import atomic_write_bytes
+
+        keys = list(self.entries)
+        rows = [self.entries[k] for k in keys]
+        ids = [torch.frombuffer(bytearray(k), dtype=torch.int64) for k in keys]
+        n_words = torch.tensor([w.shape[0] for _, w, _ in rows], dtype=torch.int64)
+        tensors = {
+            "ids": torch.cat(ids) if ids else torch.zeros(0, dtype=torch.int64),
+            "id_offsets": torch.cat([torch.zeros(1, dtype=torch.int64), torch.tensor([len(i) for i in ids]).cumsum(0)]),
+            "global": torch.stack([g for g, _, _ in rows]) if rows else torch.zeros(0),
+            "words": torch.cat([w for _, w, _ in rows]) if rows else torch.zeros(0),
+            "word_offsets": torch.cat([torch.zeros(1, dtype=torch.int64), n_words.cumsum(0)]),
+        }
+        if rows and all(a is not None for _, _, a in rows):
+            tensors["cls_attention"] = torch.cat([a for _, _, a in rows])
+        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        atomic_write_bytes(path, save_bytes(tensors, metadata={"fingerprint": fingerprint}))
+
+    def load(self, path: str | Path, fingerprint: str) -> int:
+        """Add the entries of a file written by :meth:`save` for the same encoder; returns how many.
+
+        A file of another encoder (another fingerprint: other weights, max_tokens, layers, pooling)
+        is refused with an error rather than silently giving features of a different model.
+        """
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            found = (fh.metadata() or {}).get("fingerprint")
+            if found != fingerprint:
+                raise TextEncoderError(
+                    f"text feature cache {path} was written by another text encoder or setting "
+                    f"(fingerprint {found!r}, this encoder {fingerprint!r}); delete it or unset text_encoder.cache_file"
+                )
+            t = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open has no __iter__
+        id_off, w_off = t["id_offsets"].tolist(), t["word_offsets"].tolist()
+        att = t.get("cls_attention")
+        added = 0
+        for i in range(len(id_off) - 1):
+            if len(self.entries) >= self.max_entries:
+                break
+            key = t["ids"][id_off[i] : id_off[i + 1]].numpy().tobytes()
+            lo, hi = w_off[i], w_off[i + 1]
+            self.entries[key] = (t["global"][i], t["words"][lo:hi], None if att is None else att[lo:hi])
+            added += 1
+        return added
 
     @staticmethod
     def _keys(tokens: WordTokens) -> list[bytes]:
@@ -170,8 +222,49 @@ class TextEncoder(nn.Module):
             self.backbone.eval()
         elif freeze_layers:
             self._freeze_bottom(freeze_layers, n_layers)
-        # a frozen backbone gives the same outputs for the same input ids: keep them (see _cached_forward)
+        # a frozen backbone gives the same outputs for the same input ids: keep them (TextOutputCache)
         self.cache = TextOutputCache(cache_size) if freeze and cache_size > 0 else None
+        self.pending_cache_file: str | None = None
+
+    def _load_pending_cache(self) -> None:
+        """Load ``pending_cache_file`` once; a file of another encoder is ignored with a warning (never used)."""
+        path, self.pending_cache_file = self.pending_cache_file, None
+        try:
+            n = self.load_cache(path)
+            log.info("text feature cache %s: %d reports loaded", path, n)
+        except (TextEncoderError, OSError, ValueError) as exc:
+            log.warning("text feature cache %s not used: %s", path, exc)
+
+    def fingerprint(self) -> str:
+        """What the cached outputs depend on: the weights (a checksum), the tokenizer limit and the pooling."""
+        h = hashlib.sha256()
+        for name, p in sorted(self.backbone.state_dict().items()):
+            h.update(name.encode())
+            h.update(p.detach().float().cpu().numpy().tobytes())
+        h.update(f"{self.tokenizer.max_tokens}|{self.last_n_layers}|{self.word_merge}|{self.pooling}".encode())
+        return h.hexdigest()[:24]
+
+    def load_cache(self, path: str | Path) -> int:
+        """Fill the cache from ``path`` (see :meth:`TextOutputCache.load`); 0 when there is no cache or file."""
+        if self.cache is None or not Path(path).is_file():
+            return 0
+        return self.cache.load(path, self.fingerprint())
+
+    def save_cache(self, path: str | Path) -> None:
+        if self.cache is None:
+            raise TextEncoderError("only a frozen text encoder (text_encoder.freeze=true) has an output cache")
+        self.cache.save(path, self.fingerprint())
+
+    @torch.no_grad()
+    def precompute(self, reports: list[str], batch_size: int = 64, need_cls_attention: bool = True) -> int:
+        """Encode ``reports`` into the cache (once per distinct text); returns the number encoded."""
+        if self.cache is None:
+            raise TextEncoderError("only a frozen text encoder (text_encoder.freeze=true) has an output cache")
+        before = self.cache.misses
+        unique = list(dict.fromkeys(reports))
+        for i in range(0, len(unique), batch_size):
+            self(self.tokenizer(unique[i : i + batch_size]), need_cls_attention=need_cls_attention)
+        return self.cache.misses - before
 
     def _freeze_bottom(self, n: int, n_layers: int) -> None:
         """Freeze the embeddings and the first ``n`` transformer layers (ConVIRT freezes 6 of BERT's 12)."""
@@ -233,6 +326,8 @@ class TextEncoder(nn.Module):
         if tokens.input_ids.device != self.device:
             tokens = tokens.to(self.device)
         if self.cache is not None:
+            if self.pending_cache_file is not None:
+                self._load_pending_cache()
             return self.cache.forward(tokens, need_cls_attention, self._encode)
         return self._encode(tokens, need_cls_attention)
 
@@ -435,4 +530,6 @@ def build_text_encoder(
     )
     if gradient_checkpointing:
         encoder.set_gradient_checkpointing(True)
+    if cfg.cache_file and encoder.cache is not None:
+        encoder.pending_cache_file = cfg.cache_file  # read at the first forward, once the weights are final
     return encoder
