@@ -203,7 +203,18 @@ class PretrainModule(L.LightningModule):
             # biases, norms, temperatures and other scalars/vectors are not weight-decayed
             (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
         groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(0.9, 0.999))
+        if len(cfg.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.betas):
+            raise ValueError(f"train.betas must be two numbers in [0, 1), got {cfg.betas}")
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=tuple(cfg.betas))
+        if cfg.scheduler == "plateau":  # GLoRIA: halve the lr when val/loss has not improved for 5 epochs
+            plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience
+            )
+            # strict=False: a run without a validation split keeps its lr (Lightning warns) instead of failing
+            sched = {"scheduler": plateau, "monitor": "val/loss", "interval": "epoch", "frequency": 1, "strict": False}
+            return {"optimizer": optimizer, "lr_scheduler": sched}
+        if cfg.scheduler != "cosine":
+            raise ValueError(f"train.scheduler must be cosine or plateau, got {cfg.scheduler!r}")
         total = self.trainer.estimated_stepping_batches
         total = int(total) if math.isfinite(total) and total > 0 else max(cfg.max_steps, 1)
         schedule = WarmupCosine(total, warmup_steps(total, cfg.warmup_fraction))
