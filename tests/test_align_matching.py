@@ -8,12 +8,16 @@ import torch.nn.functional as F
 
 from reclf.align.aggregators import AGGREGATORS, build_aggregator
 from reclf.align.matching import (
+    ATTENTION_MODES,
+    DEFAULT_MATCH_SCALE,
     GLORIA_ATTN_TEMPERATURE,
     attend,
     attend_paired,
+    normalized_entropy,
     pairwise_local_outputs,
     pairwise_local_scores,
 )
+from reclf.methods.params import PRESETS, method_params
 
 D = 16
 
@@ -34,49 +38,90 @@ def make_batch(n_img: int = 4, n_txt: int = 5, n_words: int = 7, n_reg: int = 9,
     }
 
 
-def naive_attend(words_t, regions_i, temperature, mode):
+def naive_attend(words_t, regions_i, temperature, mode, scale=1.0):
     """One pair, valid words only, written as directly as possible (GLoRIA: attention_fn)."""
     sim = words_t @ regions_i.t()  # [W, R]
     if mode == "softmax":
         attn = torch.softmax(sim / temperature, dim=1)
     else:
-        attn = torch.softmax(torch.softmax(sim, dim=0) / temperature, dim=1)
+        attn = torch.softmax(torch.softmax(scale * sim, dim=0) / temperature, dim=1)
     return F.normalize(attn @ regions_i, dim=-1), attn
 
 
-@pytest.mark.parametrize("mode,temperature", [("softmax", 0.1), ("gloria", GLORIA_ATTN_TEMPERATURE)])
-def test_attend_matches_naive_loop(mode, temperature):
+@pytest.mark.parametrize(
+    "mode,temperature,scale",
+    [("softmax", 0.1, 1.0), ("gloria", GLORIA_ATTN_TEMPERATURE, 1.0), ("gloria", GLORIA_ATTN_TEMPERATURE, 7.0)],
+)
+def test_attend_matches_naive_loop(mode, temperature, scale):
     b = make_batch()
-    ctx, attn = attend(b["words"], b["regions"], temperature, mode, word_mask=b["word_mask"])
+    ctx, attn = attend(b["words"], b["regions"], temperature, mode, word_mask=b["word_mask"], scale=scale)
     n_img, n_txt = b["regions"].shape[0], b["words"].shape[0]
     assert ctx.shape == (n_img, n_txt, 7, D) and attn.shape == (n_img, n_txt, 7, 9)
     for i in range(n_img):
         for t in range(n_txt):
             m = b["word_mask"][t]
-            c_ref, a_ref = naive_attend(b["words"][t][m], b["regions"][i], temperature, mode)
+            c_ref, a_ref = naive_attend(b["words"][t][m], b["regions"][i], temperature, mode, scale)
             torch.testing.assert_close(ctx[i, t][m], c_ref, atol=1e-5, rtol=0)
             torch.testing.assert_close(attn[i, t][m], a_ref, atol=1e-5, rtol=0)
 
 
-def gloria_loop_scores(words, mask, regions, gamma=5.0):
+def gloria_loop_scores(words, mask, regions, gamma=5.0, scale=1.0):
     """GLoRIA's own structure: a Python loop over captions, each against all images (lse pooling)."""
     cols = []
     for t in range(words.shape[0]):
         w = words[t][mask[t]]
         per_img = []
         for i in range(regions.shape[0]):
-            c, _ = naive_attend(w, regions[i], GLORIA_ATTN_TEMPERATURE, "gloria")
+            c, _ = naive_attend(w, regions[i], GLORIA_ATTN_TEMPERATURE, "gloria", scale)
             cos = F.cosine_similarity(w, c, dim=-1)
             per_img.append(torch.log(torch.exp(gamma * cos).sum()))
         cols.append(torch.stack(per_img))
     return torch.stack(cols, dim=1)
 
 
-def test_pairwise_lse_equals_gloria_loop():
+@pytest.mark.parametrize("scale", [1.0, DEFAULT_MATCH_SCALE])
+def test_pairwise_lse_equals_gloria_loop(scale):
     b = make_batch()
     agg = build_aggregator("lse", D)
-    s = pairwise_local_scores(**b, aggregator=agg, temperature=GLORIA_ATTN_TEMPERATURE, mode="gloria", chunk_size=3)
-    torch.testing.assert_close(s, gloria_loop_scores(b["words"], b["word_mask"], b["regions"]), atol=1e-5, rtol=0)
+    s = pairwise_local_scores(
+        **b, aggregator=agg, temperature=GLORIA_ATTN_TEMPERATURE, mode="gloria", chunk_size=3, scale=scale
+    )
+    ref = gloria_loop_scores(b["words"], b["word_mask"], b["regions"], scale=scale)
+    torch.testing.assert_close(s, ref, atol=1e-5, rtol=0)
+
+
+def _one_word_per_region(n_regions: int = 16, dim: int = 64, seed: int = 0):
+    """Unit-norm, mutually orthogonal regions and one word equal to each region (a permutation of them)."""
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=g))
+    regions = q[:n_regions]  # orthonormal rows
+    own = torch.randperm(n_regions, generator=g)
+    return regions[own].unsqueeze(0), regions.unsqueeze(0), own
+
+
+@pytest.mark.parametrize("preset", [n for n, v in PRESETS.items() if v.get("local_weight", 0) > 0])
+def test_word_equal_to_a_region_attends_mostly_to_it(preset):
+    """For every matcher mode as the presets configure it (scale at its initial value): a word equal to
+    one region's direction puts most of its attention (> 1/2, 16 regions) on that region. GLoRIA's rule on
+    bare cosines (scale 1, the bug of issue 10) fails this: its peak is ~0.09, barely above 1/16."""
+    p = method_params(preset)
+    words, regions, own = _one_word_per_region()
+    scale = p.match_scale if p.match_mode == "gloria" else 1.0
+    _, attn = attend(words, regions, p.match_temperature, p.match_mode, scale=scale)
+    on_own = attn[0, 0][torch.arange(len(own)), own]
+    assert (attn[0, 0].argmax(-1) == own).all()
+    assert on_own.min() > 0.5, f"{preset} ({p.match_mode}): attention on the matching region {on_own.min():.3f}"
+    _, paired = attend_paired(words, regions, p.match_temperature, p.match_mode, scale=scale)
+    torch.testing.assert_close(paired[0], attn[0, 0])
+
+
+def test_every_mode_is_covered_and_bare_cosines_are_flat():
+    modes = {method_params(n).match_mode for n, v in PRESETS.items() if v.get("local_weight", 0) > 0}
+    assert modes == set(ATTENTION_MODES)
+    words, regions, own = _one_word_per_region()
+    _, flat = attend(words, regions, GLORIA_ATTN_TEMPERATURE, "gloria", scale=1.0)
+    assert flat[0, 0][torch.arange(len(own)), own].max() < 0.15  # the measured defect the scale fixes
+    assert normalized_entropy(flat[0, 0]).min() > 0.95
 
 
 @pytest.mark.parametrize("mode", ["softmax", "gloria"])

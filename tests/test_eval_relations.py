@@ -68,3 +68,51 @@ def test_relations_and_grounding_read_real_synthcxr(tmp_path):
     assert res.data["used"] == 6
     res = run_grounding(wrap_model(StubModel()), data, None, GroundingConfig(n_boot=20))
     assert res.data["pairs"] >= 4  # most relational findings are named by a synonym in their report
+
+
+def _tiny(method: str, **overrides):
+    from reclf.methods import create_model
+
+    torch.manual_seed(0)
+    return create_model(method, image_encoder={"name": "cnn-small", "image_size": 64},
+                        text_encoder={"name": "bert-tiny", "max_tokens": 32}, **overrides)
+
+
+def test_relations_fused_scores_are_per_pair(tmp_path):
+    """Each (image, caption) score in relations equals that pair scored alone: no candidate-set statistics,
+    so two-candidate contrasts are decided by the pair scores, not by float noise around 0."""
+    from reclf.evaluate.features import encode_images, encode_texts
+
+    data = make_folder(tmp_path / "data", n=6)
+    model = _tiny("gloria")
+    res = run_relations(wrap_model(model), data, tmp_path / "out", RelationsConfig(n_boot=5))
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert set(saved["metrics"]) >= {"side", "all_foils"} and res.metrics["all_foils"].n == 6
+    cands = pd.read_csv(data / "candidates.csv")
+    studies = pd.read_csv(data / "studies.csv")
+    img, _ = encode_images(model, [data / p for p in studies["image_path"]], 64)
+    with torch.no_grad():
+        for i, sid in enumerate(studies["study_id"]):
+            texts = cands[cands["study_id"] == sid]["text"].tolist()
+            both = model.similarity(img.index(slice(i, i + 1)), encode_texts(model, texts))[0]
+            alone = torch.stack([model.similarity(img.index(slice(i, i + 1)), encode_texts(model, [t]))[0, 0]
+                                 for t in texts])
+            torch.testing.assert_close(both, alone, atol=1e-5, rtol=1e-5)
+            assert both.std() > 1e-3  # the contrast is decided by a real difference, not by noise around 0
+
+
+def test_attention_entropy_reports_flat_and_sharp_attention(tmp_path):
+    from reclf.evaluate.grounding import attention_entropy
+
+    images = torch.rand(3, 1, 64, 64)
+    reports = ["small left effusion.", "right lower lobe opacity.", "no pneumothorax."]
+    flat = attention_entropy(_tiny("gloria", match_scale=1.0), images, reports)
+    sharp = attention_entropy(_tiny("gloria"), images, reports)
+    assert len(flat.per_pair) == 3 and flat.n_words == 9 and flat.n_regions == 16
+    assert 0 <= sharp.mean < flat.mean <= 1
+    assert flat.mean > 0.99  # GLoRIA's double softmax on bare cosines: uniform
+    data = make_folder(tmp_path / "data", n=4)
+    res = run_grounding(wrap_model(_tiny("gloria")), data, tmp_path / "g", GroundingConfig(n_boot=5))
+    saved = json.loads((tmp_path / "g" / "results.json").read_text())
+    assert 0 <= saved["metrics"]["attention_entropy"]["value"] <= 1
+    assert res.extra["attention_entropy"]["n_images"] == 3  # the 3 images with a finding

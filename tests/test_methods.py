@@ -127,3 +127,40 @@ def test_build_model_from_run_config():
     assert model.method == "reclf-no-srm" and model.params.aggregator == "irm" and model.params.hard_negatives == 2
     terms = model.loss({"images": torch.rand(4, 1, 64, 64), "reports": REPORTS})
     assert torch.isfinite(terms["loss"])
+
+
+@pytest.mark.parametrize("method", ["gloria", "mgca", "reclf"])
+def test_model_attention_is_sharp_at_init(method):
+    """Through the model (its learned GLoRIA scale, MGCA's token attention): a word equal to one region's
+    direction puts most of its attention on that region."""
+    from reclf.models.features import ImageFeatures, TextFeatures
+
+    model = create_model(method, image_encoder=IMAGE, text_encoder=TEXT)
+    d, n = model.embed_dim, 16
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=torch.Generator().manual_seed(0)))
+    regions = q[:n].unsqueeze(0)
+    own = torch.randperm(n, generator=torch.Generator().manual_seed(1))
+    img = ImageFeatures(torch.zeros(1, d), regions, (4, 4))
+    mask = torch.ones(1, n, dtype=torch.bool)
+    txt = TextFeatures(torch.zeros(1, d), regions[:, own], mask, torch.zeros(1, n, dtype=torch.long), [["w"] * n])
+    attn = model.word_region_attention(img, txt)[0]
+    assert attn[torch.arange(n), own].min() > 0.5
+
+
+def test_match_scale_is_learned_and_fused_score_is_per_pair(images):
+    torch.manual_seed(0)
+    model = create_model("gloria", image_encoder=IMAGE, text_encoder=TEXT)
+    model.train()
+    model.loss({"images": images, "reports": REPORTS})["loss"].backward()
+    assert model.match_scale.log_scale.grad is not None and float(model.match_scale.scale) == pytest.approx(10.0)
+    model.eval()
+    with torch.no_grad():
+        img, txt = model.encode_image(images), model.encode_text(REPORTS)
+        full = model.similarity(img, txt)
+        single = torch.stack([
+            torch.stack([model.similarity(img.index(slice(i, i + 1)), txt.index(torch.tensor([t])))[0, 0]
+                         for t in range(4)]) for i in range(4)
+        ])
+        expected = (model.global_similarity(img, txt) / 0.1 + model.local_similarity(img, txt) / 0.1) / 2
+    torch.testing.assert_close(single, full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(full, expected, atol=1e-5, rtol=1e-5)

@@ -42,6 +42,10 @@ class ImageEncoderConfig:
     in_chans: int = 1
     image_size: int = 128
     freeze: bool = False
+    # upsample the input to this size inside the encoder (bilinear, align_corners, as GLoRIA's and MGCA's
+    # ResNet forward): the region grid is set by it, e.g. 224 crops -> 299 gives ResNet-50 layer3 19x19 = 361
+    # regions instead of 14x14 = 196. None: the input as given. CNN encoders only
+    resize_to: int | None = None
 
 
 @dataclass
@@ -76,6 +80,9 @@ class DataConfig:
     shuffle_sentences: bool = False
     augment: bool = True
     limit_train: int | None = None  # use only the first N training studies (seeded order)
+    # train split only: k random sentences of each report per study and epoch (seeded by seed, epoch, study);
+    # 1 is GLoRIA's one-random-sentence sampling. 0: the full report
+    sample_sentences: int = 0
 
 
 @dataclass
@@ -90,6 +97,12 @@ class TrainConfig:
     weight_decay: float = 0.05
     warmup_fraction: float = 0.1
     grad_clip: float = 1.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW betas (GLoRIA: 0.5, 0.999)
+    # cosine: linear warm-up then cosine decay, per step; plateau: ReduceLROnPlateau on val/loss per epoch
+    # (GLoRIA: factor 0.5, patience 5; no warm-up)
+    scheduler: str = "cosine"
+    plateau_factor: float = 0.5
+    plateau_patience: int = 5
     accumulate: int = 1
     precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed
     devices: int | str = 1

@@ -6,12 +6,18 @@ Every word ``e_w`` of a report attends over the regions ``v_r`` of an image and 
 - ``mode="softmax"``: ``a_wr = softmax_r(e_w . v_r / temperature)`` — RECLF, and MGCA's word->patch
   attention (MGCA's ``local_temperature`` 0.1);
 - ``mode="gloria"``: GLoRIA / AttnGAN's double softmax: first a softmax over the *words* of the report for
-  each region, ``a~_wr = softmax_w(e_w . v_r)`` (valid words only), then a softmax over regions,
+  each region, ``a~_wr = softmax_w(scale * e_w . v_r)`` (valid words only), then a softmax over regions,
   ``a_wr = softmax_r(a~_wr / temperature)``. GLoRIA writes the second step as ``softmax(temp1 * a~)``
   with ``temp1 = 4``, so here ``temperature = 1 / temp1 = 0.25`` (``GLORIA_ATTN_TEMPERATURE``).
 
-Inputs are joint-space features, L2-normalised, so the dot products are cosines (GLoRIA's own code uses
-raw dot products, which is what is computed here too; only the context is normalised).
+Why ``scale``: GLoRIA takes raw dot products of *unnormalised* features (768-d BERT words, a 1x1-conv
+of ResNet layer3), whose norms make the first softmax sharp. reclf's joint-space features are unit
+vectors, so the same rule on cosines in [-1, 1] is nearly uniform: with 196 regions and 40 words, each
+word equal to one region, the peak is 1.17x uniform (normalised entropy 1.000). The gloria mode
+therefore multiplies the cosines by ``scale`` (a learned scalar in the model, ``method.match_scale``,
+initialised to 10; see docs/methods.md for the measurements). ``scale=1`` is GLoRIA's rule applied
+literally to the given features (use it on unnormalised features). The softmax mode's sharpness is
+its ``temperature``; ``scale`` is ignored there.
 
 Shapes: ``attend(words[T, W, d], regions[I, R, d]) -> (context[I, T, W, d], attention[I, T, W, R])``.
 GLoRIA's code loops over captions in Python, each against all images; here one batched matrix product
@@ -23,6 +29,7 @@ bounded by the chunk too (it grows linearly with the batch, not quadratically).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -39,6 +46,7 @@ ATTENTION_MODES: tuple[str, ...] = ("softmax", "gloria")
 DEFAULT_ATTN_TEMPERATURE = 0.1  # tau_a: MGCA's local temperature; RECLF's default
 GLORIA_TEMP1 = 4.0  # GLoRIA configs/chexpert_pretrain_config.yaml
 GLORIA_ATTN_TEMPERATURE = 1.0 / GLORIA_TEMP1  # the same rule written as a divisor
+DEFAULT_MATCH_SCALE = 10.0  # gloria mode: initial scale of the cosines before the softmax over words
 DEFAULT_CHUNK_SIZE = 8  # images per chunk: bounded memory, still large matrix products
 NORM_EPS = 1e-8
 
@@ -57,6 +65,7 @@ def _attend_grouped(
     mode: str,
     word_mask: Tensor | None,
     normalize_context: bool,
+    scale: float | Tensor = 1.0,
 ) -> tuple[Tensor, Tensor]:
     """Core: ``words[G, T, W, d]`` with ``G`` 1 (shared by all images) or ``I`` (one report set per image).
 
@@ -71,6 +80,8 @@ def _attend_grouped(
     q = words.reshape(g, t * w, dim)
     if mode == "softmax":
         q = q / temperature  # scale the small operand, not the [I, T, W, R] product
+    elif not (isinstance(scale, int | float) and scale == 1.0):
+        q = q * scale  # gloria: sharpen the first softmax (over words)
     # [T*W, d] x [I, d, R] -> [I, T*W, R], R contiguous (the fastest layout for the softmax over regions)
     sim = torch.matmul(q[0], regions.transpose(1, 2)) if g == 1 else torch.bmm(q, regions.transpose(1, 2))
     sim = sim.reshape(n_img, t, w, n_reg)
@@ -95,6 +106,7 @@ def attend(
     mode: AttentionMode = "softmax",
     word_mask: Tensor | None = None,
     normalize_context: bool = True,
+    scale: float | Tensor = 1.0,
 ) -> tuple[Tensor, Tensor]:
     """Attend every word of every report over every image's regions.
 
@@ -106,6 +118,8 @@ def attend(
         word_mask: ``[T, W]`` valid words; only the gloria mode needs it (its first softmax runs over words).
             Masked words still get a (meaningless) context; aggregators ignore them.
         normalize_context: L2-normalise ``c_w`` (DESIGN §1).
+        scale: gloria mode: multiplies the word-region dot products before the softmax over words
+            (the model passes its learned ``match_scale``; 1 = GLoRIA's rule on the features as given).
 
     Returns:
         ``(context[I, T, W, d], attention[I, T, W, R])``.
@@ -116,7 +130,7 @@ def attend(
             f"attend expects words [T, W, d] and regions [I, R, d]; got {tuple(words.shape)}, {tuple(regions.shape)}"
         )
     mask = None if word_mask is None else word_mask.unsqueeze(0)
-    return _attend_grouped(words.unsqueeze(0), regions, temperature, mode, mask, normalize_context)
+    return _attend_grouped(words.unsqueeze(0), regions, temperature, mode, mask, normalize_context, scale)
 
 
 def attend_paired(
@@ -127,6 +141,7 @@ def attend_paired(
     word_mask: Tensor | None = None,
     region_mask: Tensor | None = None,
     normalize_context: bool = True,
+    scale: float | Tensor = 1.0,
 ) -> tuple[Tensor, Tensor]:
     """Attention within each pair only (the diagonal of ``attend``): ``words[B, W, d]``, ``regions[B, R, d]``.
 
@@ -147,6 +162,7 @@ def attend_paired(
         )
     sim = torch.bmm(words, regions.transpose(1, 2))  # [B, W, R]
     if mode == "gloria":
+        sim = sim * scale
         over_words = (
             torch.softmax(sim, dim=1)
             if word_mask is None
@@ -187,11 +203,17 @@ def _chunk_fn(
     """The per-chunk computation, as a function of tensors only (so it can be checkpointed)."""
 
     def run(
-        words: Tensor, word_mask: Tensor, sentence_ids: Tensor, regions: Tensor, img_global: Tensor, txt_global: Tensor
+        words: Tensor,
+        word_mask: Tensor,
+        sentence_ids: Tensor,
+        regions: Tensor,
+        img_global: Tensor,
+        txt_global: Tensor,
+        scale: Tensor,
     ) -> tuple[Tensor, ...]:
         grouped = words.unsqueeze(0) if shared else words
         gmask = word_mask.unsqueeze(0) if shared else word_mask
-        context, _ = _attend_grouped(grouped, regions, temperature, mode, gmask, True)
+        context, _ = _attend_grouped(grouped, regions, temperature, mode, gmask, True, scale)
         out = aggregator(words, context, word_mask, sentence_ids, img_global, txt_global, extras=keep_extras)
         if not keep_extras:
             return (out.score,)
@@ -215,6 +237,7 @@ def _pairwise(
     pairs: Tensor | None,
     checkpoint: bool,
     keep_extras: bool,
+    scale: float | Tensor = 1.0,
 ) -> AggregateOutput:
     _check(mode, temperature)
     if chunk_size < 1:
@@ -234,6 +257,8 @@ def _pairwise(
     if pairs is not None and (pairs.dim() != 2 or pairs.shape[0] != n_img):
         raise ValueError(f"pairs must be an index tensor [I, K] = [{n_img}, K]; got {tuple(pairs.shape)}")
     word_mask = word_mask.bool()
+    # a tensor argument (not a closure constant), so a learned scale gets its gradient through checkpointing
+    scale_t = torch.as_tensor(scale, dtype=words.dtype, device=words.device)
     # a chunk returns a tuple (checkpoint-friendly); which extras it holds is told by the aggregator's flags
     run = _chunk_fn(aggregator, temperature, mode, pairs is None, keep_extras)
     outs: list[AggregateOutput] = []
@@ -241,10 +266,12 @@ def _pairwise(
     for start in range(0, n_img, chunk_size):
         sl = slice(start, start + chunk_size)
         if pairs is None:
-            args = (words, word_mask, sentence_ids, regions[sl], img_global[sl], txt_global)
+            args = (words, word_mask, sentence_ids, regions[sl], img_global[sl], txt_global, scale_t)
         else:
             idx = pairs[sl]
-            args = (words[idx], word_mask[idx], sentence_ids[idx], regions[sl], img_global[sl], txt_global[idx])
+            args = (
+                words[idx], word_mask[idx], sentence_ids[idx], regions[sl], img_global[sl], txt_global[idx], scale_t
+            )
         if checkpoint and torch.is_grad_enabled():
             res = _checkpoint(run, *args, use_reentrant=False)
         else:
@@ -277,6 +304,7 @@ def pairwise_local_outputs(
     pairs: Tensor | None = None,
     checkpoint: bool = False,
     keep_extras: bool = True,
+    scale: float | Tensor = 1.0,
 ) -> AggregateOutput:
     """The aggregated local matching of every image x report pair: ``score[I, T]`` (or ``[I, K]`` with
     ``pairs``) and, with ``keep_extras``, the aggregator's node weights and relations for every pair.
@@ -285,7 +313,7 @@ def pairwise_local_outputs(
         words, word_mask, sentence_ids: ``[T, W, d]``, ``[T, W]`` bool, ``[T, W]`` long (the reports).
         regions, img_global: ``[I, R, d]``, ``[I, d]`` (the images); ``txt_global``: ``[T, d]``.
         aggregator: pools each pair's matchings into a scalar (``reclf.align.aggregators``).
-        temperature, mode: the attention rule (``attend``).
+        temperature, mode, scale: the attention rule (``attend``).
         chunk_size: images per chunk; peak working memory ~ ``chunk_size * T * W * (R + d)`` floats.
         pairs: optional ``[I, K]`` indices of the reports to score for each image (RECLF's positive +
             top-k hardest negatives, see ``reclf.align.losses.topk_candidates``); the result is then ``[I, K]``.
@@ -308,7 +336,21 @@ def pairwise_local_outputs(
         pairs,
         checkpoint,
         keep_extras=keep_extras,
+        scale=scale,
     )
+
+
+def normalized_entropy(attention: Tensor, eps: float = 1e-12) -> Tensor:
+    """Entropy of each attention row over its last axis divided by ``log(R)``: 1 = uniform, 0 = one region.
+
+    ``attention[..., R]`` (rows summing to 1) -> ``[...]``. The measure of how flat a word's map is,
+    comparable across region grids (docs/methods.md).
+    """
+    n = attention.shape[-1]
+    if n < 2:
+        return attention.new_zeros(attention.shape[:-1])
+    a = attention.clamp_min(0)
+    return -(a * (a + eps).log()).sum(-1) / math.log(n)
 
 
 def pairwise_local_scores(*args: Any, **kwargs: Any) -> Tensor:
@@ -321,10 +363,12 @@ __all__ = [
     "ATTENTION_MODES",
     "DEFAULT_ATTN_TEMPERATURE",
     "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_MATCH_SCALE",
     "GLORIA_ATTN_TEMPERATURE",
     "GLORIA_TEMP1",
     "attend",
     "attend_paired",
+    "normalized_entropy",
     "pairwise_local_outputs",
     "pairwise_local_scores",
 ]

@@ -12,7 +12,7 @@ findings or impression), so it is handled in the open:
    processes to the main process, so the trainer's sum of ``n_bad`` is the true total whatever
    ``num_workers`` is (counters inside workers would be lost).
 
-Randomness (augmentation, sentence shuffling) is drawn from ``reclf.utils.seed.rng(seed, epoch,
+Randomness (augmentation, sentence shuffling, ``sample_sentences``) is drawn from ``reclf.utils.seed.rng(seed, epoch,
 index)``, so a sample looks the same whichever worker loads it and after a resume.
 """
 
@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from reclf.data.images import ImageReadError, load_image
-from reclf.data.reports import augment_sentences, study_report_text
+from reclf.data.reports import augment_sentences, split_sentences, study_report_text
 from reclf.data.studies import CHEXPERT_LABELS
 from reclf.data.transforms import EvalTransform
 from reclf.utils.seed import rng
@@ -140,6 +140,7 @@ class StudyDataset(Dataset):
         shuffle_sentences: bool = False,
         max_sentences: int | None = None,
         on_error: str = "skip",
+        sample_sentences: int = 0,
     ) -> None:
         if on_error not in ON_ERROR:
             raise ValueError(f"data.on_error={on_error!r}; allowed: {', '.join(ON_ERROR)}")
@@ -151,6 +152,9 @@ class StudyDataset(Dataset):
         self.shuffle_sentences = shuffle_sentences
         self.max_sentences = max_sentences
         self.on_error = on_error
+        if sample_sentences < 0:
+            raise ValueError(f"data.sample_sentences must be >= 0 (0: the full report), got {sample_sentences}")
+        self.sample_sentences = int(sample_sentences)
         self.epoch = 0
         labels = self.df.reindex(columns=list(CHEXPERT_LABELS)).to_numpy(dtype=np.float32)
         self.labels = torch.from_numpy(labels)
@@ -165,6 +169,8 @@ class StudyDataset(Dataset):
 
     def _report(self, index: int, gen: np.random.Generator) -> str:
         text = self.reports[index]
+        if self.sample_sentences:
+            text = sample_sentences(text, self.sample_sentences, rng(self.seed, "sentences", self.epoch, int(index)))
         if not (self.shuffle_sentences or self.max_sentences):
             return text
         return augment_sentences(text, gen, shuffle=self.shuffle_sentences, max_sentences=self.max_sentences)
@@ -194,6 +200,20 @@ class StudyDataset(Dataset):
             "labels": self.labels[index],
             "index": int(index),
         }
+
+
+def sample_sentences(text: str, k: int, gen: np.random.Generator) -> str:
+    """``k`` sentences of ``text`` drawn without replacement, kept in report order (all of them if fewer).
+
+    GLoRIA trains on one random sentence per study and step (``full_report: false``); ``k = 1`` is that.
+    The draw has its own stream (``rng(seed, "sentences", epoch, index)``), so switching it on does not
+    change the image augmentation of the same sample.
+    """
+    sentences = split_sentences(text)
+    if len(sentences) <= k:
+        return text
+    keep = np.sort(gen.choice(len(sentences), size=k, replace=False))
+    return " ".join(sentences[i] for i in keep)
 
 
 class SyntheticPairs(Dataset):

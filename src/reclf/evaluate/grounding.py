@@ -8,7 +8,14 @@ averaged. Metrics over (image, finding) pairs:
 - pointing game: the most attended region overlaps the mask (region level, see metrics.pointing_game);
 - attention-mask IoU: the attention map min-max scaled and cut at 0.5, against the mask.
 Findings whose words are not in the report (a paraphrase the matcher misses) are counted and
-reported, never silently dropped. Methods whose explanation has no word-region attention
+reported, never silently dropped. The report is read with the training section rule
+(:func:`reclf.evaluate.retrieve.report_texts`).
+
+The result also records how flat the maps are: ``attention_entropy`` is the mean over (image, word) of
+the normalised entropy of the word's map over the regions (1 = uniform, 0 = one region;
+:func:`attention_entropy`), on every evaluated image with its own report. A value near 1 means the
+method's context vectors are close to the mean region (issue 10; docs/methods.md) — a finding to
+report, not to hide. Methods whose explanation has no word-region attention
 (ConVIRT: global only) get a result saying the task does not apply. MGCA's token-level
 attention counts as a matcher here.
 """
@@ -17,9 +24,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -30,6 +38,9 @@ from reclf.evaluate.loading import LoadedModel, image_size_of
 from reclf.evaluate.metrics import attention_iou, pointing_game
 from reclf.evaluate.results import TaskResult, format_table, write_results
 from reclf.evaluate.stats import Estimate, mean_ci
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -73,6 +84,54 @@ def locate(words: list[str], phrases: list[list[str]]) -> list[int]:
     return []
 
 
+@dataclass
+class AttentionEntropy:
+    """How flat a model's word -> region attention is on a set of image-report pairs."""
+
+    mean: float  # mean over pairs of each pair's mean over its valid words
+    per_pair: list[float]  # mean over the words of each pair
+    n_words: int
+    n_regions: int
+
+
+@torch.no_grad()
+def attention_entropy(model: Any, images: Tensor, reports: Sequence[str], batch_size: int = 16) -> AttentionEntropy:
+    """Mean normalised entropy of the word -> region attention of ``model`` on paired ``images[i]``-``reports[i]``.
+
+    The attention is the method's own (``model.word_region_attention``: its matcher with its learned
+    scale, or MGCA's token attention); the entropy of each valid word's map is divided by ``log R``
+    (:func:`reclf.align.matching.normalized_entropy`). ``images`` are ``[N, C, H, W]`` in [0, 1].
+    """
+    from reclf.align.matching import normalized_entropy
+
+    if len(images) != len(reports):
+        raise ValueError(f"attention_entropy: {len(images)} images but {len(reports)} reports; pass pairs")
+    if not len(reports):
+        raise ValueError("attention_entropy: no image-report pairs")
+    was_training = model.training
+    model.eval()
+    per_pair: list[float] = []
+    count, n_regions = 0, 0
+    try:
+        for i in range(0, len(reports), batch_size):
+            img = model.encode_image(images[i : i + batch_size])
+            txt = model.encode_text(list(reports[i : i + batch_size]))
+            attn = model.word_region_attention(img, txt)  # [B, W, R]
+            n_regions = attn.shape[-1]
+            ent = normalized_entropy(attn.float())
+            mask = txt.word_mask.to(ent.device)
+            for b in range(ent.shape[0]):
+                e = ent[b][mask[b]]
+                if e.numel():
+                    per_pair.append(float(e.mean()))
+                    count += int(e.numel())
+    finally:
+        model.train(was_training)
+    if not count:
+        raise ValueError("attention_entropy: no report has a valid word")
+    return AttentionEntropy(float(np.mean(per_pair)), per_pair, count, n_regions)
+
+
 def run_grounding(loaded: LoadedModel, data: str | Path, out: str | Path | None, cfg: GroundingConfig) -> TaskResult:
     model = loaded.model
     table = load_table(data, require=("annotations",))
@@ -88,8 +147,13 @@ def run_grounding(loaded: LoadedModel, data: str | Path, out: str | Path | None,
         print(f"grounding: not applicable: {reason}")
         return result
 
+    from reclf.evaluate.retrieve import report_texts
+
     hits, ious, kinds, bad, unmatched, samples = [], [], [], [], 0, []
+    entropy_images: list[torch.Tensor] = []
+    entropy_reports: list[str] = []
     rows = table.df if cfg.max_images is None else table.df.iloc[: cfg.max_images]
+    texts = dict(zip(rows.index, report_texts(rows, model)))
     for i, row in rows.iterrows():
         try:
             anns = json.loads(row["annotations"] or "[]")
@@ -108,9 +172,11 @@ def run_grounding(loaded: LoadedModel, data: str | Path, out: str | Path | None,
             bad.append((i, str(exc)))
             continue
         with torch.no_grad():
-            ex = model.explain(image, str(row["report"]))
+            ex = model.explain(image, texts[i])
         if ex.attention is None:
             return not_applicable()
+        entropy_images.append(image[0])
+        entropy_reports.append(texts[i])
         attn = ex.attention.float().cpu().numpy()
         for ann, mask in zip(anns, masks):
             if not mask.any():
@@ -135,6 +201,10 @@ def run_grounding(loaded: LoadedModel, data: str | Path, out: str | Path | None,
         "pointing_game": mean_ci(np.asarray(hits), cfg.n_boot, cfg.seed),
         "attention_iou": mean_ci(np.asarray(ious), cfg.n_boot, cfg.seed),
     }
+    entropy = None
+    if hasattr(model, "word_region_attention"):
+        entropy = attention_entropy(model, torch.stack(entropy_images), entropy_reports)
+        metrics["attention_entropy"] = mean_ci(np.asarray(entropy.per_pair), cfg.n_boot, cfg.seed)
     kinds_arr = np.asarray(kinds)
     per_finding: dict[str, Any] = {
         k: {"pointing_game": float(np.mean(np.asarray(hits)[kinds_arr == k])),
@@ -142,8 +212,14 @@ def run_grounding(loaded: LoadedModel, data: str | Path, out: str | Path | None,
         for k in sorted(set(kinds))
     }
     info = data_info(table, None, bad) | {"pairs": len(hits), "unmatched_findings": unmatched}
-    result = TaskResult("grounding", metrics, config, model_info(loaded), info, [cfg.seed],
-                        {"per_finding": per_finding, "samples": samples})
+    extra: dict[str, Any] = {"per_finding": per_finding, "samples": samples}
+    if entropy is not None:
+        extra["attention_entropy"] = {
+            "mean": entropy.mean, "n_words": entropy.n_words, "n_images": len(entropy.per_pair),
+            "n_regions": entropy.n_regions,
+            "meaning": "normalised entropy of word->region attention: 1 uniform, 0 one region",
+        }
+    result = TaskResult("grounding", metrics, config, model_info(loaded), info, [cfg.seed], extra)
     if out is not None:
         write_results(result, out)
     print(format_table(result))

@@ -6,8 +6,13 @@
 - Precision@5/10/50 on classes (8x200 style): the fraction of the top K of the query's class.
 - Median rank of the first right instance.
 
-Scores are computed over chunks of queries (``chunk`` x all targets at a time), and only the top
-K indices and the first-hit rank are kept, so memory stays bounded for any set size. With
+Reports are read with the training section rule (:func:`report_texts`: the model's
+``text_encoder.sections``, findings + impression by default, through the same function the training
+dataset uses), so retrieval never scores EXAMINATION / INDICATION / COMPARISON headers that training
+never saw. Scores are computed over chunks of queries (``chunk`` x all targets at a time), and only the top
+K indices and the first-hit rank are kept, so memory stays bounded for any set size. Every score is
+defined for one pair at a time (``model.similarity`` uses no statistics of the other candidates), so
+the metrics do not depend on ``chunk``. With
 ``rerank_k`` the costly local / method score re-ranks only each query's global top ``rerank_k``
 (the usual two-stage retrieval); the result records which was used.
 """
@@ -36,7 +41,7 @@ class RetrieveConfig:
     precision_ks: list[int] = field(default_factory=lambda: [5, 10, 50])
     modes: list[str] = field(default_factory=lambda: ["global", "method"])  # global | local | method
     rerank_k: int = 0  # >0: local/method scores re-rank the global top-k only (0: score every pair)
-    text_column: str = "report"
+    text_column: str | None = None  # None: the training section rule (report_texts); a column: that column as is
     split: str | None = None
     image_size: int | None = None
     batch_size: int = 32
@@ -149,16 +154,18 @@ def _scorer(model: Any, mode: str) -> Callable:
 
 def run_retrieve(loaded: LoadedModel, data: str | Path, out: str | Path | None, cfg: RetrieveConfig) -> TaskResult:
     model = loaded.model
-    table = load_table(data, (cfg.split,) if cfg.split else None, require=(cfg.text_column,))
+    table = load_table(data, (cfg.split,) if cfg.split else None,
+                       require=(cfg.text_column,) if cfg.text_column else ())
     size = cfg.image_size or image_size_of(model)
     img, enc = encode_images(model, table.paths(), size, cfg.batch_size, cache_dir=cfg.cache_dir,
                              model_hash=loaded.sha256)
     report_bad(enc.bad, table)
     df = table.df.iloc[enc.kept].reset_index(drop=True)
-    texts = df[cfg.text_column].astype(str).tolist()
+    texts = df[cfg.text_column].astype(str).tolist() if cfg.text_column else report_texts(df, model)
     empty = [i for i, t in enumerate(texts) if not t.strip()]
     if empty:
-        raise ValueError(f"{table.folder}: {len(empty)} rows have an empty {cfg.text_column!r} "
+        what = repr(cfg.text_column) if cfg.text_column else f"report ({', '.join(model_sections(model))})"
+        raise ValueError(f"{table.folder}: {len(empty)} rows have an empty {what} "
                          f"(first: study {df.loc[empty[0], 'study_id']}); retrieval needs a report per image")
     txt = encode_texts(model, texts)
     _, inst = np.unique(np.asarray(texts), return_inverse=True)  # identical texts = one instance
@@ -201,6 +208,23 @@ def run_retrieve(loaded: LoadedModel, data: str | Path, out: str | Path | None, 
         write_results(result, out)
     print(format_table(result))
     return result
+
+
+def model_sections(model: Any) -> list[str]:
+    """The report sections the model was trained on (``text_encoder.sections``; findings + impression)."""
+    from reclf.data.reports import DEFAULT_SECTIONS
+
+    cfg = getattr(model, "text_cfg", None)
+    return list(getattr(cfg, "sections", None) or DEFAULT_SECTIONS)
+
+
+def report_texts(df: Any, model: Any) -> list[str]:
+    """Each row's report text exactly as training builds it (``reclf.data.datasets.study_report`` with the
+    model's sections): the one section rule for pretraining and every evaluation that reads reports."""
+    from reclf.data.datasets import study_report
+
+    sections = model_sections(model)
+    return [study_report(row, sections) for _, row in df.iterrows()]
 
 
 def _none_hit(n: int, relevant: np.ndarray, k: int) -> np.ndarray:

@@ -4,8 +4,11 @@ Multi-class (5x200 style, the table's ``class`` column): every image is scored a
 prompt of every class; a class's score is the mean (or max, GLoRIA) over its prompts; the
 prediction is the best class. Scores are computed by each available rule:
 ``global`` (cosine of global embeddings), ``local`` (the method's word-region matcher),
-``fused`` (the mean of global and local after z-normalising each prompt's scores over the
-images, as GLoRIA fuses them) and ``method`` (``model.similarity``, the method's own score).
+``fused`` (the mean of global and local after z-normalising each prompt's scores over *all* the
+images: statistics of the whole image set, computed once on the full score matrix, so they do not
+depend on ``chunk``; GLoRIA itself averages the raw scores and z-normalises the class scores over the
+images) and ``method`` (``model.similarity``, the method's own per-pair score: for fused methods the
+mean of the global and local InfoNCE logits).
 
 Binary (``--binary``): for each label with a positive/negative prompt pair in the prompt file,
 p(label) = softmax over ("X", "no X") of the mean prompt scores; AUROC per label and macro.

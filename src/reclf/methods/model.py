@@ -56,12 +56,6 @@ class Explanation:
     local_score: float | None
 
 
-def _standardise(x: Tensor, dim: int) -> Tensor:
-    if x.shape[dim] < 2:
-        return (x - x.mean()) / x.std().clamp_min(1e-6) if x.numel() > 1 else x - x
-    return (x - x.mean(dim=dim, keepdim=True)) / x.std(dim=dim, keepdim=True).clamp_min(1e-6)
-
-
 class VLModel(nn.Module):
     """An image encoder, a text encoder and the alignment parts of one method."""
 
@@ -77,12 +71,12 @@ class VLModel(nn.Module):
         d = params.embed_dim
         self.image_encoder = build_image_encoder(image_cfg)
         self.text_encoder = text_encoder or build_text_encoder(text_cfg, need_attention=params.token_weight > 0)
-        kind = params.projection
-        self.image_global = GlobalProjection(self.image_encoder.global_dim, d, kind)
-        self.text_global = GlobalProjection(self.text_encoder.hidden_size, d, kind)
+        kind, hidden = params.projection, params.projection_hidden
+        self.image_global = GlobalProjection(self.image_encoder.global_dim, d, kind, hidden)
+        self.text_global = GlobalProjection(self.text_encoder.hidden_size, d, kind, hidden)
         if params.needs_local_features:
-            self.image_local = LocalProjection(self.image_encoder.local_dim, d, kind)
-            self.text_local = LocalProjection(self.text_encoder.hidden_size, d, kind)
+            self.image_local = LocalProjection(self.image_encoder.local_dim, d, kind, hidden)
+            self.text_local = LocalProjection(self.text_encoder.hidden_size, d, kind, hidden)
         self.global_tau = Temperature(params.global_temperature, learnable=params.learn_temperature)
         if params.has_local:
             self.aggregator = build_aggregator(
@@ -95,6 +89,11 @@ class VLModel(nn.Module):
                 sentence_edges=params.sentence_edges,
             )
             self.local_tau = Temperature(params.local_temperature, learnable=params.learn_temperature)
+            if params.match_mode == "gloria":
+                # the scale of the cosines before GLoRIA's softmax over words, stored as a temperature 1/scale
+                self.match_scale = Temperature(
+                    1.0 / params.match_scale, learnable=params.learn_match_scale, min_tau=0.01, max_tau=1.0
+                )
         if params.proto_weight > 0:
             self.prototypes = PrototypeLoss(
                 d, params.num_prototypes, params.proto_temperature, params.sinkhorn_eps, params.sinkhorn_iters
@@ -187,17 +186,45 @@ class VLModel(nn.Module):
             chunk_size=p.chunk_size,
             pairs=pairs,
             checkpoint=p.checkpoint_chunks and self.training,
+            scale=self._match_scale(),
         )
+
+    def _match_scale(self) -> Tensor | float:
+        """The gloria mode's scale of the cosines (learned); 1 for the softmax mode (its temperature rules)."""
+        scale = getattr(self, "match_scale", None)
+        return 1.0 if scale is None else scale.scale
+
+    def word_region_attention(self, img: ImageFeatures, txt: TextFeatures) -> Tensor:
+        """Each report's word -> region attention over *its own* image: ``[B, W, R]`` (pairs ``i`` with ``i``).
+
+        The rule is the method's own: its local matcher (softmax or GLoRIA's double softmax with the learned
+        scale), or MGCA's token-level attention (softmax at ``token_temperature``). Rows of masked words are
+        meaningless; ``txt.word_mask`` tells which are valid. Methods without local features raise.
+        """
+        p = self.params
+        if not p.needs_local_features:
+            raise ValueError(f"method {self.method!r} has no word-region attention (no local features)")
+        mode = p.match_mode if p.has_local else "softmax"
+        temp = p.match_temperature if p.has_local else p.token_temperature
+        scale = self._match_scale() if p.has_local else 1.0
+        _, attn = attend_paired(txt.words, img.local, temp, mode, word_mask=txt.word_mask, scale=scale)
+        return attn
 
     def local_similarity(self, img: ImageFeatures, txt: TextFeatures) -> Tensor:
         """The aggregated word-region score of every image x report pair: ``[n_img, n_txt]``."""
         return self._local(img, txt)
 
     def similarity(self, img: ImageFeatures, txt: TextFeatures) -> Tensor:
-        """The score this method ranks with (zero-shot, retrieval, relations).
+        """The score this method ranks with (zero-shot, retrieval, relations): ``[n_img, n_txt]``.
 
-        ``fused`` averages the global and local scores after standardising each per image (across the
-        candidate reports), as GLoRIA's inference does, so neither scale dominates.
+        ``fused`` is the mean of the two logits the method was trained with, ``cos(g, h) / tau_g`` and
+        ``s_local / tau_l``. Each is defined for one pair at a time, so a pair's score never depends on
+        which other images or reports are scored with it (chunking, batch composition, the number of
+        candidates): an earlier version standardised per image over the candidate reports, which made
+        report->image retrieval change with the chunk size. Ranking by the sum of the logits is ranking by
+        the product of the two trained softmax posteriors. For GLoRIA this keeps its own inference's
+        weighting (``(5 max_w cos + cos_g) / 2``: the local term ~5x the global, here 10 * lse(5 cos) vs
+        10 * cos_g).
         """
         mode = self.params.similarity
         if mode == "global":
@@ -205,7 +232,7 @@ class VLModel(nn.Module):
         local = self.local_similarity(img, txt)
         if mode == "local":
             return local
-        return (_standardise(self.global_similarity(img, txt), 1) + _standardise(local, 1)) / 2
+        return (self.global_tau(self.global_similarity(img, txt)) + self.local_tau(local)) / 2
 
     # ------------------------------------------------------------------------------------------
     # training
@@ -289,10 +316,7 @@ class VLModel(nn.Module):
             global_score = float(self.global_similarity(img, txt)[0, 0])
             attention = None
             if self.params.needs_local_features:
-                p = self.params
-                mode = p.match_mode if p.has_local else "softmax"
-                temp = p.match_temperature if p.has_local else p.token_temperature
-                _, attn = attend_paired(txt.words, img.local, temp, mode, word_mask=txt.word_mask)
+                attn = self.word_region_attention(img, txt)
                 valid = txt.word_mask[0]
                 attention = attn[0][valid].reshape(n_words, *img.grid).cpu()
             word_weights = relations = None

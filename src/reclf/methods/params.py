@@ -24,6 +24,7 @@ class MethodParams:
     name: str = "reclf"
     embed_dim: int = 128
     projection: str = "linear"  # linear (GLoRIA) | mlp (MGCA, ConVIRT's non-linear head)
+    projection_hidden: int | None = None  # hidden width of the mlp heads; None: the input width (MGCA: 2048)
 
     # global image-report contrast: InfoNCE(cos(g, h) / tau_g)
     global_weight: float = 1.0
@@ -36,6 +37,10 @@ class MethodParams:
     local_weight: float = 0.0  # 0: no local matcher
     match_mode: str = "softmax"  # softmax | gloria (double softmax)
     match_temperature: float = 0.1  # tau_a (gloria mode: 1 / temp1 = 0.25)
+    # gloria mode: cosines x scale before the softmax over words (GLoRIA's raw feature norms play this role;
+    # on unit vectors the double softmax is otherwise nearly uniform, docs/methods.md); learned, in [1, 100]
+    match_scale: float = 10.0
+    learn_match_scale: bool = True
     aggregator: str = "srm+irm"  # mean | max | lse | irm | srm+lse | srm+irm
     lse_gamma: float = 5.0  # GLoRIA temp2
     local_temperature: float = 0.1  # tau_l (GLoRIA: 1 / temp3)
@@ -57,7 +62,9 @@ class MethodParams:
     sinkhorn_iters: int = 3
     freeze_prototypes_epochs: int = 1
 
-    # zero-shot / retrieval score: global | local | fused (mean of per-query standardised global and local)
+    # zero-shot / retrieval score: global | local | fused (mean of the global and local InfoNCE logits,
+    # global cos / tau_g and local s / tau_l: defined for one pair at a time, so no score depends on which
+    # other candidates are scored with it)
     similarity: str = "global"
 
     @property
@@ -94,6 +101,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "sum_directions": True,
         "token_weight": 1.0,
         "proto_weight": 1.0,
+        "projection_hidden": 2048,  # MGCA's GlobalEmbedding / LocalEmbedding hidden_dim
     },
     # RECLF (DESIGN §1): global + relation-enhanced local (SRM + IRM) over all pairs
     "reclf": {"local_weight": 1.0, "aggregator": "srm+irm", "similarity": "fused"},
@@ -136,6 +144,11 @@ def _validate(p: MethodParams) -> None:
         (0.0 <= p.i2t_weight <= 1.0, "method.i2t_weight must be in [0, 1]"),
         (p.global_temperature > 0 and p.local_temperature > 0, "temperatures must be positive"),
         (p.hard_negatives >= 0, "method.hard_negatives must be >= 0"),
+        (1.0 <= p.match_scale <= 100.0, f"method.match_scale must be in [1, 100], got {p.match_scale}"),
+        (
+            p.projection_hidden is None or p.projection_hidden > 0,
+            f"method.projection_hidden must be positive or null, got {p.projection_hidden}",
+        ),
     ]
     for ok, message in checks:
         if not ok:

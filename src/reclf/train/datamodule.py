@@ -94,6 +94,7 @@ class PretrainDataModule(L.LightningDataModule):
                 seed=cfg.seed,
                 shuffle_sentences=data.shuffle_sentences and split == "train",
                 on_error=data.on_error,
+                sample_sentences=data.sample_sentences if split == "train" else 0,
             )
         self.train_set, self.valid_set = sets["train"], sets["valid"]
 

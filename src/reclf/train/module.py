@@ -224,7 +224,18 @@ class PretrainModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         cfg = self.train_cfg
-        optimizer = torch.optim.AdamW(self.param_groups(), lr=cfg.lr, betas=(0.9, 0.999))
+        if len(cfg.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.betas):
+            raise ValueError(f"train.betas must be two numbers in [0, 1), got {cfg.betas}")
+        optimizer = torch.optim.AdamW(self.param_groups(), lr=cfg.lr, betas=tuple(cfg.betas))
+        if cfg.scheduler == "plateau":  # GLoRIA: halve the lr when val/loss has not improved for 5 epochs
+            plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience
+            )
+            # strict=False: a run without a validation split keeps its lr (Lightning warns) instead of failing
+            sched = {"scheduler": plateau, "monitor": "val/loss", "interval": "epoch", "frequency": 1, "strict": False}
+            return {"optimizer": optimizer, "lr_scheduler": sched}
+        if cfg.scheduler != "cosine":
+            raise ValueError(f"train.scheduler must be cosine or plateau, got {cfg.scheduler!r}")
         total = self.trainer.estimated_stepping_batches
         total = int(total) if math.isfinite(total) and total > 0 else max(cfg.max_steps, 1)
         schedule = WarmupCosine(total, warmup_steps(total, cfg.warmup_fraction))

@@ -63,6 +63,15 @@ def build_image_encoder(cfg: ImageEncoderConfig, keep_head: bool = False) -> Ima
     encoder as ``encoder.load_report`` (``None`` for a random init).
     """
     encoder = _architecture(cfg, keep_head)
+    if cfg.resize_to is not None:
+        if cfg.name in VIT_SPECS:
+            raise ValueError(
+                f"image_encoder.resize_to={cfg.resize_to} is for CNN encoders; a ViT's grid is set by "
+                f"image_encoder.image_size (its position embeddings), so set that instead"
+            )
+        if cfg.resize_to < 32:
+            raise ValueError(f"image_encoder.resize_to must be >= 32 pixels or null, got {cfg.resize_to}")
+        encoder.resize_to = int(cfg.resize_to)
     weights = cfg.weights
     if weights is not None and weights.strip().lower() in ("imagenet", "pretrained"):
         if cfg.name != "efficientnet-lite0":

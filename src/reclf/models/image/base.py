@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reclf.models.features import ImageEncoderOutput
@@ -66,6 +67,8 @@ class ImageEncoder(nn.Module):
     head_prefixes: tuple[str, ...] = ()
     # what ``build_image_encoder`` loaded (a ``weights.LoadReport``), None for a random init
     load_report: Any = None
+    # upsample inputs to this size before the backbone (``image_encoder.resize_to``; GLoRIA / MGCA: 299)
+    resize_to: int | None = None
 
     def __init__(self, in_chans: int = 1) -> None:
         super().__init__()
@@ -107,8 +110,16 @@ class ImageEncoder(nn.Module):
     # -- the interface -------------------------------------------------------------------------
 
     def forward(self, x: Tensor) -> ImageEncoderOutput:
-        """``x``: [B, C, H, W] float in [0, 1] -> global [B, global_dim], local [B, local_dim, h, w]."""
-        return self._forward(self.normalize(x))
+        """``x``: [B, C, H, W] float in [0, 1] -> global [B, global_dim], local [B, local_dim, h, w].
+
+        With ``resize_to`` the input is first resized to ``resize_to`` x ``resize_to`` (bilinear,
+        ``align_corners=True``, GLoRIA's and MGCA's ``nn.Upsample(size=(299, 299))``), which sets the region
+        grid. ``feature_pyramid`` is left at the given size (dense tasks decode to the input's resolution).
+        """
+        x = self.normalize(x)
+        if self.resize_to is not None and tuple(x.shape[-2:]) != (self.resize_to, self.resize_to):
+            x = F.interpolate(x, size=(self.resize_to, self.resize_to), mode="bilinear", align_corners=True)
+        return self._forward(x)
 
     def feature_pyramid(self, x: Tensor) -> list[Tensor]:
         """Multi-scale feature maps, shallow to deep, with ``pyramid_channels`` / ``pyramid_strides``."""
