@@ -102,7 +102,7 @@ def test_oracle_weights_and_relations_score_perfectly(synth, monkeypatch):
     def oracle(m, images, texts):
         o = real(m, images, texts)
         weights, rels, argmax = [], [], []
-        for words, text in zip(o.words, texts, strict=True):
+        for words in o.words:
             rec = next(r for r in records.values()  # the model reads findings + impression, maybe truncated
                        if [w.lower() for w, s in zip(r.words, r.section, strict=True)
                            if s in ("findings", "impression") and w not in ("FINDINGS", "IMPRESSION")
@@ -177,6 +177,7 @@ def test_every_method_on_tiny_models(synth, tmp_path):
 def test_missing_roles_file_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="word_roles.jsonl"):
         read_word_roles(tmp_path)
-    (tmp_path / "word_roles.jsonl").write_text('{"study_id": "a", "words": ["x"], "roles": ["bogus"], "finding": [-1]}\n')
+    line = {"study_id": "a", "words": ["x"], "roles": ["bogus"], "finding": [-1]}
+    (tmp_path / "word_roles.jsonl").write_text(json.dumps(line) + "\n")
     with pytest.raises(ValueError, match="line 1 .*unknown role"):
         read_word_roles(tmp_path)
