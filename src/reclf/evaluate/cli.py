@@ -1,6 +1,6 @@
 """``reclf evaluate TASK --model DIR|CKPT --data DIR [options] [--out DIR] [--seed N]``.
 
-Tasks: zeroshot, linear, segment, retrieve, relations, grounding, and ``baseline`` (write the
+Tasks: zeroshot, linear, segment, retrieve, relations, grounding, diagnostics, and ``baseline`` (write the
 floor / ceiling model folders: a random-init twin, or a supervised encoder trained on the labels).
 Each run writes ``OUT/results.json`` atomically and prints a table. Heavy imports happen in
 ``run`` only, so ``reclf --help`` stays instant.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-TASKS = ("zeroshot", "linear", "segment", "retrieve", "relations", "grounding")
+TASKS = ("zeroshot", "linear", "segment", "retrieve", "relations", "grounding", "diagnostics")
 
 
 def _floats(text: str) -> list[float]:
@@ -81,6 +81,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("grounding", help="word-region attention vs the true masks (pointing game, IoU)")
     _common(p)
     p.add_argument("--max-images", type=int, default=None)
+
+    p = sub.add_parser("diagnostics", help="word importance, SRM relations and grounding by word role (SynthCXR)")
+    _common(p)
+    p.add_argument("--sections", default=None, help="report sections the model reads (default: its own)")
+    p.add_argument("--split", default=None)
+    p.add_argument("--max-reports", type=int, default=None)
 
     p = sub.add_parser("baseline", help="write a floor (random init) or ceiling (supervised) model folder")
     p.add_argument("--kind", choices=("random", "supervised"), required=True)
@@ -155,6 +161,14 @@ def run_task(task: str, loaded, data: str | Path, out: Path | None, opts: dict, 
 
         cfg = GroundingConfig(max_images=opts.get("max_images"), seed=seed, **common)
         return run_grounding(loaded, data, out, cfg)
+    if task == "diagnostics":
+        from reclf.evaluate.diagnostics import DiagnosticsConfig, run_diagnostics
+
+        secs = opts.get("sections")
+        cfg = DiagnosticsConfig(sections=secs.split(",") if isinstance(secs, str) else secs, split=opts.get("split"),
+                                max_reports=opts.get("max_reports"), batch_size=opts.get("batch_size", 32),
+                                seed=seed, **common)
+        return run_diagnostics(loaded, data, out, cfg)
     raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
 
 

@@ -402,6 +402,7 @@ def build_row(task: tuple[StudySpec, int, str, str]) -> dict[str, object]:
         "source": "synthcxr",
         "annotations": json.dumps(annotations),
     }
+    row[ROLES_KEY] = roles_record(spec.study_id, out.report)
     if set_name in ("zeroshot_5x200", "retrieval_8x200", "relations"):
         row["class"] = spec.cls
     if set_name == "relations":
@@ -565,8 +566,10 @@ def generate(
                 (folder / "masks").mkdir()
                 tasks = [(s, size, str(folder), name) for s in specs]
                 rows = list(_map(pool, build_row, tasks, workers))
+                roles = [row.pop(ROLES_KEY) for row in rows]
                 df = pd.DataFrame(rows)
                 write_studies(df, folder)
+                _write_roles(roles, folder)
                 if name == "relations":
                     _write_candidates(specs, folder)
                 frames[name] = df
@@ -601,6 +604,32 @@ def _write_candidates(specs: list[StudySpec], folder: Path) -> None:
 
     with atomic_path(folder / "candidates.csv") as tmp:
         pd.DataFrame(rows, columns=["study_id", "text", "is_correct", "contrast"]).to_csv(tmp, index=False)
+
+
+#: Row key that carries a study's word roles from the worker to the side file (not a table column).
+ROLES_KEY = "_word_roles"
+#: The side file of every set: one JSON line per study, in table order (``docs/synthcxr.md``).
+ROLES_FILE = "word_roles.jsonl"
+
+
+def roles_record(study_id: str, report: Report) -> dict[str, object]:
+    """One line of ``word_roles.jsonl``: the words of the cleaned report and their roles (parallel lists)."""
+    return {
+        "study_id": study_id,
+        "words": [r.word for r in report.roles],
+        "roles": [r.role for r in report.roles],
+        "finding": [r.finding for r in report.roles],
+        "section": [r.section for r in report.roles],
+    }
+
+
+def _write_roles(records: list[dict[str, object]], folder: Path) -> None:
+    from reclf.utils.io import atomic_path
+
+    with atomic_path(folder / ROLES_FILE) as tmp:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for rec in records:
+                fh.write(json.dumps(rec, separators=(",", ":")) + "\n")
 
 
 def _check_disjoint(frames: dict[str, pd.DataFrame]) -> None:

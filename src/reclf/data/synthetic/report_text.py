@@ -19,10 +19,12 @@ parallel text (the relation foils rely on this).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from reclf.data.reports import clean_report
 from reclf.data.studies import CHEXPERT_LABELS
 from reclf.data.synthetic.findings import FindingSpec
 from reclf.data.synthetic.vocab import (
@@ -30,6 +32,7 @@ from reclf.data.synthetic.vocab import (
     CHEXPERT_LABEL,
     DEVICE_KINDS,
     FILLER_SENTENCES,
+    FIXED_TEXT_ROLES,
     LOBES,
     NORMAL_IMPRESSIONS,
     NORMAL_STATEMENTS,
@@ -78,17 +81,168 @@ def pick(options, rng: np.random.Generator):
     return options[min(int(rng.random() * len(options)), len(options) - 1)]
 
 
+# --------------------------------------------------------------------------------------------- word roles
+# Templates write *tagged* text: ``<c:text>`` marks ``text`` with the role of code ``c``
+# (:data:`ROLE_CODES`); ``<ck:text>`` also links it to finding ``k`` of the study (its index in the
+# ``annotations`` column). Untagged words are filler. :func:`plain` strips the tags, which gives
+# exactly the text the generator wrote before roles existed (``tests/test_synth_roles.py`` pins it).
+
+#: Tag code -> role (``n``: a list number, which :func:`reclf.data.reports.clean_report` removes).
+ROLE_CODES: dict[str, str] = {
+    "f": "finding",
+    "l": "location",
+    "s": "severity",
+    "c": "cue",
+    "a": "anatomy",
+    "h": "header",
+    "n": "number",
+}
+_CODE_OF = {v: k for k, v in ROLE_CODES.items()}
+_TAG = re.compile(r"<([a-z])(\d*):([^<>]*)>")
+_OPEN = re.compile(r"^<([a-z])(\d*):")
+_WORD = re.compile(r"[^\W_]+")  # a pre-tokenizer word with a letter or digit (BERT rule, ASCII text)
+
+
+def tag(role: str, text: str) -> str:
+    """``text`` marked with ``role`` (empty text stays empty)."""
+    return f"<{_CODE_OF[role]}:{text}>" if text else text
+
+
+def F(text: str) -> str:  # noqa: N802 - one-letter template helpers keep the templates readable
+    return tag("finding", text)
+
+
+def L(text: str) -> str:  # noqa: N802
+    return tag("location", text)
+
+
+def S(text: str) -> str:  # noqa: N802
+    return tag("severity", text)
+
+
+def C(text: str) -> str:  # noqa: N802
+    return tag("cue", text)
+
+
+def A(text: str) -> str:  # noqa: N802
+    return tag("anatomy", text)
+
+
+def H(text: str) -> str:  # noqa: N802
+    return tag("header", text)
+
+
+def plain(text: str) -> str:
+    """Tagged text -> the report text (tags removed)."""
+    return _TAG.sub(r"\3", text)
+
+
+def link(text: str, finding: int) -> str:
+    """Link the finding / location / severity / cue tags of ``text`` to finding ``finding`` (-1: none)."""
+    if finding < 0:
+        return text
+    return re.sub(r"<([flsc]):", rf"<\g<1>{finding}:", text)
+
+
 def cap(text: str) -> str:
-    return text[:1].upper() + text[1:]
+    """Upper-case the first letter (the first letter inside the tag when ``text`` starts with one)."""
+    m = _OPEN.match(text)
+    i = m.end() if m else 0
+    return text[:i] + text[i : i + 1].upper() + text[i + 1 :]
+
+
+def uncap(text: str) -> str:
+    m = _OPEN.match(text)
+    i = m.end() if m else 0
+    return text[:i] + text[i : i + 1].lower() + text[i + 1 :]
 
 
 def article(word: str) -> str:
+    word = plain(word)
     return "an" if word[:1].lower() in "aeio" or word.startswith(("8 ", "11 ", "18 ")) else "a"
+
+
+_LEXICON: dict[tuple[str, ...], tuple[re.Pattern[str], dict[str, str]]] = {}
+
+
+def mark(text: str, roles: tuple[str, ...] = ("finding", "anatomy", "cue")) -> str:
+    """Tag the phrases of :data:`vocab.FIXED_TEXT_ROLES` (of ``roles``) in the untagged parts of ``text``.
+
+    Fixed sentences (normal statements, fillers, indications, device phrases) get their roles this
+    way; the longest phrase wins, matched case-insensitively on word boundaries.
+    """
+    if roles not in _LEXICON:
+        terms = {t: r for r in roles for t in FIXED_TEXT_ROLES[r]}
+        alts = "|".join(re.escape(t) for t in sorted(terms, key=len, reverse=True))
+        _LEXICON[roles] = (re.compile(rf"\b(?:{alts})\b", re.IGNORECASE), terms)
+    pattern, terms = _LEXICON[roles]
+    parts = re.split(r"(<[a-z]\d*:[^<>]*>)", text)
+    return "".join(
+        p if _TAG.fullmatch(p) else pattern.sub(lambda m: tag(terms[m.group(0).lower()], m.group(0)), p)
+        for p in parts
+    )
+
+
+@dataclass
+class WordRole:
+    """One word of a report (a pre-tokenizer word with a letter or digit) and its role.
+
+    ``finding``: index into the study's ``annotations`` of the finding the word describes (the
+    finding, location, severity and cue words of a sentence about a present or hedged finding),
+    else -1 (negated findings, normal statements, fillers). ``section``: ``examination``,
+    ``indication``, ``comparison``, ``findings`` or ``impression``.
+    """
+
+    word: str
+    role: str
+    finding: int
+    section: str
+
+
+_SECTION_OF_HEADER = {
+    "EXAMINATION": "examination",
+    "INDICATION": "indication",
+    "COMPARISON": "comparison",
+    "FINDINGS": "findings",
+    "IMPRESSION": "impression",
+}
+
+
+def word_roles(tagged: str) -> list[WordRole]:
+    """The words of ``clean_report(plain(tagged))``, in reading order, with their roles.
+
+    Raises ``ValueError`` when a word straddles a tag boundary or when the words differ from the
+    cleaned text's words (a template bug: the roles would not line up with what a tokenizer sees).
+    """
+    spans: list[tuple[str, str, int]] = []  # (text, role, finding)
+    pos = 0
+    for m in _TAG.finditer(tagged):
+        if m.start() > pos:
+            spans.append((tagged[pos : m.start()], "filler", -1))
+        spans.append((m.group(3), ROLE_CODES[m.group(1)], int(m.group(2)) if m.group(2) else -1))
+        pos = m.end()
+    if pos < len(tagged):
+        spans.append((tagged[pos:], "filler", -1))
+    out: list[WordRole] = []
+    section = "findings"
+    prev_alnum = False
+    for text, role, finding in spans:
+        if not text:
+            continue
+        if role == "header":
+            section = _SECTION_OF_HEADER.get(text.split(":")[0].strip().upper(), section)
+        if prev_alnum and _WORD.match(text[0]):
+            raise ValueError(f"a word straddles a role boundary at {text!r} in {plain(tagged)!r}")
+        out += [WordRole(w, role, finding, section) for w in _WORD.findall(text) if role != "number"]
+        prev_alnum = _WORD.match(text[-1]) is not None
+    if [r.word for r in out] != _WORD.findall(clean_report(plain(tagged))):
+        raise ValueError(f"word roles do not line up with the cleaned report {plain(tagged)!r}")
+    return out
 
 
 @dataclass
 class Sentence:
-    """A sentence and the labels it states (label -> 1 / 0 / -1)."""
+    """A sentence (tagged text, see :func:`plain`) and the labels it states (label -> 1 / 0 / -1)."""
 
     text: str
     labels: dict[str, float] = field(default_factory=dict)
@@ -96,39 +250,45 @@ class Sentence:
 
 @dataclass
 class Report:
-    """A report: full text with its headers, the two sections, and the 14 labels (NaN = unmentioned)."""
+    """A report: full text with its headers, the two sections, the 14 labels (NaN = unmentioned),
+    and the role of every word (``roles``, :func:`word_roles` of ``tagged``, the text with role tags)."""
 
     text: str
     findings: str
     impression: str
     labels: dict[str, float]
+    tagged: str = ""
+    roles: list[WordRole] = field(default_factory=list)
 
 
 def location(side: str, zone: str, rng: np.random.Generator) -> tuple[str, str]:
-    """(preposition, phrase) naming a lung location: a lobe or a zone word."""
+    """(preposition, tagged phrase) naming a lung location: a lobe or a zone word."""
     use_lobe = rng.random() < 0.5
     i = rng.random()
     if side == "bilateral":
+        if use_lobe:
+            return "in the", L(LOBES[(side, zone)])
         opts = BILATERAL_ZONE_PHRASES[zone]
-        return opts[min(int(i * len(opts)), len(opts) - 1)] if not use_lobe else ("in the", LOBES[(side, zone)])
+        prep, phrase = opts[min(int(i * len(opts)), len(opts) - 1)]
+        return prep, L(phrase)
     if use_lobe:
-        return "in the", LOBES[(side, zone)]
+        return "in the", L(LOBES[(side, zone)])
     prep, phrase = ZONE_PHRASES[zone][min(int(i * len(ZONE_PHRASES[zone])), len(ZONE_PHRASES[zone]) - 1)]
-    return prep, phrase.format(side=side)
+    return prep, L(phrase.format(side=side))
 
 
 def severity_word(spec: FindingSpec, rng: np.random.Generator) -> str:
-    return pick(SEVERITY_WORDS[spec.finding][spec.severity], rng)
+    return S(pick(SEVERITY_WORDS[spec.finding][spec.severity], rng))
 
 
 def _noun(spec: FindingSpec) -> str:
     if spec.finding == "lung_lesion":
-        return "mass" if spec.severity == "severe" else "nodule"
-    return {"pleural_effusion": "pleural effusion", "edema": "pulmonary edema"}.get(spec.finding, spec.finding)
+        return F("mass" if spec.severity == "severe" else "nodule")
+    return F({"pleural_effusion": "pleural effusion", "edema": "pulmonary edema"}.get(spec.finding, spec.finding))
 
 
 def short_phrase(spec: FindingSpec, rng: np.random.Generator) -> str:
-    """A compact noun phrase ("moderate right lower lobe consolidation"), lower case.
+    """A compact noun phrase ("moderate right lower lobe consolidation"), lower case, tagged.
 
     Used in impressions and as the relation caption; a fixed number of draws whatever the spec.
     """
@@ -137,18 +297,19 @@ def short_phrase(spec: FindingSpec, rng: np.random.Generator) -> str:
     prep, loc = location(spec.side, spec.zone, rng) if spec.zone != "none" else ("", "")
     form = rng.random()
     if f == "cardiomegaly":
-        return f"{sev} cardiomegaly"
+        return f"{sev} {F('cardiomegaly')}"
     if f == "edema":
-        return f"{sev} pulmonary edema"
+        return f"{sev} {F('pulmonary edema')}"
     if f == "pleural_effusion":
         return (
-            f"{sev} bilateral pleural effusions" if spec.side == "bilateral" else f"{sev} {spec.side} pleural effusion"
+            f"{sev} {L('bilateral')} {F('pleural effusions')}"
+            if spec.side == "bilateral"
+            else f"{sev} {L(spec.side)} {F('pleural effusion')}"
         )
     if f == "pneumothorax":
-        return f"{sev} {spec.side} pneumothorax"
+        return f"{sev} {L(spec.side)} {F('pneumothorax')}"
     if f == "support_devices":
-        text = device_sentence(spec, rng)
-        return text[:1].lower() + text[1:]
+        return uncap(device_sentence(spec, rng))
     if f == "lung_lesion" or form < 0.5:
         return f"{sev} {_noun(spec)} {prep} {loc}"
     return f"{sev} {loc} {_noun(spec)}"
@@ -156,8 +317,10 @@ def short_phrase(spec: FindingSpec, rng: np.random.Generator) -> str:
 
 def device_sentence(spec: FindingSpec, rng: np.random.Generator) -> str:
     phrases = DEVICE_KINDS[spec.device]["phrases"]
-    text = pick(phrases, rng)
-    return text.format(side=spec.side, Side=cap(spec.side))
+    text = pick(phrases, rng).replace("{side}-sided", "{side_sided}")
+    side = spec.side
+    text = text.format(side=L(side), Side=L(cap(side)), side_sided=L(f"{side}-sided"))
+    return mark(text, ("finding", "anatomy"))
 
 
 def positive_sentence(spec: FindingSpec, rng: np.random.Generator) -> Sentence:
@@ -168,45 +331,45 @@ def positive_sentence(spec: FindingSpec, rng: np.random.Generator) -> Sentence:
         return Sentence(device_sentence(spec, rng) + ".", label)
     sev = severity_word(spec, rng)
     if f == "cardiomegaly":
-        adv = pick(SEVERITY_ADVERBS[spec.severity], rng)
+        adv = S(pick(SEVERITY_ADVERBS[spec.severity], rng))
         opts = [
-            f"{cap(sev)} cardiomegaly.",
-            f"The heart is {adv} enlarged.",
-            f"The cardiac silhouette is {adv} enlarged.",
-            f"There is {sev} enlargement of the cardiac silhouette.",
+            f"{cap(sev)} {F('cardiomegaly')}.",
+            f"The {A('heart')} is {adv} {F('enlarged')}.",
+            f"The {A('cardiac silhouette')} is {adv} {F('enlarged')}.",
+            f"There is {sev} {F('enlargement')} of the {A('cardiac silhouette')}.",
         ]
         return Sentence(pick(opts, rng), label)
     if f == "edema":
         opts = [
-            f"{cap(sev)} pulmonary edema.",
-            f"There is {sev} interstitial pulmonary edema.",
-            f"Findings are consistent with {sev} pulmonary edema.",
-            f"{cap(sev)} bilateral perihilar haziness consistent with pulmonary edema.",
+            f"{cap(sev)} {F('pulmonary edema')}.",
+            f"There is {sev} {F('interstitial pulmonary edema')}.",
+            f"Findings are consistent with {sev} {F('pulmonary edema')}.",
+            f"{cap(sev)} {L('bilateral perihilar')} {F('haziness')} consistent with {F('pulmonary edema')}.",
         ]
         return Sentence(pick(opts, rng), label)
     if f == "pleural_effusion":
         if spec.side == "bilateral":
             opts = [
-                f"{cap(sev)} bilateral pleural effusions.",
-                f"There are {sev} bilateral pleural effusions.",
-                f"{cap(sev)} pleural effusions are present on both sides.",
+                f"{cap(sev)} {L('bilateral')} {F('pleural effusions')}.",
+                f"There are {sev} {L('bilateral')} {F('pleural effusions')}.",
+                f"{cap(sev)} {F('pleural effusions')} are present on {L('both sides')}.",
             ]
         else:
             s = spec.side
             opts = [
-                f"{cap(sev)} {s} pleural effusion.",
-                f"There is {article(sev)} {sev} {s} pleural effusion.",
-                f"{cap(s)} {sev} effusion blunts the costophrenic angle.",
-                f"{cap(article(sev))} {sev} {s}-sided pleural effusion is present.",
+                f"{cap(sev)} {L(s)} {F('pleural effusion')}.",
+                f"There is {article(sev)} {sev} {L(s)} {F('pleural effusion')}.",
+                f"{L(cap(s))} {sev} {F('effusion')} {F('blunts')} the {A('costophrenic angle')}.",
+                f"{cap(article(sev))} {sev} {L(s + '-sided')} {F('pleural effusion')} is present.",
             ]
         return Sentence(pick(opts, rng), label)
     if f == "pneumothorax":
         s = spec.side
         opts = [
-            f"{cap(sev)} {s} pneumothorax.",
-            f"There is {article(sev)} {sev} {s}-sided pneumothorax.",
-            f"{cap(article(sev))} {sev} {s} pneumothorax is present, with a visible pleural edge.",
-            f"{cap(sev)} {s} apical and lateral pneumothorax.",
+            f"{cap(sev)} {L(s)} {F('pneumothorax')}.",
+            f"There is {article(sev)} {sev} {L(s + '-sided')} {F('pneumothorax')}.",
+            f"{cap(article(sev))} {sev} {L(s)} {F('pneumothorax')} is present, with a visible {A('pleural edge')}.",
+            f"{cap(sev)} {L(s)} {L('apical')} and {L('lateral')} {F('pneumothorax')}.",
         ]
         return Sentence(pick(opts, rng), label)
     prep, loc = location(spec.side, spec.zone, rng)
@@ -215,29 +378,29 @@ def positive_sentence(spec: FindingSpec, rng: np.random.Generator) -> Sentence:
         opts = [
             f"{cap(article(sev))} {sev} {noun} is seen {prep} {loc}.",
             f"There is {article(sev)} {sev} {noun} {prep} {loc}.",
-            f"{cap(sev)} pulmonary {noun} {prep} {loc}.",
+            f"{cap(sev)} {F('pulmonary')} {noun} {prep} {loc}.",
             f"{cap(loc)} {sev} {noun}.",
         ]
     elif f == "consolidation":
         opts = [
-            f"{cap(sev)} consolidation {prep} {loc}.",
-            f"There is {sev} airspace consolidation {prep} {loc}.",
-            f"{cap(loc)} consolidation, {sev} in extent.",
-            f"{cap(sev)} consolidative opacity {prep} {loc}.",
+            f"{cap(sev)} {F('consolidation')} {prep} {loc}.",
+            f"There is {sev} {F('airspace consolidation')} {prep} {loc}.",
+            f"{cap(loc)} {F('consolidation')}, {sev} in extent.",
+            f"{cap(sev)} {F('consolidative opacity')} {prep} {loc}.",
         ]
     elif f == "pneumonia":
         opts = [
-            f"{cap(sev)} {loc} pneumonia.",
-            f"Patchy opacities {prep} {loc} consistent with {sev} pneumonia.",
-            f"Airspace opacity {prep} {loc} compatible with {sev} pneumonia.",
-            f"Findings {prep} {loc} are compatible with {sev} pneumonia.",
+            f"{cap(sev)} {loc} {F('pneumonia')}.",
+            f"{F('Patchy opacities')} {prep} {loc} consistent with {sev} {F('pneumonia')}.",
+            f"{F('Airspace opacity')} {prep} {loc} compatible with {sev} {F('pneumonia')}.",
+            f"Findings {prep} {loc} are compatible with {sev} {F('pneumonia')}.",
         ]
     else:  # atelectasis
         opts = [
-            f"{cap(sev)} atelectasis {prep} {loc}.",
-            f"There is {sev} atelectasis {prep} {loc}.",
-            f"{cap(sev)} {loc} atelectasis.",
-            f"{cap(sev)} atelectatic change {prep} {loc}.",
+            f"{cap(sev)} {F('atelectasis')} {prep} {loc}.",
+            f"There is {sev} {F('atelectasis')} {prep} {loc}.",
+            f"{cap(sev)} {loc} {F('atelectasis')}.",
+            f"{cap(sev)} {F('atelectatic change')} {prep} {loc}.",
         ]
     return Sentence(pick(opts, rng), label)
 
@@ -248,31 +411,41 @@ def hedged_sentence(spec: FindingSpec, rng: np.random.Generator) -> Sentence:
     label = {CHEXPERT_LABEL[f]: -1.0}
     sev = severity_word(spec, rng)
     if f == "cardiomegaly":
-        adv = pick(SEVERITY_ADVERBS[spec.severity], rng)
-        opts = [f"The heart is possibly {adv} enlarged.", f"Possible {sev} cardiomegaly."]
-    elif f == "edema":
-        opts = [f"Possible {sev} pulmonary edema.", f"Hazy perihilar opacities may reflect {sev} pulmonary edema."]
-    elif f == "pleural_effusion":
-        side = "bilateral" if spec.side == "bilateral" else spec.side
+        adv = S(pick(SEVERITY_ADVERBS[spec.severity], rng))
         opts = [
-            f"Possible {sev} {side} pleural effusion.",
-            f"Blunting of the costophrenic angle may reflect {article(sev)} {sev} {side} effusion.",
+            f"The {A('heart')} is {C('possibly')} {adv} {F('enlarged')}.",
+            f"{C('Possible')} {sev} {F('cardiomegaly')}.",
+        ]
+    elif f == "edema":
+        opts = [
+            f"{C('Possible')} {sev} {F('pulmonary edema')}.",
+            f"{F('Hazy')} {L('perihilar')} {F('opacities')} {C('may reflect')} {sev} {F('pulmonary edema')}.",
+        ]
+    elif f == "pleural_effusion":
+        side = L("bilateral" if spec.side == "bilateral" else spec.side)
+        opts = [
+            f"{C('Possible')} {sev} {side} {F('pleural effusion')}.",
+            f"{F('Blunting')} of the {A('costophrenic angle')} {C('may reflect')} {article(sev)} {sev} {side} "
+            f"{F('effusion')}.",
         ]
     elif f == "pneumothorax":
         opts = [
-            f"Questionable {sev} {spec.side} apical pneumothorax.",
-            f"{cap(article(sev))} {sev} {spec.side} pneumothorax cannot be excluded.",
+            f"{C('Questionable')} {sev} {L(spec.side)} {L('apical')} {F('pneumothorax')}.",
+            f"{cap(article(sev))} {sev} {L(spec.side)} {F('pneumothorax')} {C('cannot be excluded')}.",
         ]
     else:
         prep, loc = location(spec.side, spec.zone, rng)
         noun = _noun(spec)
         if f == "lung_lesion":
-            opts = [f"Possible {sev} {noun} {prep} {loc}.", f"Questionable nodular opacity {prep} {loc}."]
+            opts = [
+                f"{C('Possible')} {sev} {noun} {prep} {loc}.",
+                f"{C('Questionable')} {F('nodular opacity')} {prep} {loc}.",
+            ]
         else:
             opts = [
-                f"{cap(sev)} opacity {prep} {loc} may represent {noun}.",
-                f"{cap(noun)} {prep} {loc} cannot be excluded.",
-                f"Opacity {prep} {loc} could reflect {noun}.",
+                f"{cap(sev)} {F('opacity')} {prep} {loc} {C('may represent')} {noun}.",
+                f"{cap(noun)} {prep} {loc} {C('cannot be excluded')}.",
+                f"{F('Opacity')} {prep} {loc} {C('could reflect')} {noun}.",
             ]
     return Sentence(pick(opts, rng), label)
 
@@ -284,7 +457,7 @@ def negation_sentences(absent: list[str], rng: np.random.Generator) -> list[Sent
     while todo:
         k = min(len(todo), 1 + int(rng.random() * 3))
         group, todo = todo[:k], todo[k:]
-        nouns = [pick(NEGATED_NOUNS[g], rng) for g in group]
+        nouns = [F(pick(NEGATED_NOUNS[g], rng)) for g in group]
         labels = {CHEXPERT_LABEL[g]: 0.0 for g in group}
         if len(nouns) == 1:
             listed = nouns[0]
@@ -294,14 +467,14 @@ def negation_sentences(absent: list[str], rng: np.random.Generator) -> list[Sent
             listed = ", ".join(nouns[:-1]) + f", or {nouns[-1]}"
         form = rng.random()
         if form < 0.4:
-            text = f"No {listed}."
+            text = f"{C('No')} {listed}."
         elif form < 0.65:
-            text = f"There is no {listed}."
+            text = f"There is {C('no')} {listed}."
         elif form < 0.85:
-            text = f"No evidence of {listed}."
+            text = f"{C('No evidence of')} {listed}."
         else:
             verb = "is" if len(nouns) == 1 else "are"
-            text = f"{cap(listed)} {verb} not seen."
+            text = f"{cap(listed)} {C(verb + ' not seen')}."
         out.append(Sentence(text, labels))
     return out
 
@@ -338,15 +511,20 @@ def compose_report(
     devices = [s for s in specs if s.finding == "support_devices"]
     heart = [s for s in specs if s.finding == "cardiomegaly"]
 
+    index = {id(s): k for k, s in enumerate(specs)}  # position in the study's annotations
+
+    def linked(s: FindingSpec, sentence: Sentence) -> Sentence:
+        return Sentence(link(sentence.text, index[id(s)]), sentence.labels)
+
     def state(s: FindingSpec) -> Sentence:
-        return hedged_sentence(s, rng) if s.certainty == "uncertain" else positive_sentence(s, rng)
+        return linked(s, hedged_sentence(s, rng) if s.certainty == "uncertain" else positive_sentence(s, rng))
 
     body: list[Sentence] = []
     if heart:
         body.append(state(heart[0]))
     elif rng.random() < 0.6:
         text, labels = pick(NORMAL_STATEMENTS["heart"], rng)
-        body.append(Sentence(text, {k: 0.0 for k in labels}))
+        body.append(Sentence(mark(text), {k: 0.0 for k in labels}))
     lung_sentences = [state(s) for s in lung_findings]
     order = rng.permutation(len(lung_sentences)) if rng.random() < 0.3 else range(len(lung_sentences))
     body += [lung_sentences[i] for i in order]
@@ -354,7 +532,7 @@ def compose_report(
     any_opacity = bool(present & set(OPACITY_FINDINGS))
     if not lung_findings and rng.random() < 0.5:
         text, labels = pick(NORMAL_STATEMENTS["lungs"], rng)
-        body.append(Sentence(text, {k: 0.0 for k in labels}))
+        body.append(Sentence(mark(text), {k: 0.0 for k in labels}))
     weights = {
         "pneumothorax": 0.7,
         "pleural_effusion": 0.7,
@@ -371,62 +549,69 @@ def compose_report(
 
     findings: list[Sentence] = []
     if rng.random() < 0.35:
-        findings.append(Sentence(pick(FILLER_SENTENCES[view], rng)))
+        findings.append(Sentence(mark(pick(FILLER_SENTENCES[view], rng), ("anatomy",))))
     if prior and rng.random() < 0.7:
-        findings.append(Sentence(pick(FILLER_SENTENCES["comparison"], rng)))
-    findings += [positive_sentence(d, rng) for d in devices]
+        findings.append(Sentence(mark(pick(FILLER_SENTENCES["comparison"], rng), ("anatomy",))))
+    findings += [linked(d, positive_sentence(d, rng)) for d in devices]
     findings += body
     if low_volumes and rng.random() < 0.7:
-        findings.insert(min(1, len(findings)), Sentence(pick(FILLER_SENTENCES["low_volumes"], rng)))
+        findings.insert(min(1, len(findings)), Sentence(mark(pick(FILLER_SENTENCES["low_volumes"], rng), ("anatomy",))))
     if rng.random() < 0.3:
-        findings.append(Sentence(pick(FILLER_SENTENCES["any"], rng)))
+        findings.append(Sentence(mark(pick(FILLER_SENTENCES["any"], rng), ("anatomy",))))
     if rng.random() < 0.35:
         text, labels = pick(NORMAL_STATEMENTS["bones"], rng)
-        findings.append(Sentence(text, {k: 0.0 for k in labels}))
+        findings.append(Sentence(mark(text), {k: 0.0 for k in labels}))
 
     impression: list[Sentence] = []
     abnormal = [s for s in specs if s.finding != "support_devices"]
     if not abnormal:
-        impression.append(Sentence(pick(NORMAL_IMPRESSIONS, rng)))
+        impression.append(Sentence(mark(pick(NORMAL_IMPRESSIONS, rng))))
     else:
         for s in abnormal:
-            phrase = short_phrase(s, rng)
+            phrase = link(short_phrase(s, rng), index[id(s)])
             if s.certainty == "uncertain":
                 text = pick(
-                    [f"Possible {phrase}.", f"{cap(phrase)} cannot be excluded.", f"Findings may represent {phrase}."],
+                    [
+                        f"{link(C('Possible'), index[id(s)])} {phrase}.",
+                        f"{cap(phrase)} {link(C('cannot be excluded'), index[id(s)])}.",
+                        f"Findings {link(C('may represent'), index[id(s)])} {phrase}.",
+                    ],
                     rng,
                 )
                 impression.append(Sentence(text, {CHEXPERT_LABEL[s.finding]: -1.0}))
             else:
                 impression.append(Sentence(cap(phrase) + ".", {CHEXPERT_LABEL[s.finding]: 1.0}))
         if "pneumothorax" in absent and rng.random() < 0.3:
-            impression.append(Sentence("No pneumothorax.", {"Pneumothorax": 0.0}))
+            impression.append(Sentence(f"{C('No')} {F('pneumothorax')}.", {"Pneumothorax": 0.0}))
     if len(impression) > 1 and rng.random() < 0.3:
-        imp_text = " ".join(f"{i + 1}. {s.text}" for i, s in enumerate(impression))
+        imp_text = " ".join(f"{tag('number', str(i + 1))}. {s.text}" for i, s in enumerate(impression))
     else:
         imp_text = " ".join(s.text for s in impression)
     find_text = " ".join(s.text for s in findings)
 
     parts = []
     if rng.random() < 0.5:
-        parts.append("EXAMINATION: CHEST (PA AND LAT)" if view == "PA" else "EXAMINATION: CHEST (PORTABLE AP)")
+        parts.append(H("EXAMINATION: CHEST (PA AND LAT)" if view == "PA" else "EXAMINATION: CHEST (PORTABLE AP)"))
     if rng.random() < 0.4:
-        parts.append("INDICATION: " + pick(INDICATIONS, rng))
+        parts.append(H("INDICATION:") + " " + mark(pick(INDICATIONS, rng), ("anatomy",)))
     if prior or rng.random() < 0.3:
-        parts.append("COMPARISON: " + ("___." if prior else "None."))
-    parts.append("FINDINGS: " + find_text)
-    parts.append("IMPRESSION: " + imp_text)
+        parts.append(H("COMPARISON:") + " " + ("___." if prior else "None."))
+    parts.append(H("FINDINGS:") + " " + find_text)
+    parts.append(H("IMPRESSION:") + " " + imp_text)
+    tagged = "\n\n".join(parts)
     return Report(
-        text="\n\n".join(parts),
-        findings=find_text,
-        impression=imp_text,
+        text=plain(tagged),
+        findings=plain(find_text),
+        impression=plain(imp_text),
         labels=combine_labels(findings + impression),
+        tagged=tagged,
+        roles=word_roles(tagged),
     )
 
 
 def caption(spec: FindingSpec, seed: int) -> str:
     """A one-sentence caption of one finding (``seed`` fixes the phrasing; foils use the same seed)."""
-    return cap(short_phrase(spec, np.random.default_rng(seed))) + "."
+    return plain(cap(short_phrase(spec, np.random.default_rng(seed)))) + "."
 
 
 def foil_specs(spec: FindingSpec) -> dict[str, FindingSpec | None]:

@@ -312,3 +312,52 @@ RETRIEVAL_CLASSES: tuple[str, ...] = (
 )
 #: Relation contrasts of ``relations/candidates.csv``.
 RELATION_CONTRASTS: tuple[str, ...] = ("side", "zone", "severity", "negation")
+
+# --------------------------------------------------------------------------------------------- word roles
+#: The role of every word SynthCXR writes (``word_roles.jsonl`` of every set; ``docs/synthcxr.md``).
+ROLES: tuple[str, ...] = ("finding", "location", "severity", "cue", "anatomy", "filler", "header")
+#: Roles that carry the clinical content of a report (what an importance module should weigh up).
+CLINICAL_ROLES: tuple[str, ...] = ("finding", "location", "severity", "cue")
+#: Roles of phrases inside FIXED sentences (normal statements, normal impressions, fillers,
+#: indications, device phrases); words in no list are filler. Template sentences tag their slots
+#: directly (``report_text``). Fillers and indications use the anatomy list only, so "not" in
+#: "Pulmonary vasculature is not engorged." stays filler (it states nothing about a label).
+FIXED_TEXT_ROLES: dict[str, tuple[str, ...]] = {
+    "finding": (
+        "central venous catheter",
+        "endotracheal tube",
+        "nasogastric tube",
+        "enteric tube",
+        "picc",
+        "focal opacity",
+        "fracture",
+    ),
+    "anatomy": (
+        "heart",
+        "cardiomediastinal silhouette",
+        "cardiomediastinal",
+        "hilar contours",
+        "hilar",
+        "mediastinal contours",
+        "lungs",
+        "lung",
+        "chest",
+        "osseous structures",
+        "osseous",
+        "rib",
+        "thoracic spine",
+        "aorta",
+        "pulmonary vasculature",
+        "bronchovascular markings",
+        "cardiopulmonary",
+        "intrathoracic",
+        "carina",
+        "svc",
+        "cavoatrial junction",
+        "diaphragm",
+        "stomach",
+        "upper extremity",
+        "internal jugular",
+    ),
+    "cue": ("within normal limits", "no evidence of", "normal", "unremarkable", "clear", "no"),
+}
