@@ -71,3 +71,16 @@ def test_explain_writes_the_pictures(setup):
     assert set(info["figures"]) == {"attention", "importance", "relations"}
     assert info["words"][:4] == ["small", "right", "pleural", "effusion"]
     assert len(info["word_weights"]) == len(info["words"])
+
+
+def test_protocol_options_from_the_command_line(setup):
+    root, data = setup
+    common = ["--model", str(root / "model"), "--data", str(data), "--n-boot", "10", "--cache-dir", ""]
+    _run(eval_cli, ["segment", *common, "--out", str(root / "runs/seg_mgca"), "--preset", "mgca", "--epochs", "1",
+                    "--image-size", "64", "--fractions", "100", "--seeds", "0", "--decoder-channels", "32,16,8,8,4"])
+    cfg = json.loads((root / "runs/seg_mgca/results.json").read_text())["config"]
+    assert cfg["preset"] == "mgca" and cfg["epochs"] == 1 and cfg["loss"] == "focal_dice" and cfg["freeze_encoder"]
+    _run(eval_cli, ["linear", *common, "--out", str(root / "runs/lin"), "--uncertain", "zeros", "--label-set", "all",
+                    "--fractions", "100", "--seeds", "0", "--max-steps", "5"])
+    cfg = json.loads((root / "runs/lin/results.json").read_text())["config"]
+    assert cfg["uncertain_policy"] == "zeros" and cfg["label_set"] == "all" and cfg["recipe"] == "cached"

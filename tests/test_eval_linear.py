@@ -49,3 +49,27 @@ def test_linear_multiclass_target(tmp_path):
     assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 1
     res2 = run_linear(loaded, data, None, cfg)  # from the cache: same numbers
     assert res2.metrics["100%/accuracy"].value == res.metrics["100%/accuracy"].value
+
+
+def test_label_set_uncertain_policy_and_mgca_recipe(tmp_path):
+    from reclf.evaluate.linear import COMPETITION_LABELS, label_targets
+    from reclf.evaluate.loading import wrap_model
+
+    df = pd.DataFrame({"Atelectasis": [1.0, -1.0, np.nan], "Cardiomegaly": [-1.0, 0.0, 1.0]})
+    labs = ["Atelectasis", "Cardiomegaly"]
+    assert np.isnan(label_targets(df, labs, "ignore")[1, 0]) and label_targets(df, labs, "ignore")[2, 0] == 0
+    assert label_targets(df, labs, "ones")[1, 0] == 1 and label_targets(df, labs, "zeros")[0, 1] == 0
+    g = label_targets(df, labs, "gloria")
+    assert g[1, 0] == 1 and g[0, 1] == 0  # U-Ones for Atelectasis, U-Zeros for Cardiomegaly
+    torch.manual_seed(0)
+    data = make_folder(tmp_path / "data", n=32)
+    studies = pd.read_csv(data / "studies.csv")
+    studies["source"] = "chexpert"
+    studies.to_csv(data / "studies.csv", index=False)
+    cfg = LinearConfig(fractions=[1.0], seeds=[0], recipe="mgca", epochs=3, n_boot=20, uncertain="gloria")
+    res = run_linear(wrap_model(StubModel()), data, tmp_path / "out", cfg)
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())["config"]
+    assert saved["recipe"] == "mgca" and saved["label_set"] == "competition" and saved["uncertain_policy"] == "gloria"
+    assert set(saved["targets"]) <= set(COMPETITION_LABELS) and 0 <= res.metrics["100%/auroc"].value <= 1
+    cfg_all = LinearConfig(fractions=[1.0], seeds=[0], max_steps=10, n_boot=20, label_set="all")
+    assert set(run_linear(wrap_model(StubModel()), data, None, cfg_all).config["targets"]) - set(COMPETITION_LABELS)

@@ -39,3 +39,33 @@ def test_segment_end_to_end(tmp_path):
     assert "empty" in saved["config"]["empty_mask_convention"]
     counts = saved["config"]["test_counts"]["all"]
     assert counts["test_positives"] < counts["test_images"]
+
+
+def test_decoder_widths_losses_presets_and_balance(tmp_path):
+    import numpy as np
+
+    from reclf.evaluate.segment import SEGMENT_PRESETS, balanced_rows, segment_preset
+    from reclf.evaluate.unet import SMP_CHANNELS, segmentation_loss
+
+    enc = StubImageEncoder()
+    dec = UNetDecoder(list(enc.pyramid_channels), channels=SMP_CHANNELS)
+    assert dec.widths == list(SMP_CHANNELS[: len(enc.pyramid_channels)])
+    assert dec.head.in_channels == dec.widths[-1]
+    logits, target = torch.randn(2, 1, 8, 8), (torch.rand(2, 1, 8, 8) > 0.7).float()
+    perfect = (target * 20 - 10)
+    for kind in ("bce_dice", "focal_dice"):
+        assert segmentation_loss(perfect, target, kind) < segmentation_loss(logits, target, kind)
+    pos = np.array([True, False, False, False, True, False])
+    rows = np.arange(10, 16)
+    b = balanced_rows(pos, rows, seed=0)
+    assert len(b) == 4 and {10, 14} <= set(b) and np.array_equal(b, balanced_rows(pos, rows, seed=0))
+    cfg = segment_preset("mgca", epochs=2)
+    assert cfg.freeze_encoder and cfg.loss == "focal_dice" and cfg.epochs == 2 and cfg.preset == "mgca"
+    assert not segment_preset("gloria").freeze_encoder and SEGMENT_PRESETS["gloria"]["betas"] == (0.5, 0.999)
+    torch.manual_seed(0)
+    data = make_folder(tmp_path / "data", n=24, size=32)
+    cfg = segment_preset("mgca", fractions=[1.0], seeds=[0], epochs=2, image_size=32, n_boot=20,
+                         decoder_channels=[32, 16, 8, 8, 4])
+    res = run_segment(wrap_model(StubModel(image_size=32)), data, tmp_path / "out", cfg)
+    assert res.config["preset"] == "mgca" and res.config["balance_train"]
+    assert 0 <= res.metrics["100%/dice"].value <= 1

@@ -35,7 +35,7 @@ def test_zeroshot_end_to_end(tmp_path):
     for mode in ("global", "local", "fused", "method"):
         m = saved["metrics"][f"{mode}/accuracy"]
         assert 0.0 <= m["ci_low"] <= m["value"] <= m["ci_high"] <= 1.0
-    assert saved["config"]["prompt_file"]["version"] == 1
+    assert saved["config"]["prompt_file"]["version"] == 2
     assert saved["data"]["used"] == 10
     assert np.asarray(res.extra["confusion"]["global"]).sum() == 10
     assert any(k.startswith("binary/global/") for k in saved["metrics"])
@@ -47,3 +47,19 @@ def test_auto_prompt_file_follows_the_table_source():
     classes = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]
     assert pick_prompt_file("auto", classes, "synthcxr").name != pick_prompt_file("auto", classes, "chexpert").name
     assert "chexpert" in pick_prompt_file("auto", classes, "").name.lower()
+
+
+def test_prompt_sampling_is_recorded_and_seeded(tmp_path):
+    from reclf.evaluate.prompts import load_prompts
+
+    ps = load_prompts("chexpert")
+    assert ps.version == 2 and len(ps.classes["Atelectasis"]) == 5 * 7 * 10  # severity x subtype x location
+    torch.manual_seed(0)
+    data = make_folder(tmp_path / "data", n=10)
+    runs = []
+    for seed in (0, 0, 1):
+        cfg = ZeroShotConfig(prompts="chexpert", prompts_per_class=3, reduce="max", n_boot=20, seed=seed)
+        runs.append(run_zeroshot(wrap_model(StubModel()), data, None, cfg))
+    assert runs[0].extra["prompts"] == runs[1].extra["prompts"] != runs[2].extra["prompts"]
+    assert all(len(v) == 3 for v in runs[0].extra["prompts"].values())
+    assert runs[0].config["prompt_file_version"] == 2 and runs[0].config["reduce"] == "max"

@@ -11,6 +11,7 @@ import pytest
 
 from reclf.data.sources import prepare
 from reclf.data.sources.chexpert import ZEROSHOT_CLASSES, build_zeroshot, parse, parse_policy
+from reclf.data.sources.chexpert_8x200 import RETRIEVAL_CLASSES
 from reclf.data.sources.common import DropLog, PrepareOptions, SourceLayoutError
 from reclf.data.sources.testing import gradient, write_jpeg
 from reclf.data.studies import CHEXPERT_LABELS, read_studies
@@ -66,7 +67,8 @@ def test_small_tree(tmp_path):
     report = prepare(
         "chexpert",
         PrepareOptions(
-            root=tmp_path, out=out, size=32, progress=False, extra={"uncertain": "gloria", "zeroshot_per_class": 1}
+            root=tmp_path, out=out, size=32, progress=False, extra={"uncertain": "gloria", "zeroshot_per_class": 1,
+                                                                  "retrieval_per_class": 0}
         ),
     )
     df = read_studies(out).set_index("study_id")
@@ -140,8 +142,16 @@ def test_real_train_csv_in_full(tmp_path):
         assert (sub[c] == 1).all() and sub[others].isin([0.0]).where(sub[others].notna(), True).all().all()
     main = t.studies
     assert not main["patient_id"].isin(set(zs["patient_id"])).any()
-    excluded = raw["Path"].str.extract(r"(patient\d+)")[0].isin(set(zs["patient_id"]))
+    patient = raw["Path"].str.extract(r"(patient\d+)")[0]
+    excluded = patient.isin(set(zs["patient_id"]))
     assert t.drops.filters["zeroshot_patient"].count == int(excluded.sum())
+    rt = t.extra_tables["retrieval_8x200"]  # CheXpert 8x200: 200 per class, disjoint patients, out of training
+    assert rt["class"].value_counts().to_dict() == {c: 200 for c in RETRIEVAL_CLASSES}
+    assert not rt["patient_id"].isin(set(zs["patient_id"])).any()
+    assert not main["patient_id"].isin(rt["patient_id"]).any()
+    in_rt = patient.isin(set(rt["patient_id"]))
+    assert t.drops.filters["retrieval_patient"].count == int(in_rt.sum())
+    excluded = excluded | in_rt
     pa_ap = (raw["Frontal/Lateral"] == "Frontal") & raw["AP/PA"].isin(["PA", "AP"])
     assert len(main) == int((~excluded & pa_ap).sum())
     assert t.drops.filters["view_unknown"].count == int((~excluded & frontal_other).sum()) > 0

@@ -184,8 +184,15 @@ def _chexpert_tree(root: Path) -> None:
 def test_chexpert_5x200_feeds_zeroshot(tmp_path, tiny_model):
     root, out = tmp_path / "raw", tmp_path / "prepared"
     _chexpert_tree(root)
-    report = _prepare("chexpert", root / "CheXpert-v1.0-small", out, "--zeroshot-per-class", "2")
+    report = _prepare("chexpert", root / "CheXpert-v1.0-small", out, "--zeroshot-per-class", "2",
+                      "--retrieval-per-class", "1")
     assert report["dropped"]["zeroshot_patient"]["count"] == 10
+    # 8x200 (1 per class here) from what is left: the classes that still have an exclusive positive
+    rt = read_studies(out / "retrieval_8x200")
+    assert sorted(rt["class"]) == ["Atelectasis", "Cardiomegaly", "Edema", "No Finding", "Pleural Effusion"]
+    assert report["dropped"]["retrieval_patient"]["count"] == 5
+    ret = _evaluate("retrieve", tiny_model, out / "retrieval_8x200", tmp_path / "rt", "--modes", "global")
+    assert ret["data"]["used"] == 5 and {"global/t2i/P@5", "global/i2t/R@1"} <= set(ret["metrics"])
     zs = read_studies(out / "zeroshot_5x200")
     assert zs["class"].value_counts().to_dict() == {c: 2 for c in ZEROSHOT_CLASSES}
     result = _evaluate("zeroshot", tiny_model, out / "zeroshot_5x200", tmp_path / "zs", "--prompts", "chexpert",

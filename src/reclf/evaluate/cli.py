@@ -52,17 +52,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=_ints, default=[0, 1, 2], help="probe seeds, e.g. 0,1,2")
     p.add_argument("--target", choices=("auto", "labels", "class"), default="auto")
     p.add_argument("--max-steps", type=int, default=300)
+    p.add_argument("--label-set", choices=("auto", "competition", "all"), default="auto",
+                   help="CheXpert labels: competition (5; default for CheXpert data) or all 14")
+    p.add_argument("--uncertain", choices=("ignore", "ones", "zeros", "gloria"), default="ignore",
+                   help="the probe's policy for -1 labels (U-Ones, U-Zeros, GLoRIA/MGCA per label, or masked)")
+    p.add_argument("--recipe", choices=("cached", "mgca"), default="cached",
+                   help="cached features, full batch (fast) or MGCA's (AdamW, batch 48, 50 epochs, augmentation)")
+    p.add_argument("--epochs", type=int, default=50, help="epochs of the mgca recipe")
 
     p = sub.add_parser("segment", help="U-Net segmentation on the encoder's feature pyramid")
     _common(p)
     p.add_argument("--fractions", type=_floats, default=[0.01, 0.1, 1.0])
     p.add_argument("--seeds", type=_ints, default=[0, 1, 2])
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--freeze-encoder", dest="freeze", action="store_true", default=True,
+    g.add_argument("--freeze-encoder", dest="freeze", action="store_true", default=None,
                    help="train the decoder only (MGCA; default)")
     g.add_argument("--finetune", dest="freeze", action="store_false", help="fine-tune the encoder too (GLoRIA)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--min-steps", type=int, default=120, help="at least this many updates (small fractions)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (default: the preset's, else 10)")
+    p.add_argument("--min-steps", type=int, default=None, help="at least this many updates (small fractions; 120)")
+    p.add_argument("--preset", choices=("mgca", "gloria"), default=None,
+                   help="the field's protocol: mgca (frozen, 50 epochs) or gloria (fine-tuned); see docs/evaluation.md")
+    p.add_argument("--loss", choices=("bce_dice", "focal_dice"), default=None, help="segmentation loss")
+    p.add_argument("--decoder-channels", type=_ints, default=None,
+                   help="U-Net widths coarse to fine, e.g. 256,128,64,32,16")
+    p.add_argument("--balanced", dest="balance_train", action="store_true", default=None,
+                   help="train on every positive + as many seeded negatives (MGCA, GLoRIA)")
     p.add_argument("--seg-task", default=None,
                    help="rows whose `task` column equals this (SynthCXR: pneumothorax | opacity); default: each")
 
@@ -132,15 +146,18 @@ def run_task(task: str, loaded, data: str | Path, out: Path | None, opts: dict, 
 
         cfg = LinearConfig(fractions=opts.get("fractions", [0.01, 0.1, 1.0]), seeds=opts.get("seeds", [0, 1, 2]),
                            target=opts.get("target", "auto"), max_steps=opts.get("max_steps", 300),
+                           label_set=opts.get("label_set", "auto"), uncertain=opts.get("uncertain", "ignore"),
+                           recipe=opts.get("recipe", "cached"), epochs=opts.get("epochs") or 50,
                            batch_size=opts.get("batch_size", 32), cache_dir=cache, **common)
         return run_linear(loaded, data, out, cfg)
     if task == "segment":
-        from reclf.evaluate.segment import SegmentConfig, run_segment_tasks
+        from reclf.evaluate.segment import run_segment_tasks, segment_preset
 
-        cfg = SegmentConfig(fractions=opts.get("fractions", [0.01, 0.1, 1.0]), seeds=opts.get("seeds", [0, 1, 2]),
-                            freeze_encoder=opts.get("freeze", True), epochs=opts.get("epochs", 10),
-                            min_steps=opts.get("min_steps", 120),
-                            device=opts.get("device", "cpu"), **common)
+        cfg = segment_preset(opts.get("preset"), fractions=opts.get("fractions", [0.01, 0.1, 1.0]),
+                             seeds=opts.get("seeds", [0, 1, 2]), freeze_encoder=opts.get("freeze"),
+                             epochs=opts.get("epochs"), min_steps=opts.get("min_steps"), loss=opts.get("loss"),
+                             decoder_channels=opts.get("decoder_channels"), balance_train=opts.get("balance_train"),
+                             device=opts.get("device", "cpu"), **common)
         return run_segment_tasks(loaded, data, out, cfg, opts.get("seg_task"))
     if task == "retrieve":
         from reclf.evaluate.retrieve import RetrieveConfig, run_retrieve

@@ -5,6 +5,19 @@ its pooled feature ``image_encoder(x).global_`` is cached; every label fraction 
 it. Label fractions (1 / 10 / 100 %) are drawn over *patients* of the training split with a
 generator seeded by (seed, fraction), so subsets never split a patient and are reproducible.
 The head trains full-batch with AdamW and early stopping on the validation loss.
+
+Protocol options (the field's, named in ``results.json``):
+- ``label_set``: ``competition`` = CheXpert's 5 competition labels (Atelectasis, Cardiomegaly,
+  Consolidation, Edema, Pleural Effusion; MGCA's and GLoRIA's set, the default for CheXpert data),
+  ``all`` = every CheXpert label with both classes in train and test (the default elsewhere);
+- ``uncertain``: what the probe does with a remaining ``-1``: ``ignore`` (masked out of loss and
+  AUROC), ``ones`` / ``zeros`` (U-Ones / U-Zeros), ``gloria`` (U-Ones for Atelectasis, Edema, Pleural
+  Effusion, U-Zeros for Cardiomegaly, Consolidation, as GLoRIA and MGCA);
+- ``recipe``: ``cached`` (the fast path above) or ``mgca`` (MGCA's ``ssl_finetuner``: AdamW lr 5e-4,
+  betas (0.9, 0.999), weight decay 1e-6, batch 48, up to 50 epochs, early stopping on the validation
+  loss with patience 10, the best epoch tested; images resized to 256/224 of the input size,
+  random crop + horizontal flip + brightness/contrast jitter in training, centre crop at test; the
+  frozen backbone runs on every augmented batch, so it costs a backbone pass per image per epoch).
 Metrics: macro AUROC over the labels for multi-label targets, accuracy (and macro-F1) for a
 multi-class target; mean +- std over seeds, each with its bootstrap interval on the test split.
 """
@@ -37,7 +50,15 @@ class LinearConfig:
     fractions: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     target: str = "auto"  # auto | labels | class
-    labels: list[str] | None = None  # None: every CheXpert label with both classes in train and test
+    labels: list[str] | None = None  # explicit label columns (overrides label_set)
+    label_set: str = "auto"  # auto (competition for CheXpert data, else all) | competition | all
+    uncertain: str = "ignore"  # ignore | ones | zeros | gloria: the probe's policy for a remaining -1
+    recipe: str = "cached"  # cached (full-batch on cached features) | mgca (MGCA's augmented mini-batch recipe)
+    epochs: int = 50  # mgca recipe
+    mgca_batch_size: int = 48
+    mgca_lr: float = 5e-4
+    mgca_weight_decay: float = 1e-6
+    mgca_patience: int = 10
     lr: float = 1e-2
     weight_decay: float = 1e-4
     max_steps: int = 300
@@ -61,23 +82,36 @@ def patient_subset(df: pd.DataFrame, fraction: float, seed: int) -> np.ndarray:
     return np.flatnonzero(df["patient_id"].astype(str).isin(chosen).to_numpy())
 
 
-def label_targets(df: pd.DataFrame, labels: list[str]) -> np.ndarray:
-    """``[N, L]`` targets: 1 / 0, NaN for uncertain (-1), which is masked out of loss and AUROC.
+COMPETITION_LABELS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
+U_POLICIES = ("ignore", "ones", "zeros", "gloria")
+_GLORIA_U = {"Atelectasis": 1.0, "Edema": 1.0, "Pleural Effusion": 1.0, "Cardiomegaly": 0.0, "Consolidation": 0.0}
+
+
+def label_targets(df: pd.DataFrame, labels: list[str], uncertain: str = "ignore") -> np.ndarray:
+    """``[N, L]`` targets: 1 / 0, and for uncertain (-1) the ``uncertain`` policy (``ignore``: NaN, masked
+    out of loss and AUROC; ``gloria`` ignores -1 of labels it has no rule for).
 
     Unmentioned (empty) labels count as negative, the CheXpert convention.
     """
+    if uncertain not in U_POLICIES:
+        raise ValueError(f"uncertain={uncertain!r}: choose one of {U_POLICIES}")
     y = df[labels].to_numpy(dtype=float)
     y = np.where(np.isnan(y), 0.0, y)
-    return np.where(y < 0, np.nan, y)
+    for j, lab in enumerate(labels):
+        fill = {"ones": 1.0, "zeros": 0.0, "gloria": _GLORIA_U.get(lab, np.nan)}.get(uncertain, np.nan)
+        y[:, j] = np.where(y[:, j] < 0, fill, y[:, j])
+    return y
 
 
 def choose_target(df: pd.DataFrame, cfg: LinearConfig) -> tuple[str, list[str]]:
     """Which target to probe: the label columns (multi-label) or the ``class`` column (multi-class)."""
     def usable(split: str, lab: str) -> bool:
-        y = label_targets(df[df["split"] == split], [lab])[:, 0]
+        y = label_targets(df[df["split"] == split], [lab], cfg.uncertain)[:, 0]
         return bool(np.nansum(y == 1) and np.nansum(y == 0))
 
-    labels = cfg.labels or [lab for lab in CHEXPERT_LABELS if lab in df.columns and usable("train", lab)
+    label_set = resolve_label_set(df, cfg)
+    pool = COMPETITION_LABELS if label_set == "competition" else CHEXPERT_LABELS
+    labels = cfg.labels or [lab for lab in pool if lab in df.columns and usable("train", lab)
                             and usable("test", lab)]
     has_class = "class" in df.columns and df["class"].astype(str).str.len().gt(0).all() and \
         df["class"].nunique() > 1
@@ -88,6 +122,18 @@ def choose_target(df: pd.DataFrame, cfg: LinearConfig) -> tuple[str, list[str]]:
     if cfg.target in ("class", "auto") and has_class:
         return "class", sorted(df["class"].astype(str).unique())
     raise ValueError("the table has neither usable label columns nor a 'class' column with 2+ classes")
+
+
+def resolve_label_set(df: pd.DataFrame, cfg: LinearConfig) -> str:
+    """``auto`` -> ``competition`` for CheXpert tables (``source`` column), ``all`` otherwise."""
+    if cfg.labels:
+        return "explicit"
+    if cfg.label_set not in ("auto", "competition", "all"):
+        raise ValueError(f"label_set={cfg.label_set!r}: choose auto, competition or all")
+    if cfg.label_set != "auto":
+        return cfg.label_set
+    sources = set(df["source"].astype(str)) if "source" in df.columns else set()
+    return "competition" if sources == {"chexpert"} else "all"
 
 
 def train_head(x_tr: torch.Tensor, y_tr: torch.Tensor, x_va: torch.Tensor, y_va: torch.Tensor, kind: str,
@@ -123,7 +169,80 @@ def train_head(x_tr: torch.Tensor, y_tr: torch.Tensor, x_va: torch.Tensor, y_va:
     return head
 
 
+def _loss(logits: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "class":
+        return nn.functional.cross_entropy(logits, y.long())
+    keep = ~torch.isnan(y)
+    return nn.functional.binary_cross_entropy_with_logits(logits[keep], y[keep]) if keep.any() else logits.sum() * 0
+
+
+def _augment(x: torch.Tensor, crop: int, gen: torch.Generator) -> torch.Tensor:
+    """MGCA-style training view: random crop, horizontal flip, brightness/contrast jitter (seeded)."""
+    n, _, h, w = x.shape
+    out = torch.empty(n, x.shape[1], crop, crop)
+    for i in range(n):
+        t = int(torch.randint(0, h - crop + 1, (1,), generator=gen))
+        left = int(torch.randint(0, w - crop + 1, (1,), generator=gen))
+        v = x[i, :, t : t + crop, left : left + crop]
+        if torch.rand(1, generator=gen) < 0.5:
+            v = v.flip(-1)
+        if torch.rand(1, generator=gen) < 0.8:
+            b, c = (torch.rand(2, generator=gen) * 0.8 + 0.6).tolist()  # factors in [0.6, 1.4]
+            v = ((v - v.mean()) * c + v.mean()) * b
+        out[i] = v.clamp(0, 1)
+    return out
+
+
+def mgca_probe(encoder: Any, table: Any, kept: np.ndarray, sub: np.ndarray, idx: dict[str, np.ndarray],
+               y_all: torch.Tensor, kind: str, n_out: int, size: int, cfg: LinearConfig, seed: int) -> torch.Tensor:
+    """MGCA's linear-probe recipe (see the module doc); returns the test logits of the best-validation epoch."""
+    from reclf.evaluate.features import prepare_image
+
+    big = int(round(size * 256 / 224))
+    paths = [table.paths()[i] for i in kept]
+    pix = torch.from_numpy(np.stack([prepare_image(p, big) for p in paths]))[:, None]
+    off = (big - size) // 2
+    centre = pix[:, :, off : off + size, off : off + size]
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    encoder.eval()
+
+    def feats(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([encoder(x[i : i + cfg.mgca_batch_size]).global_.float()
+                              for i in range(0, len(x), cfg.mgca_batch_size)])
+
+    head = nn.Linear(encoder.global_dim, n_out)
+    opt = AdamW(head.parameters(), lr=cfg.mgca_lr, weight_decay=cfg.mgca_weight_decay)
+    x_va, y_va = (feats(centre[idx["valid"]]), y_all[idx["valid"]]) if len(idx["valid"]) else (None, None)
+    best, best_state, bad = float("inf"), None, 0
+    for _ in range(cfg.epochs):
+        order = sub[torch.randperm(len(sub), generator=gen).numpy()]
+        for i in range(0, len(order), cfg.mgca_batch_size):
+            b = order[i : i + cfg.mgca_batch_size]
+            loss = _loss(head(feats(_augment(pix[b], size, gen))), y_all[b], kind)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        if x_va is None:
+            continue
+        with torch.no_grad():
+            v = float(_loss(head(x_va), y_va, kind))
+        if v < best - 1e-6:
+            best, best_state, bad = v, {k: t.clone() for k, t in head.state_dict().items()}, 0
+        else:
+            bad += 1
+            if bad >= cfg.mgca_patience:
+                break
+    if best_state is not None:
+        head.load_state_dict(best_state)
+    with torch.no_grad():
+        return head(feats(centre[idx["test"]]))
+
+
 def run_linear(loaded: LoadedModel, data: str | Path, out: str | Path | None, cfg: LinearConfig) -> TaskResult:
+    if cfg.recipe not in ("cached", "mgca"):
+        raise ValueError(f"linear probe recipe {cfg.recipe!r}: choose cached or mgca")
     model = loaded.model
     table = load_table(data, require=("patient_id",))
     size = cfg.image_size or image_size_of(model)
@@ -134,7 +253,7 @@ def run_linear(loaded: LoadedModel, data: str | Path, out: str | Path | None, cf
     feats = enc.tensors["global"].float()
     kind, names = choose_target(df, cfg)
     if kind == "labels":
-        y_all = torch.as_tensor(label_targets(df, names), dtype=torch.float32)
+        y_all = torch.as_tensor(label_targets(df, names, cfg.uncertain), dtype=torch.float32)
     else:
         y_all = torch.as_tensor([names.index(c) for c in df["class"].astype(str)], dtype=torch.float32)
     idx = {s: np.flatnonzero(df["split"].to_numpy() == s) for s in ("train", "valid", "test")}
@@ -150,13 +269,17 @@ def run_linear(loaded: LoadedModel, data: str | Path, out: str | Path | None, cf
         for seed in cfg.seeds:
             local = patient_subset(train_df, frac, seed)
             sub = idx["train"][local]
-            mu = feats[sub].mean(0)
-            sd = feats[sub].std(0).clamp_min(1e-6) if len(sub) > 1 else torch.ones_like(mu)
-            norm = (feats - mu) / sd
-            head = train_head(norm[sub], y_all[sub], norm[idx["valid"]], y_all[idx["valid"]], kind,
-                              len(names), cfg, seed)
-            with torch.no_grad():
-                logits = head(norm[idx["test"]])
+            if cfg.recipe == "mgca":
+                logits = mgca_probe(model.image_encoder, table, enc.kept, sub, idx, y_all, kind, len(names), size,
+                                    cfg, seed)
+            else:
+                mu = feats[sub].mean(0)
+                sd = feats[sub].std(0).clamp_min(1e-6) if len(sub) > 1 else torch.ones_like(mu)
+                norm = (feats - mu) / sd
+                head = train_head(norm[sub], y_all[sub], norm[idx["valid"]], y_all[idx["valid"]], kind,
+                                  len(names), cfg, seed)
+                with torch.no_grad():
+                    logits = head(norm[idx["test"]])
             y_te = y_all[idx["test"]].numpy()
             if kind == "labels":
                 est = bootstrap_ci(macro_auroc, y_te, torch.sigmoid(logits).numpy(), n_boot=cfg.n_boot, seed=seed)
@@ -173,6 +296,7 @@ def run_linear(loaded: LoadedModel, data: str | Path, out: str | Path | None, cf
         if f1s:
             metrics[f"{pct}/macro_f1"] = summarise_seeds(f1s)
     config = asdict(cfg) | {"image_size": size, "target_kind": kind, "targets": names,
+                            "label_set": resolve_label_set(df, cfg), "uncertain_policy": cfg.uncertain,
                             "feature_dim": int(feats.shape[1])}
     result = TaskResult("linear", metrics, config, model_info(loaded), data_info(table, enc.kept, enc.bad),
                         list(cfg.seeds), {"runs": per_run})

@@ -8,6 +8,15 @@ Metrics (threshold 0.5 on the sigmoid), per image then averaged:
 - ``dice`` / ``iou`` over **all** test images, with the empty-mask convention: an image whose
   true mask is empty scores 1 if the prediction is empty too, else 0;
 - ``dice_pos`` / ``iou_pos`` over the **positive** images only (non-empty true mask).
+
+Protocol presets (``segment_preset``; results.json records the preset and every value):
+- ``mgca``: MGCA's frozen protocol (``mgca_segmenter.py``): frozen encoder, U-Net decoder 256-128-64-32-16,
+  AdamW lr 2e-4, weight decay 0.05, batch 8, 50 epochs, 10 x focal - log Dice, early stopping on the
+  validation loss (patience 10), training set balanced (every positive + as many seeded negatives), 224 px;
+- ``gloria``: GLoRIA's fine-tuned protocol (``pneumothorax_segmentation_config.yaml``): the whole network
+  trained, Adam-style betas (0.5, 0.999), lr 5e-4, weight decay 1e-6, batch 8, up to 100 epochs, the same
+  mixed loss, early stopping on validation Dice (patience 20), balanced training set, 512 px.
+Without a preset the defaults are a small, fast decoder for CPU runs (``width`` 16).
 """
 
 from __future__ import annotations
@@ -42,11 +51,45 @@ class SegmentConfig:
     lr: float = 5e-4
     encoder_lr: float = 1e-4  # when fine-tuning
     weight_decay: float = 1e-4
-    width: int = 16  # decoder width at the finest level
+    width: int = 16  # decoder width at the finest level (when decoder_channels is not set)
+    decoder_channels: list[int] | None = None  # coarse to fine, e.g. [256, 128, 64, 32, 16] (segmentation-models)
+    loss: str = "bce_dice"  # bce_dice | focal_dice (10 x focal - log Dice, GLoRIA / MGCA)
+    balance_train: bool = False  # every positive training image + as many seeded negatives (MGCA, GLoRIA)
+    betas: tuple[float, float] = (0.9, 0.999)
+    monitor: str = "dice"  # dice | loss: what early stopping and the kept epoch follow
+    patience: int | None = None  # validations without improvement before stopping (None: never)
+    eval_every: int | None = None  # epochs between validations (None: about 8 validations per run)
+    preset: str | None = None  # the protocol these values came from (segment_preset)
     threshold: float = 0.5
     image_size: int | None = None
     n_boot: int = 1000
     device: str = "cpu"
+
+
+SEGMENT_PRESETS: dict[str, dict[str, Any]] = {
+    "mgca": {"freeze_encoder": True, "epochs": 50, "min_steps": 0, "batch_size": 8, "lr": 2e-4,
+             "weight_decay": 0.05, "decoder_channels": [256, 128, 64, 32, 16], "loss": "focal_dice",
+             "balance_train": True, "monitor": "loss", "patience": 10, "eval_every": 1, "image_size": 224},
+    "gloria": {"freeze_encoder": False, "epochs": 100, "min_steps": 0, "batch_size": 8, "lr": 5e-4,
+               "encoder_lr": 5e-4, "weight_decay": 1e-6, "betas": (0.5, 0.999),
+               "decoder_channels": [256, 128, 64, 32, 16], "loss": "focal_dice", "balance_train": True,
+               "monitor": "dice", "patience": 20, "eval_every": 1, "image_size": 512},
+}
+
+
+def segment_preset(name: str | None, **overrides: Any) -> SegmentConfig:
+    """A ``SegmentConfig`` with the protocol ``name`` (mgca | gloria | None) and then ``overrides`` applied."""
+    if name is not None and name not in SEGMENT_PRESETS:
+        raise ValueError(f"segmentation preset {name!r}: choose one of {sorted(SEGMENT_PRESETS)}")
+    values = (SEGMENT_PRESETS[name] if name else {}) | {k: v for k, v in overrides.items() if v is not None}
+    return SegmentConfig(**values, preset=name)
+
+
+def balanced_rows(masks_nonempty: np.ndarray, rows: np.ndarray, seed: int) -> np.ndarray:
+    """Every positive row + as many negatives drawn with a seeded generator (all negatives if fewer)."""
+    pos, neg = rows[masks_nonempty], rows[~masks_nonempty]
+    take = np.random.default_rng(seed).permutation(len(neg))[: len(pos)]
+    return np.sort(np.concatenate([pos, neg[take]]))
 
 
 def load_pixels(table: Table, size: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, list]:
@@ -82,16 +125,18 @@ def train_segmenter(encoder: Any, x_tr: torch.Tensor, y_tr: torch.Tensor, x_va: 
     """Train a decoder (and the encoder copy when fine-tuning); keep the best-validation-Dice epoch."""
     torch.manual_seed(seed)
     enc = copy.deepcopy(encoder)
-    seg = Segmenter(enc, cfg.freeze_encoder, cfg.width).to(cfg.device)
+    seg = Segmenter(enc, cfg.freeze_encoder, cfg.width, channels=cfg.decoder_channels).to(cfg.device)
     params = list(seg.decoder.parameters())
-    opt = AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    enc_opt = None if cfg.freeze_encoder else AdamW(enc.parameters(), lr=cfg.encoder_lr,
+    betas = tuple(cfg.betas)
+    opt = AdamW(params, lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay)
+    enc_opt = None if cfg.freeze_encoder else AdamW(enc.parameters(), lr=cfg.encoder_lr, betas=betas,
                                                     weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(seed)
-    best, best_state, curve = -1.0, None, []
+    best, best_state, curve = -float("inf"), None, []
     steps_per_epoch = max(1, len(x_tr) // cfg.batch_size)
     epochs = max(cfg.epochs, -(-cfg.min_steps // steps_per_epoch))
-    eval_every = max(1, epochs // 8)  # validate about 8 times, however many epochs
+    eval_every = cfg.eval_every or max(1, epochs // 8)  # default: validate about 8 times, however many epochs
+    bad = 0
     for epoch in range(epochs):
         seg.train()
         order = torch.randperm(len(x_tr), generator=gen)
@@ -99,7 +144,7 @@ def train_segmenter(encoder: Any, x_tr: torch.Tensor, y_tr: torch.Tensor, x_va: 
             idx = order[i : i + cfg.batch_size]
             if len(idx) < 2 and len(order) >= 2:  # batch-norm needs two samples
                 continue
-            loss = segmentation_loss(seg(x_tr[idx].to(cfg.device)), y_tr[idx].to(cfg.device))
+            loss = segmentation_loss(seg(x_tr[idx].to(cfg.device)), y_tr[idx].to(cfg.device), cfg.loss)
             opt.zero_grad()
             if enc_opt:
                 enc_opt.zero_grad()
@@ -112,12 +157,27 @@ def train_segmenter(encoder: Any, x_tr: torch.Tensor, y_tr: torch.Tensor, x_va: 
         xv, yv = (x_va, y_va) if len(x_va) else (x_tr, y_tr)
         dice, _ = dice_iou(predict(seg, xv, cfg.batch_size, cfg.threshold, cfg.device), yv[:, 0].numpy() > 0.5)
         curve.append(float(dice.mean()))
-        if curve[-1] > best:
-            best = curve[-1]
+        score = curve[-1] if cfg.monitor == "dice" else -_val_loss(seg, xv, yv, cfg)
+        if score > best:
+            best, bad = score, 0
             best_state = copy.deepcopy(seg.state_dict())
+        else:
+            bad += 1
+            if cfg.patience is not None and bad >= cfg.patience:
+                break
     if best_state is not None:
         seg.load_state_dict(best_state)
     return seg, curve
+
+
+@torch.no_grad()
+def _val_loss(seg: Segmenter, x: torch.Tensor, y: torch.Tensor, cfg: SegmentConfig) -> float:
+    seg.eval()
+    total = 0.0
+    for i in range(0, len(x), cfg.batch_size):
+        xb, yb = x[i : i + cfg.batch_size].to(cfg.device), y[i : i + cfg.batch_size].to(cfg.device)
+        total += float(segmentation_loss(seg(xb), yb, cfg.loss)) * len(xb)
+    return total / max(1, len(x))
 
 
 def run_segment(loaded: LoadedModel, data: str | Path, out: str | Path | None, cfg: SegmentConfig) -> TaskResult:
@@ -175,7 +235,6 @@ def _segment_one(model: Any, table: Table, size: int, cfg: SegmentConfig):
     if not len(idx["train"]) or not len(idx["test"]):
         raise ValueError(f"{table.folder}: segmentation needs train and test rows "
                          f"(found {len(idx['train'])} train, {len(idx['test'])} test)")
-    train_df = df.iloc[idx["train"]].reset_index(drop=True)
     y_te = y[idx["test"], 0].numpy() > 0.5
     pos = positives(y_te)
     metrics: dict[str, Estimate] = {}
@@ -183,7 +242,10 @@ def _segment_one(model: Any, table: Table, size: int, cfg: SegmentConfig):
     for frac in cfg.fractions:
         per: dict[str, list[Estimate]] = {"dice": [], "iou": [], "dice_pos": [], "iou_pos": []}
         for seed in cfg.seeds:
-            sub = idx["train"][patient_subset(train_df, frac, seed)]
+            pool = idx["train"]
+            if cfg.balance_train:  # balanced first, then the label fraction of it (MGCA's order)
+                pool = balanced_rows(y[pool, 0].flatten(1).amax(1).numpy() > 0.5, pool, seed)
+            sub = pool[patient_subset(df.iloc[pool].reset_index(drop=True), frac, seed)]
             seg, curve = train_segmenter(model.image_encoder, x[sub], y[sub], x[idx["valid"]], y[idx["valid"]],
                                          cfg, seed)
             pred = predict(seg, x[idx["test"]], cfg.batch_size, cfg.threshold, cfg.device)

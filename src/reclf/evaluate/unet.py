@@ -23,13 +23,29 @@ def _block(cin: int, cout: int) -> nn.Sequential:
     )
 
 
+SMP_CHANNELS = (256, 128, 64, 32, 16)  # segmentation-models' U-Net decoder widths, coarse to fine
+
+
 class UNetDecoder(nn.Module):
-    def __init__(self, pyramid_channels: list[int], width: int = 32, max_width: int = 128) -> None:
+    """``channels`` (coarse to fine, one per pyramid level; the segmentation-models convention, e.g.
+    256-128-64-32-16 on ResNet-50) sets the decoder widths; without it the widths are ``width * 2**level``
+    capped at ``max_width`` (a small decoder for CPU runs)."""
+
+    def __init__(self, pyramid_channels: list[int], width: int = 32, max_width: int = 128,
+                 channels: list[int] | tuple[int, ...] | None = None) -> None:
         super().__init__()
         if not pyramid_channels:
             raise ValueError("the encoder has an empty feature pyramid; it cannot drive a U-Net decoder")
         chans = list(pyramid_channels)
-        widths = [min(max_width, width * 2**i) for i in range(len(chans))]
+        if channels:
+            if len(channels) < len(chans):
+                raise ValueError(f"decoder channels {list(channels)} give fewer widths than the encoder's "
+                                 f"{len(chans)} pyramid levels")
+            widths = list(channels)[: len(chans)][::-1]  # finest first
+            width = widths[0]
+        else:
+            widths = [min(max_width, width * 2**i) for i in range(len(chans))]
+        self.widths = widths[::-1]
         self.bottom = _block(chans[-1], widths[-1])
         self.ups = nn.ModuleList(
             [_block(widths[i + 1] + chans[i], widths[i]) for i in range(len(chans) - 2, -1, -1)]
@@ -53,11 +69,12 @@ class UNetDecoder(nn.Module):
 class Segmenter(nn.Module):
     """Encoder + U-Net decoder; ``freeze_encoder`` keeps the encoder fixed and in eval mode."""
 
-    def __init__(self, encoder: Any, freeze_encoder: bool = True, width: int = 32) -> None:
+    def __init__(self, encoder: Any, freeze_encoder: bool = True, width: int = 32,
+                 channels: list[int] | tuple[int, ...] | None = None) -> None:
         super().__init__()
         self.encoder = encoder
         self.freeze_encoder = freeze_encoder
-        self.decoder = UNetDecoder(list(encoder.pyramid_channels), width)
+        self.decoder = UNetDecoder(list(encoder.pyramid_channels), width, channels=channels)
         if freeze_encoder:
             for p in self.encoder.parameters():
                 p.requires_grad_(False)
@@ -77,10 +94,28 @@ class Segmenter(nn.Module):
         return self.decoder(feats, tuple(x.shape[-2:]))
 
 
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """BCE + (1 - soft Dice), the soft Dice over the batch (stable when many masks are empty)."""
-    bce = F.binary_cross_entropy_with_logits(logits, target)
+LOSSES = ("bce_dice", "focal_dice")
+
+
+def soft_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Soft Dice over the whole batch, smoothed by 1 (stable when many masks are empty)."""
     p = torch.sigmoid(logits)
-    inter = (p * target).sum()
-    dice = (2 * inter + 1.0) / (p.sum() + target.sum() + 1.0)
-    return bce + (1 - dice)
+    return (2 * (p * target).sum() + 1.0) / (p.sum() + target.sum() + 1.0)
+
+
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+    """Binary focal loss: BCE weighted by (1 - p_t)^gamma, mean over pixels."""
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    p_t = torch.exp(-bce)
+    return ((1 - p_t) ** gamma * bce).mean()
+
+
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "bce_dice",
+                      focal_weight: float = 10.0) -> torch.Tensor:
+    """``bce_dice``: BCE + (1 - soft Dice); ``focal_dice``: ``focal_weight`` x focal - log(soft Dice), the
+    mixed loss GLoRIA and MGCA train their segmentation with (weight 10, gamma 2)."""
+    if kind == "focal_dice":
+        return focal_weight * focal_loss(logits, target) - torch.log(soft_dice(logits, target))
+    if kind != "bce_dice":
+        raise ValueError(f"segmentation loss {kind!r}: choose one of {LOSSES}")
+    return F.binary_cross_entropy_with_logits(logits, target) + (1 - soft_dice(logits, target))

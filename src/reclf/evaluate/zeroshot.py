@@ -2,7 +2,10 @@
 
 Multi-class (5x200 style, the table's ``class`` column): every image is scored against every
 prompt of every class; a class's score is the mean (or max, GLoRIA) over its prompts; the
-prediction is the best class. Scores are computed by each available rule:
+prediction is the best class. With ``prompts_per_class`` K, each class uses K prompts drawn
+from its list by a generator seeded by (seed, class index), GLoRIA's protocol (K = 5) made
+reproducible; the drawn prompts are listed in ``results.json`` (``extra.prompts``) with the prompt
+file's name and version (``config.prompt_file``). Scores are computed by each available rule:
 ``global`` (cosine of global embeddings), ``local`` (the method's word-region matcher),
 ``fused`` (the mean of global and local after z-normalising each prompt's scores over *all* the
 images: statistics of the whole image set, computed once on the full score matrix, so they do not
@@ -35,8 +38,8 @@ from reclf.evaluate.stats import Estimate, bootstrap_ci
 @dataclass
 class ZeroShotConfig:
     prompts: str = "auto"  # a YAML path or built-in name; auto: by the table's source (synthcxr or chexpert)
-    prompts_per_class: int | None = None  # None: every prompt (GLoRIA samples 5)
-    reduce: str = "mean"  # mean | max over a class's prompts
+    prompts_per_class: int | None = None  # None: every prompt (GLoRIA samples 5, MedCLIP 10, CXR-CLIP all)
+    reduce: str = "mean"  # mean | max over a class's prompts (GLoRIA: max of the fused score)
     binary: bool = False  # also (or, without a class column, only) the binary pos/neg tasks
     split: str | None = None  # None: every row of the table
     image_size: int | None = None  # None: the model's own
@@ -114,15 +117,22 @@ def run_zeroshot(loaded: LoadedModel, data: str | Path, out: str | Path | None, 
     classes = sorted(df["class"].astype(str).unique()) if has_class else []
     sources = set(table.df["source"].astype(str)) if "source" in table.df.columns else set()
     ps = pick_prompt_file(cfg.prompts, classes if has_class else [], "synthcxr" if sources == {"synthcxr"} else "")
-    config = asdict(cfg) | {"prompt_file": ps.describe(), "image_size": size}
+    config = asdict(cfg) | {"prompt_file": ps.describe(), "prompt_file_version": ps.version,
+                            "prompt_sampling": f"{cfg.prompts_per_class or 'all'} per class, "
+                                               f"seed {cfg.seed} + class index",
+                            "image_size": size}
 
     if has_class:
+        if cfg.reduce not in ("mean", "max"):
+            raise ValueError(f"reduce={cfg.reduce!r}: choose mean or max")
         mapping = match_classes(classes, ps)
         prompts, owner = [], []
+        extra["prompts"] = {}
         for ci, c in enumerate(classes):
             chosen = sample_prompts(ps.classes[mapping[c]], cfg.prompts_per_class, cfg.seed + ci)
             prompts += chosen
             owner += [ci] * len(chosen)
+            extra["prompts"][c] = chosen
         owner_arr = np.asarray(owner)
         txt = encode_texts(model, prompts)
         y = np.asarray([classes.index(c) for c in df["class"].astype(str)])

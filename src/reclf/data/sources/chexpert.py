@@ -11,6 +11,8 @@
   are negative or blank; 200 per class drawn with a seeded generator. It is written as ``zeroshot_5x200.txt``
   (``study_id<TAB>class``) and as its own table folder ``zeroshot_5x200/`` with a ``class`` column; every
   *patient* with an image in it is removed from the main table (stricter than excluding the images).
+* The retrieval **8x200** set (``chexpert_8x200.py``; ``--retrieval-per-class``, 0 = off) is drawn the same way
+  from the frontal training images left after the 5x200 patients, and its patients leave training too.
 * The uncertain-label policy (``-1``) applies to the main table only: ``keep`` (default), ``ones``, ``zeros``,
   ``gloria`` (U-ones for Atelectasis, Edema, Pleural Effusion; U-zeros for Cardiomegaly, Consolidation), or an
   explicit list ``Atelectasis=1,Cardiomegaly=0,...``.
@@ -201,6 +203,19 @@ def parse(opts: PrepareOptions) -> SourceTable:
         data = data[~hit]
         extra[ZEROSHOT_NAME] = zs
         id_lists[f"{ZEROSHOT_NAME}.txt"] = "".join(f"{s}\t{c}\n" for s, c in zip(zs["study_id"], zs["class"]))
+
+    retrieval_per_class = int(opts.get("retrieval_per_class", 200))
+    if retrieval_per_class > 0:  # CheXpert 8x200 (chexpert_8x200.py), drawn after the 5x200 patients left
+        from reclf.data.sources.chexpert_8x200 import RETRIEVAL_NAME, build_retrieval
+
+        pool = data[(data["split"] == "train") & data["frontal"]]
+        rt = build_retrieval(pool, retrieval_per_class, opts.seed, drops)
+        hit = (data["split"] == "train") & data["patient_id"].isin(set(rt["patient_id"]))
+        drops.filtered("retrieval_patient", f"image of a patient in the {RETRIEVAL_NAME} set (kept out of training)",
+                       int(hit.sum()), data.loc[hit, "study_id"])
+        data = data[~hit]
+        extra[RETRIEVAL_NAME] = rt
+        id_lists[f"{RETRIEVAL_NAME}.txt"] = "".join(f"{s}\t{c}\n" for s, c in zip(rt["study_id"], rt["class"]))
 
     keep_view = data["view"].isin(views)
     for v, n in data.loc[~keep_view, "view"].value_counts().items():

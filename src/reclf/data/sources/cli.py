@@ -45,6 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="chexpert -1 policy: keep (default), ones, zeros, gloria, or LABEL=1,LABEL=0,...",
     )
     g.add_argument("--zeroshot-per-class", type=int, default=None, help="chexpert 5x200 size per class (200; 0=off)")
+    g.add_argument("--retrieval-per-class", type=int, default=None, help="chexpert 8x200 size per class (200; 0=off)")
     g.add_argument(
         "--valid-fraction",
         type=float,
@@ -68,6 +69,7 @@ EXTRA_KEYS = (
     "reports",
     "uncertain",
     "zeroshot_per_class",
+    "retrieval_per_class",
     "valid_fraction",
     "release",
     "balanced_train",
