@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "turn a real data set (MIMIC-CXR, CheXpert, RSNA, SIIM, COVIDx, IU X-ray, CSV) into a study table, "
         "splits and an image cache",
     ),
+    "presets": ("reclf.cli_presets", "list the shipped presets (recipes), or print one: reclf presets NAME"),
     "pretrain": ("reclf.train.cli", "train a method: Lightning, DDP, checkpoints, exact resume, export"),
     "export": ("reclf.train.export", "turn a training checkpoint into a save_pretrained folder"),
     "evaluate": (
@@ -31,11 +32,23 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def version_line() -> str:
+    """``reclf X.Y.Z from FOLDER (python A.B.C)``: which reclf runs, and from where (as ``pip --version``)."""
+    import platform
+    from pathlib import Path
+
+    import reclf
+
+    where = Path(reclf.__file__).resolve().parent
+    return f"reclf {reclf.__version__} from {where} (python {platform.python_version()})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="reclf",
         description="Relation-enhanced medical vision-language contrastive learning (RECLF) and baselines.",
     )
+    parser.add_argument("--version", action="version", version=version_line())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
