@@ -43,18 +43,35 @@ def version_line() -> str:
     return f"reclf {reclf.__version__} from {where} (python {platform.python_version()})"
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """A subcommand's parser that imports its module (and adds its arguments) only when that command runs.
+
+    Some command modules import heavy packages on load (``reclf.train`` pulls in Lightning), so
+    building every subparser up front made ``reclf --version`` and ``reclf --help`` take seconds.
+    """
+
+    def __init__(self, *args, command_module: str = "", **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._command_module = command_module
+        self._loaded = False
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        if not self._loaded:
+            self._loaded = True
+            importlib.import_module(self._command_module).add_arguments(self)
+        return super().parse_known_args(args, namespace)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="reclf",
         description="Relation-enhanced medical vision-language contrastive learning (RECLF) and baselines.",
     )
     parser.add_argument("--version", action="version", version=version_line())
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_CommandParser)
     for name, (module, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, command_module=module)
         p.set_defaults(_module=module)
-        # Argument definitions are light: the module imports heavy things inside run().
-        importlib.import_module(module).add_arguments(p)
     return parser
 
 
