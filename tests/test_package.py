@@ -32,6 +32,11 @@ def installed(tmp_path_factory) -> Path:
     """The folder the built wheel was installed into (``--target``)."""
     if not (ROOT / "pyproject.toml").is_file():  # pragma: no cover - tests run from an installed copy
         pytest.skip("not run from a source checkout")
+    import setuptools
+
+    if int(setuptools.__version__.split(".")[0]) < 77:  # --no-build-isolation builds with this one
+        pytest.fail(f"setuptools {setuptools.__version__} cannot build reclf (needs >= 77, see pyproject.toml); "
+                    "run `make setup` or `pip install 'setuptools>=77'` in the test environment")
     tmp = tmp_path_factory.mktemp("wheel")
     project = tmp / "project"
     project.mkdir()
