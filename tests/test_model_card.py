@@ -53,7 +53,7 @@ def test_export_card_has_the_run_data_steps_seed_and_later_the_results(tmp_path)
     card = (out / "README.md").read_text()
     assert f"| study table | {data / 'studies.csv'} |" in card
     assert "| rows | 4 (train 3, valid 1) |" in card  # the quoted newline is one row
-    assert "| steps | 12 |" in card and "| epochs | 3 |" in card and "| seed | 7 |" in card
+    assert "| steps | 12 |" in card and "| seed | 7 |" in card
     assert "| run | tiny |" in card and "| text encoder frozen layers | none (fine-tuned) |" in card
     from_pretrained(out)
 

@@ -3,7 +3,7 @@
 A saved folder (``model.safetensors`` + ``config.json``) is shared and reused long after the run
 that made it is gone; the card says in plain words what it holds (method, encoders, image size,
 text encoder and which of its layers were frozen), what it was trained on (study table and rows),
-how long (steps, epochs), with which seed and reclf version, and the evaluation results that sit
+how long (optimiser steps), with which seed and reclf version, and the evaluation results that sit
 in the folder. It follows Hugging Face's convention: YAML front matter (machine-readable, and
 read back when the card is refreshed) followed by Markdown.
 
@@ -37,8 +37,8 @@ class TrainingInfo:
     data_table: str | None = None
     data_rows: int | None = None
     data_splits: dict[str, int] = field(default_factory=dict)
-    steps: int | None = None
-    epochs: int | None = None
+    steps: int | None = None  # optimiser steps (Lightning's global_step); epochs are not recorded: mid-epoch
+    # stops and validation-time checkpoints make Lightning's epoch counter ambiguous
     seed: int | None = None
     batch_size: int | None = None
     checkpoint: str | None = None
@@ -75,12 +75,11 @@ def count_table_rows(data_root: str | Path) -> tuple[str | None, int | None, dic
 
 
 def training_info_from_checkpoint(checkpoint: dict[str, Any], ckpt_path: str | Path | None = None) -> TrainingInfo:
-    """The training facts stored in a ``reclf pretrain`` checkpoint (run config, global step, epoch)."""
+    """The training facts stored in a ``reclf pretrain`` checkpoint (run config, global step)."""
     cfg = (checkpoint.get("reclf") or {}).get("config") or {}
     data = cfg.get("data") or {}
     root = data.get("root")
     table, rows, splits = count_table_rows(root) if root else (None, None, {})
-    epoch = checkpoint.get("epoch")
     return TrainingInfo(
         run_name=cfg.get("name"),
         data_root=root,
@@ -88,7 +87,6 @@ def training_info_from_checkpoint(checkpoint: dict[str, Any], ckpt_path: str | P
         data_rows=rows,
         data_splits=splits,
         steps=checkpoint.get("global_step"),
-        epochs=None if epoch is None else int(epoch) + 1,
         seed=cfg.get("seed"),
         batch_size=data.get("batch_size"),
         checkpoint=None if ckpt_path is None else str(ckpt_path),
@@ -235,7 +233,6 @@ def render_model_card(
             f"| study table | {_fmt(training.data_table or training.data_root)} |",
             f"| rows | {rows} |",
             f"| steps | {_fmt(training.steps)} |",
-            f"| epochs | {_fmt(training.epochs)} |",
             f"| batch size | {_fmt(training.batch_size)} |",
             f"| seed | {_fmt(training.seed)} |",
             f"| checkpoint | {_fmt(training.checkpoint)} |",
