@@ -56,6 +56,12 @@ def test_export_card_has_the_run_data_steps_seed_and_later_the_results(tmp_path)
     assert "| steps | 12 |" in card and "| seed | 7 |" in card
     assert "| run | tiny |" in card and "| text encoder frozen layers | none (fine-tuned) |" in card
     from_pretrained(out)
+    # a partly frozen text encoder (text_encoder.freeze_layers, where the config has it) is described too
+    from reclf.methods.model_card import render_model_card
+
+    cfg_json = json.loads((out / "config.json").read_text())
+    cfg_json["text_encoder"]["freeze_layers"] = 1
+    assert "| text encoder frozen layers | embeddings + layers 1-1 of 2 frozen |" in render_model_card(out, cfg_json)
 
     # an evaluation written under the folder appears when the card is refreshed; the run facts stay
     est = Estimate(0.8125, 0.75, 0.875, 100)

@@ -165,10 +165,14 @@ def render_model_card(
     version = config.get("reclf_version", "?")
     n_layers = _text_layers(folder, text)
     layers = f"{n_layers} layers" if n_layers else "layers: see config"
+    bottom = int(text.get("freeze_layers") or 0)  # newer configs: embeddings + the first N layers
     if text.get("freeze"):
         frozen = f"all {n_layers} layers frozen" if n_layers else "all layers frozen"
+    elif bottom:
+        frozen = f"embeddings + layers 1-{bottom}" + (f" of {n_layers}" if n_layers else "") + " frozen"
     else:
         frozen = "none (fine-tuned)"
+    resize = image.get("resize_to")
     text_name = text.get("name", "?")
     if text_name == "text_encoder":
         text_name = "text_encoder/ (saved in this folder)"
@@ -209,7 +213,8 @@ def render_model_card(
         f"| image encoder | {_fmt(image.get('name'))}, {image.get('in_chans', 1)} channel(s)"
         f"{', frozen' if image.get('freeze') else ''}"
         f"{f', initialised from {weights}' if weights else ''} |",
-        f"| image size | {_fmt(image.get('image_size'))} px |",
+        f"| image size | {_fmt(image.get('image_size'))} px"
+        f"{f' (upsampled to {resize} px inside the encoder)' if resize else ''} |",
         f"| text encoder | {text_name}, {layers}, sum of the last {text.get('last_n_layers', 1)} layer(s), "
         f"pooling {text.get('pooling', 'cls')}, at most {text.get('max_tokens', '?')} tokens, "
         f"sections {', '.join(text.get('sections') or [])} |",
