@@ -11,6 +11,9 @@ DEMO_ARGS ?=
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	# the build backend itself, for tests/test_package.py (builds the wheel without network, --no-build-isolation);
+	# a fresh venv of Python 3.11 bundles setuptools 65, too old for this pyproject.toml
+	$(PY) -m pip install -q --disable-pip-version-check 'setuptools>=77'
 	# torchxrayvision ships real public metadata (CheXpert, RSNA, SIIM, OpenI) used by tests;
 	# --no-deps because it would pull a torchvision that breaks this torch. It is never imported.
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps torchxrayvision==1.5.7

@@ -28,8 +28,6 @@ from reclf.train.datamodule import PretrainDataModule
 from reclf.utils.io import atomic_write_json
 from reclf.utils.seed import seed_everything
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _batches(loader, n: int):
     while True:
@@ -47,7 +45,7 @@ def bench_method(method: str, args: argparse.Namespace, synthetic: bool) -> dict
         f"data.num_workers={args.workers}",
         f"data.root={args.data}",
     ]
-    cfg = load_config(ROOT / "configs" / f"demo_{method}.yaml", overrides)
+    cfg = load_config(f"demo_{method}", overrides)  # the shipped preset
     seed_everything(cfg.seed)
     model = build_model(cfg)
     dm = PretrainDataModule(cfg, model.tokenizer, synthetic=args.batch * (args.steps + 1) if synthetic else 0)

@@ -23,7 +23,7 @@ from reclf.data.sources.masks import rle_encode
 from reclf.data.sources.testing import gradient, write_dicom, write_jpeg, write_png
 from reclf.data.studies import CHEXPERT_LABELS, read_studies
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo_convirt.yaml"
+CONFIG = "demo_convirt"  # a shipped preset, by name
 REPORT = "FINDINGS: The lungs are clear. Heart size is normal. IMPRESSION: No acute disease."
 
 

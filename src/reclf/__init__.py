@@ -5,6 +5,10 @@ Public API (imported lazily so that ``import reclf`` stays light):
 - ``reclf.read_studies(folder)``: the canonical study table
 - ``reclf.create_model(method, image_encoder=..., text_encoder=..., **overrides)``
 - ``reclf.from_pretrained(folder)``
+
+``__version__`` below is the package's only version string: pyproject.toml reads it at build
+time (``[tool.setuptools.dynamic]``), so the metadata of every build, ``reclf --version`` and this
+attribute agree.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "turn a real data set (MIMIC-CXR, CheXpert, RSNA, SIIM, COVIDx, IU X-ray, CSV) into a study table, "
         "splits and an image cache",
     ),
+    "presets": ("reclf.cli_presets", "list the shipped presets (recipes), or print one: reclf presets NAME"),
     "pretrain": ("reclf.train.cli", "train a method: Lightning, DDP, checkpoints, exact resume, export"),
     "export": ("reclf.train.export", "turn a training checkpoint into a save_pretrained folder"),
     "evaluate": (
@@ -32,17 +33,46 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def version_line() -> str:
+    """``reclf X.Y.Z from FOLDER (python A.B.C)``: which reclf runs, and from where (as ``pip --version``)."""
+    import platform
+    from pathlib import Path
+
+    import reclf
+
+    where = Path(reclf.__file__).resolve().parent
+    return f"reclf {reclf.__version__} from {where} (python {platform.python_version()})"
+
+
+class _CommandParser(argparse.ArgumentParser):
+    """A subcommand's parser that imports its module (and adds its arguments) only when that command runs.
+
+    Some command modules import heavy packages on load (``reclf.train`` pulls in Lightning), so
+    building every subparser up front made ``reclf --version`` and ``reclf --help`` take seconds.
+    """
+
+    def __init__(self, *args, command_module: str = "", **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._command_module = command_module
+        self._loaded = False
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        if not self._loaded:
+            self._loaded = True
+            importlib.import_module(self._command_module).add_arguments(self)
+        return super().parse_known_args(args, namespace)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="reclf",
         description="Relation-enhanced medical vision-language contrastive learning (RECLF) and baselines.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=version_line())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_CommandParser)
     for name, (module, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, command_module=module)
         p.set_defaults(_module=module)
-        # Argument definitions are light: the module imports heavy things inside run().
-        importlib.import_module(module).add_arguments(p)
     return parser
 
 

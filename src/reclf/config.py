@@ -6,6 +6,10 @@ key or a value of the wrong type is an error that names the key and lists the va
 before any work starts. Values on the command line are parsed with ``yaml.safe_load`` (data only,
 never ``eval``). The resolved config is saved next to every output (``save_config``).
 
+Presets ship inside the package (``reclf/presets/*.yaml``) and are addressed by name
+(``reclf pretrain demo_reclf``), so a command means the same recipe whatever the working folder and
+however reclf was installed; ``reclf presets`` lists them. A path to any YAML file works too.
+
 The ``method`` section is a free mapping here because each method has its own hyper-parameters;
 it is validated against the method's own dataclass when the model is built
 (``reclf.methods.create_model``), which also happens before any work starts.
@@ -265,6 +269,72 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A recipe shipped with the package: its name (file stem), file, and one-line description."""
+
+    name: str
+    path: Path
+    description: str
+
+
+def _description(path: Path) -> str:
+    """The preset's first comment line (presets open with a comment saying what they are)."""
+    for line in path.read_text().splitlines():
+        text = line.strip()
+        if not text:
+            continue
+        if text.startswith("#"):
+            return text.lstrip("#").strip().rstrip(",;:").strip()
+        break
+    return ""
+
+
+def list_presets() -> list[Preset]:
+    """Every shipped preset, sorted by name."""
+    return [Preset(p.stem, p, _description(p)) for p in sorted(PRESET_DIR.glob("*.yaml"))]
+
+
+def preset_path(name: str) -> Path:
+    """The file of the shipped preset ``name`` (``.yaml`` optional); never a file of the working folder.
+
+    Raises :class:`ConfigError` listing the shipped names when there is no such preset.
+    """
+    stem = name[: -len(".yaml")] if name.endswith(".yaml") else name
+    path = PRESET_DIR / f"{stem}.yaml"
+    if "/" in stem or "\\" in stem or not stem or not path.is_file():
+        names = ", ".join(p.name for p in list_presets()) or "(none installed)"
+        raise ConfigError(
+            f"no shipped preset named {name!r}; shipped presets: {names} (`reclf presets` describes them)"
+        )
+    return path
+
+
+def config_file(spec: str | Path) -> Path:
+    """What a command's CONFIG argument names: an existing YAML file, else a shipped preset by name.
+
+    A path that exists is used as given (your own or an edited copy of a preset); anything else
+    must be a preset name, with or without ``.yaml``. The error names both possibilities.
+    """
+    path = Path(spec)
+    if path.is_file():
+        return path
+    text = str(spec)
+    if "/" in text or "\\" in text:  # meant as a path: do not guess a preset
+        raise ConfigError(f"config file {spec} does not exist (a preset is named without a folder, e.g. demo_reclf)")
+    try:
+        return preset_path(text)
+    except ConfigError:
+        names = ", ".join(p.name for p in list_presets()) or "(none installed)"
+        raise ConfigError(
+            f"config {text!r} is neither a YAML file here nor a shipped preset; "
+            f"shipped presets: {names} (`reclf presets` describes them)"
+        ) from None
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
@@ -290,8 +360,8 @@ def resolve(
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """The run config used by ``reclf pretrain``."""
-    cfg = resolve(Config, path, overrides)
+    """The run config used by ``reclf pretrain``; ``path`` is a YAML file or a shipped preset name."""
+    cfg = resolve(Config, config_file(path) if path is not None else None, overrides)
     if "name" not in cfg.method:
         raise ConfigError("method.name is required (one of convirt, gloria, mgca, reclf, ...)")
     return cfg

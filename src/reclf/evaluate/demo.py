@@ -2,8 +2,8 @@
 
 1. SynthCXR is generated into ``out/synth`` (``out/synth-quick``) unless it is there already.
 2. ``convirt``, ``gloria``, ``mgca``, ``reclf``, ``reclf-no-srm`` and ``reclf-no-irm`` pretrain on
-   the same data with the same encoders and budget (``configs/demo_<method>.yaml`` when present,
-   else the settings below), ``seeds`` pretraining seeds each.
+   the same data with the same encoders and budget: the shipped preset ``demo_<method>`` (never a
+   file of the working folder) plus the demo's budget below, ``seeds`` pretraining seeds each.
 3. The floor (random init, same architecture) and the ceiling (supervised on the classification
    labels) are built once.
 4. Every model runs every task: zeroshot, linear, segment, retrieve, relations, grounding.
@@ -139,11 +139,20 @@ def ensure_synth(folder: Path, s: DemoSettings) -> Path:
     return folder
 
 
-def demo_config(method: str, seed: int, s: DemoSettings, synth: Path, runs: Path):
-    """The pretraining config of one demo run: ``configs/demo_<method>.yaml`` if present, else built here."""
-    from reclf.config import load_config
+def demo_preset(method: str) -> str:
+    """The name of the shipped preset a demo run of ``method`` starts from."""
+    return f"demo_{method}"
 
-    preset = Path("configs") / f"demo_{method}.yaml"
+
+def demo_config(method: str, seed: int, s: DemoSettings, synth: Path, runs: Path):
+    """The pretraining config of one demo run: the shipped preset ``demo_<method>`` + the demo's budget.
+
+    The preset is read from the installed package by name, so the recipe (method, encoders,
+    optimiser) is the same wherever the demo runs; only the budget, the data and output folders and
+    the seed are the demo's. A missing preset is an error, never a recipe made up here.
+    """
+    from reclf.config import load_config, preset_path
+
     overrides = [
         f"seed={seed}",
         f"name={method}@seed{seed}",
@@ -151,25 +160,13 @@ def demo_config(method: str, seed: int, s: DemoSettings, synth: Path, runs: Path
         f"train.runs_dir={runs}",
         "train.progress=false",
         f"image_encoder.image_size={s.image_size}",
+        f"train.max_steps={s.pretrain_steps}",
+        f"data.batch_size={s.pretrain_batch}",
+        "train.max_epochs=1000",
     ]
-    if not preset.is_file():
-        overrides += [
-            f"method.name={method}",
-            "image_encoder.name=cnn-small",
-            "text_encoder.name=bert-tiny",
-            f"train.max_steps={s.pretrain_steps}",
-            f"data.batch_size={s.pretrain_batch}",
-            "train.max_epochs=1000",
-        ]
-    else:  # the preset's method, encoders and optimiser; the demo's budget
-        overrides += [
-            f"train.max_steps={s.pretrain_steps}",
-            f"data.batch_size={s.pretrain_batch}",
-            "train.max_epochs=1000",
-        ]
     if method in LOCAL_METHODS:
         overrides += [f"method.{k}={v}" for k, v in s.method_overrides.items()]
-    return load_config(preset if preset.is_file() else None, overrides)
+    return load_config(preset_path(demo_preset(method)), overrides)
 
 
 def pretrain_one(method: str, seed: int, s: DemoSettings, synth: Path, root: Path) -> Path:
@@ -311,6 +308,7 @@ def evaluate_model(label: str, path: Path, tasks: list[str], s: DemoSettings, sy
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from reclf.config import to_dict
     from reclf.evaluate.report import write_report
     from reclf.evaluate.results import find_results
     from reclf.utils.io import atomic_write_json
@@ -372,6 +370,15 @@ def run(args: argparse.Namespace) -> int:
             "jobs": args.jobs,
             "threads": args.threads,
             "models": {k: str(v) for k, v in models.items()},
+            # the recipe of every pretraining run: its shipped preset and the resolved config (as saved
+            # beside the run in pretrain/<run>/<time>/config.yaml)
+            "recipes": {
+                f"{m}@seed{seed}": {
+                    "preset": demo_preset(m),
+                    "config": to_dict(demo_config(m, seed, s, synth, root / "pretrain")),
+                }
+                for (m, seed, *_) in runs
+            },
             "timings": timings,
         },
     )

@@ -14,6 +14,7 @@ from typing import Any
 
 from reclf.config import ImageEncoderConfig, TextEncoderConfig, from_dict
 from reclf.methods.model import VLModel
+from reclf.methods.model_card import write_model_card
 from reclf.methods.params import method_params
 from reclf.utils.io import atomic_dir, atomic_write_json
 
@@ -38,6 +39,7 @@ def save_pretrained(model: VLModel, folder: str | Path) -> Path:
             model.text_encoder.backbone.config.save_pretrained(str(text_dir))
             config["text_encoder"]["name"] = "text_encoder"  # relative: resolved at load time
         atomic_write_json(tmp / "config.json", config)
+        write_model_card(tmp, name=folder.name)  # README.md: documentation only, from_pretrained ignores it
     return folder
 
 

@@ -1,4 +1,4 @@
-"""``reclf pretrain CONFIG [key=value ...]``: train a method (see docs/training.md).
+"""``reclf pretrain PRESET|CONFIG.yaml [key=value ...]``: train a method (see docs/training.md).
 
 The config is resolved (defaults <- preset <- overrides) and the model is built before any
 data is read, so an unknown key or a bad method hyper-parameter fails in a second.
@@ -11,7 +11,9 @@ import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="a preset YAML, e.g. configs/demo_reclf.yaml")
+    parser.add_argument(
+        "config", help="a shipped preset by name (e.g. demo_reclf; `reclf presets` lists them) or a YAML file"
+    )
     parser.add_argument(
         "overrides",
         nargs="*",

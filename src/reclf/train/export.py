@@ -28,6 +28,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, model: Any = None, over
     ``model``: a model of the right architecture to load the weights into (default: rebuilt
     from the config saved in the checkpoint with ``reclf.methods.build_model``).
     """
+    from reclf.methods.model_card import training_info_from_checkpoint, write_model_card
     from reclf.train.runs import load_checkpoint
     from reclf.utils.io import atomic_dir
 
@@ -50,12 +51,14 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, model: Any = None, over
         )
     with atomic_dir(out, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp)
+        # the card of save_pretrained, plus what the checkpoint knows of the run (data, steps, seed)
+        write_model_card(tmp, training_info_from_checkpoint(checkpoint, ckpt), name=out.name)
     return out
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a checkpoint of `reclf pretrain` (runs/<name>/<time>/checkpoints/*.ckpt)")
-    parser.add_argument("--out", required=True, help="output folder (model.safetensors + config.json)")
+    parser.add_argument("--out", required=True, help="output folder (model.safetensors + config.json + README.md)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
 

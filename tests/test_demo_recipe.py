@@ -1,0 +1,54 @@
+"""The demo's recipe comes from the shipped presets only: the same config wherever the demo runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from reclf.config import list_presets, load_config, preset_path, to_dict
+from reclf.evaluate import demo
+
+
+def _decoy_folder(folder: Path, method: str) -> None:
+    """A working folder holding what an older demo would have read: configs/ and a same-named file."""
+    decoy = "name: decoy\nmethod:\n  name: convirt\nimage_encoder:\n  name: resnet18\ntrain:\n  lr: 0.5\n"
+    (folder / "configs").mkdir(parents=True)
+    (folder / "configs" / f"demo_{method}.yaml").write_text(decoy)
+    (folder / f"demo_{method}.yaml").write_text(decoy)
+    (folder / f"demo_{method}").write_text(decoy)
+
+
+@pytest.mark.parametrize("method", demo.METHODS)
+def test_demo_config_is_the_same_whatever_the_working_folder(tmp_path, monkeypatch, method):
+    synth, runs = tmp_path / "synth", tmp_path / "runs"  # absolute: the working folder must not matter
+    configs = []
+    for cwd in (tmp_path / "empty", tmp_path / "decoy", Path(demo.__file__).resolve().parent):
+        cwd.mkdir(exist_ok=True)
+        if cwd.name == "decoy":
+            _decoy_folder(cwd, method)
+        monkeypatch.chdir(cwd)
+        configs.append(to_dict(demo.demo_config(method, 0, demo.QUICK, synth, runs)))
+    assert configs[0] == configs[1] == configs[2]
+
+
+@pytest.mark.parametrize("method", demo.METHODS)
+def test_demo_config_is_its_shipped_preset_plus_the_demo_budget(tmp_path, method):
+    cfg = demo.demo_config(method, 0, demo.QUICK, tmp_path / "synth", tmp_path / "runs")
+    preset = load_config(demo.demo_preset(method))
+    assert demo.demo_preset(method) in {p.name for p in list_presets()}
+    # the recipe is the preset's ...
+    assert cfg.method["name"] == preset.method["name"] == method
+    assert cfg.image_encoder.name == preset.image_encoder.name
+    assert cfg.text_encoder == preset.text_encoder
+    assert (cfg.train.lr, cfg.train.weight_decay) == (preset.train.lr, preset.train.weight_decay)
+    # ... the budget is the demo's
+    assert cfg.train.max_steps == demo.QUICK.pretrain_steps and cfg.data.batch_size == demo.QUICK.pretrain_batch
+    assert cfg.image_encoder.image_size == demo.QUICK.image_size
+
+
+def test_a_missing_preset_is_an_error_not_a_recipe_made_up_in_code(tmp_path, monkeypatch):
+    monkeypatch.setattr(demo, "demo_preset", lambda method: f"demo_{method}_not_shipped")
+    with pytest.raises(ValueError, match="no shipped preset named 'demo_reclf_not_shipped'"):
+        demo.demo_config("reclf", 0, demo.QUICK, tmp_path / "synth", tmp_path / "runs")
+    assert preset_path("demo_reclf").is_file()
