@@ -45,6 +45,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _os_error_message(exc: OSError) -> str:
+    """One line for a failed file operation: what failed, on which path, and what to do."""
+    import errno
+
+    where = f": {exc.filename}" if exc.filename else ""
+    text = f"{exc.strerror or exc}{where}" if exc.strerror else str(exc)
+    hints = {
+        errno.EACCES: "check the permissions, or choose another --out",
+        errno.EPERM: "check the permissions, or choose another --out",
+        errno.EROFS: "the file system is read-only; choose another --out",
+        errno.ENOSPC: "the disk is full; free space or choose another --out",
+        errno.ENOTDIR: "a part of the path is a file, not a folder; choose another path",
+        errno.EISDIR: "a folder is where a file was expected; choose another path",
+    }
+    hint = hints.get(exc.errno or 0)
+    return f"{text}; {hint}" if hint else text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -57,11 +75,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:
-        # User-facing errors (bad config, bad data, refused overwrite): one clear line, no traceback.
+    except (ValueError, FileNotFoundError, FileExistsError, OSError, MemoryError) as exc:
+        # User-facing errors (bad config, bad data, refused overwrite, an unwritable or full output folder,
+        # an unreadable input file): one clear line naming the file/key, no traceback. RECLF_TRACEBACK=1 shows it.
         if "RECLF_TRACEBACK" in __import__("os").environ:
             raise
-        print(f"reclf {args.command}: error: {exc}", file=sys.stderr)
+        if isinstance(exc, OSError) and exc.strerror and exc.filename:  # raised by the OS for a path
+            message = _os_error_message(exc)
+        else:  # raised by reclf with its own message
+            message = str(exc) or type(exc).__name__
+        print(f"reclf {args.command}: error: {message}", file=sys.stderr)
         return 1
 
 

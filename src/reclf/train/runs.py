@@ -118,7 +118,11 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated file, or one with objects we refuse to unpickle
-        raise ValueError(f"cannot read checkpoint {path} safely (weights_only=True): {exc}") from exc
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise ValueError(
+            f"not a reclf model or checkpoint: {path} cannot be read safely with weights_only=True "
+            f"({type(exc).__name__}: {first}); give a checkpoint written by `reclf pretrain`"
+        ) from exc
 
 
 def find_resume_checkpoint(resume: str, runs_dir: str | Path, name: str) -> Path:
