@@ -58,6 +58,7 @@ def _os_error_message(exc: OSError) -> str:
         errno.ENOSPC: "the disk is full; free space or choose another --out",
         errno.ENOTDIR: "a part of the path is a file, not a folder; choose another path",
         errno.EISDIR: "a folder is where a file was expected; choose another path",
+        errno.EEXIST: "a file is where a folder should be; choose another path",
     }
     hint = hints.get(exc.errno or 0)
     return f"{text}; {hint}" if hint else text
@@ -75,10 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, FileExistsError, OSError, MemoryError) as exc:
+    except Exception as exc:
         # User-facing errors (bad config, bad data, refused overwrite, an unwritable or full output folder,
-        # an unreadable input file): one clear line naming the file/key, no traceback. RECLF_TRACEBACK=1 shows it.
-        if "RECLF_TRACEBACK" in __import__("os").environ:
+        # an unreadable input file, and every error class reclf defines, which carry a message written for the
+        # user): one clear line naming the file/key, no traceback. RECLF_TRACEBACK=1 shows it. Anything else
+        # is a bug and keeps its traceback.
+        user_facing = isinstance(exc, ValueError | OSError | MemoryError) or type(exc).__module__.startswith("reclf.")
+        if "RECLF_TRACEBACK" in __import__("os").environ or not user_facing:
             raise
         if isinstance(exc, OSError) and exc.strerror and exc.filename:  # raised by the OS for a path
             message = _os_error_message(exc)

@@ -25,8 +25,9 @@ class NotAModelError(ValueError):
 
     def __init__(self, path: str | Path, reason: Any) -> None:
         if isinstance(reason, BaseException):
-            first = (str(reason).strip().splitlines() or [type(reason).__name__])[0]
-            reason = f"{type(reason).__name__}: {first[:300]}"
+            from reclf.train.runs import unsafe_load_reason
+
+            reason = unsafe_load_reason(reason)
         super().__init__(
             f"not a reclf model or checkpoint: {path} ({reason}); give a folder written by `reclf export` / "
             "save_pretrained, a run folder, or a checkpoint of `reclf pretrain`"

@@ -118,11 +118,20 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated file, or one with objects we refuse to unpickle
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise ValueError(
-            f"not a reclf model or checkpoint: {path} cannot be read safely with weights_only=True "
-            f"({type(exc).__name__}: {first}); give a checkpoint written by `reclf pretrain`"
+            f"not a reclf model or checkpoint: {path} ({unsafe_load_reason(exc)}); "
+            "give a checkpoint written by `reclf pretrain`"
         ) from exc
+
+
+def unsafe_load_reason(exc: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in one line (never advising weights_only=False)."""
+    import pickle
+
+    if isinstance(exc, pickle.UnpicklingError):
+        return "it holds Python objects besides tensors and plain values; refused, as loading them could run code"
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    return f"not a readable torch file: {type(exc).__name__}: {first}"
 
 
 def find_resume_checkpoint(resume: str, runs_dir: str | Path, name: str) -> Path:
