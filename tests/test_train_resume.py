@@ -114,6 +114,12 @@ def _kill_and_resume(script, data, tmp_path, straight, killed):
     assert resumed.returncode == 0, out_r[-3000:]
     assert "resuming from" in out_r
 
+    import csv
+
+    with open(run / "metrics.csv", newline="") as fh:
+        keys = [(r["step"], r["metric"]) for r in csv.DictReader(fh)]
+    assert len(keys) == len(set(keys)), "metrics.csv repeats steps after the resume"
+
     a, b = _final_state(tmp_path / "straight"), _final_state(tmp_path / "resumed")
     assert a.keys() == b.keys()
     for k in a:

@@ -76,6 +76,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _os_error_message(exc: OSError) -> str:
+    """One line for a failed file operation: what failed, on which path, and what to do."""
+    import errno
+
+    where = f": {exc.filename}" if exc.filename else ""
+    text = f"{exc.strerror or exc}{where}" if exc.strerror else str(exc)
+    hints = {
+        errno.EACCES: "check the permissions, or choose another --out",
+        errno.EPERM: "check the permissions, or choose another --out",
+        errno.EROFS: "the file system is read-only; choose another --out",
+        errno.ENOSPC: "the disk is full; free space or choose another --out",
+        errno.ENOTDIR: "a part of the path is a file, not a folder; choose another path",
+        errno.EISDIR: "a folder is where a file was expected; choose another path",
+        errno.EEXIST: "a file is where a folder should be; choose another path",
+    }
+    hint = hints.get(exc.errno or 0)
+    return f"{text}; {hint}" if hint else text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -88,11 +107,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:
-        # User-facing errors (bad config, bad data, refused overwrite): one clear line, no traceback.
-        if "RECLF_TRACEBACK" in __import__("os").environ:
+    except Exception as exc:
+        # User-facing errors (bad config, bad data, refused overwrite, an unwritable or full output folder,
+        # an unreadable input file, and every error class reclf defines, which carry a message written for the
+        # user): one clear line naming the file/key, no traceback. RECLF_TRACEBACK=1 shows it. Anything else
+        # is a bug and keeps its traceback.
+        user_facing = isinstance(exc, ValueError | OSError | MemoryError) or type(exc).__module__.startswith("reclf.")
+        if "RECLF_TRACEBACK" in __import__("os").environ or not user_facing:
             raise
-        print(f"reclf {args.command}: error: {exc}", file=sys.stderr)
+        if isinstance(exc, OSError) and exc.strerror and exc.filename:  # raised by the OS for a path
+            message = _os_error_message(exc)
+        else:  # raised by reclf with its own message
+            message = str(exc) or type(exc).__name__
+        print(f"reclf {args.command}: error: {message}", file=sys.stderr)
         return 1
 
 

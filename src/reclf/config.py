@@ -356,7 +356,10 @@ def resolve(
     for text in overrides:
         keys, value = parse_override(text)
         set_dotted(data, keys, value)
-    return from_dict(cls, data)
+    obj = from_dict(cls, data)
+    if isinstance(obj, Config):
+        validate_values(obj)
+    return obj
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -365,6 +368,64 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     if "name" not in cfg.method:
         raise ConfigError("method.name is required (one of convirt, gloria, mgca, reclf, ...)")
     return cfg
+
+
+def _check(ok: bool, key: str, value: Any, rule: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r}: {rule}")
+
+
+def validate_values(cfg: Config) -> None:
+    """Check the ranges of numeric settings, naming the key (types are checked by :func:`from_dict`).
+
+    Without it a bad value shows up late and far away: ``image_size=0`` as a PyTorch shape error, ``lr=nan``
+    as a silently diverging run, ``num_workers=-1`` as a DataLoader ``ValueError`` naming no key.
+    """
+    import math
+
+    def positive_number(key: str, value: Any) -> None:
+        _check(
+            isinstance(value, int | float) and math.isfinite(value) and value > 0,
+            key,
+            value,
+            "must be a finite number > 0",
+        )
+
+    def at_least(key: str, value: Any, lo: float) -> None:
+        _check(isinstance(value, int | float) and math.isfinite(value) and value >= lo, key, value, f"must be >= {lo}")
+
+    ie, te, data, train = cfg.image_encoder, cfg.text_encoder, cfg.data, cfg.train
+    _check(ie.image_size >= 8, "image_encoder.image_size", ie.image_size, "must be at least 8 pixels (e.g. 128, 224)")
+    _check(ie.in_chans >= 1, "image_encoder.in_chans", ie.in_chans, "must be >= 1")
+    _check(te.max_tokens >= 4, "text_encoder.max_tokens", te.max_tokens, "must be at least 4 tokens")
+    _check(te.last_n_layers >= 1, "text_encoder.last_n_layers", te.last_n_layers, "must be >= 1")
+    for key in ("hidden_size", "num_layers", "num_heads"):
+        at_least(f"text_encoder.{key}", getattr(te, key), 1)
+    at_least("data.batch_size", data.batch_size, 1)
+    at_least("data.num_workers", data.num_workers, 0)
+    _check(
+        0.0 <= data.max_bad_fraction <= 1.0, "data.max_bad_fraction", data.max_bad_fraction, "must be between 0 and 1"
+    )
+    if data.limit_train is not None:
+        at_least("data.limit_train", data.limit_train, 1)
+    for key in [f.name for f in dataclasses.fields(train) if f.name == "lr" or f.name.startswith("lr_")]:
+        value = getattr(train, key)
+        if value is not None or key == "lr":  # lr_text / lr_image may be None (= train.lr)
+            positive_number(f"train.{key}", value)
+    at_least("train.weight_decay", train.weight_decay, 0.0)
+    at_least("train.grad_clip", train.grad_clip, 0.0)
+    _check(
+        0.0 <= train.warmup_fraction < 1.0, "train.warmup_fraction", train.warmup_fraction, "must be in [0, 1)"
+    )
+    at_least("train.accumulate", train.accumulate, 1)
+    _check(train.max_epochs >= 1 or train.max_epochs == -1, "train.max_epochs", train.max_epochs, "must be >= 1 or -1")
+    _check(train.max_steps >= 1 or train.max_steps == -1, "train.max_steps", train.max_steps, "must be >= 1 or -1")
+    at_least("train.num_nodes", train.num_nodes, 1)
+    at_least("train.val_every_n_epochs", train.val_every_n_epochs, 1)
+    at_least("train.log_every_n_steps", train.log_every_n_steps, 1)
+    at_least("train.checkpoint_every_n_steps", train.checkpoint_every_n_steps, 0)
+    if isinstance(train.devices, int):
+        _check(train.devices >= 1 or train.devices == -1, "train.devices", train.devices, "must be >= 1, -1 or 'auto'")
 
 
 def save_config(cfg: Any, path: str | Path) -> None:

@@ -3,11 +3,16 @@
 Every reader returns a 2-D ``float32`` array in ``[0, 1]`` where bright means dense (bone white),
 whatever the file's photometric interpretation. DICOM is handled as radiologists see it:
 modality LUT (rescale slope/intercept), VOI LUT or window centre/width, MONOCHROME1 inverted.
-A file that cannot be read raises :class:`ImageReadError` naming the file.
+A file that cannot be read raises :class:`ImageReadError` naming the file; so does a file that declares
+more than ``max_pixels`` pixels (a decompression bomb: a tiny file that would expand to gigabytes), which is
+refused from its header, before any pixel is decoded.
 """
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,23 +20,57 @@ from PIL import Image, UnidentifiedImageError
 
 DICOM_SUFFIXES = {".dcm", ".dicom"}
 
+#: The most pixels an image may declare (``reclf prepare --max-pixels``). 100 megapixels is 10000 x 10000,
+#: several times the largest radiographs in MIMIC-CXR or CheXpert; a bigger file is almost surely corrupt or
+#: hostile, and decoding it would take gigabytes.
+DEFAULT_MAX_PIXELS = 100_000_000
+
+#: What Pillow raises or reports for bad files (``DecompressionBombError`` is not an ``OSError``).
+PIL_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError, MemoryError)
+
 
 class ImageReadError(OSError):
-    """An image file that is missing, truncated or not an image."""
+    """An image file that is missing, truncated, not an image, or larger than ``max_pixels``."""
 
 
-def load_image(path: str | Path) -> np.ndarray:
+@contextlib.contextmanager
+def _own_pixel_limit() -> Iterator[None]:
+    """Switch Pillow's decompression-bomb check off while we apply ours (``check_pixels``) from the header."""
+    old = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+
+
+def check_pixels(path: str | Path, width: int, height: int, max_pixels: int | None) -> None:
+    """Raise :class:`ImageReadError` if ``width x height`` exceeds ``max_pixels`` (None: the default)."""
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
+    if limit > 0 and int(width) * int(height) > limit:
+        raise ImageReadError(
+            f"image {path} declares {width} x {height} = {int(width) * int(height):,} pixels, more than the limit "
+            f"of {limit:,} (a corrupt file or a decompression bomb; raise --max-pixels if it is genuine)"
+        )
+
+
+def load_image(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
     """Read ``path`` as a ``float32`` ``[H, W]`` array in ``[0, 1]``."""
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"image file {path} does not exist")
     if path.suffix.lower() in DICOM_SUFFIXES:
-        return load_dicom(path)
+        return load_dicom_with_meta(path, max_pixels)[0]
     try:
-        with Image.open(path) as img:
+        with _own_pixel_limit(), Image.open(path) as img:
+            check_pixels(path, *img.size, max_pixels)
             img.load()
             return pil_to_float(img)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except ImageReadError:
+        raise
+    except PIL_ERRORS as exc:
         raise ImageReadError(f"cannot read image {path}: {exc}") from exc
 
 
@@ -111,7 +150,9 @@ def target_shape(height: int, width: int, size: int, square: bool = False) -> tu
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def read_for_cache(path: str | Path, size: int) -> tuple[Image.Image | np.ndarray, tuple[int, int], dict]:
+def read_for_cache(
+    path: str | Path, size: int, max_pixels: int | None = None
+) -> tuple[Image.Image | np.ndarray, tuple[int, int], dict]:
     """Read ``path`` for caching: ``(image, (orig_h, orig_w), meta)``.
 
     8-bit JPEG/PNG come back as a PIL ``L`` image (JPEGs decoded with DCT scaling straight to a size at least as
@@ -122,11 +163,17 @@ def read_for_cache(path: str | Path, size: int) -> tuple[Image.Image | np.ndarra
     if not path.is_file():
         raise ImageReadError(f"image file {path} does not exist")
     if path.suffix.lower() in DICOM_SUFFIXES:
-        arr, meta = load_dicom_with_meta(path)
+        arr, meta = load_dicom_with_meta(path, max_pixels)
         return arr, (int(arr.shape[0]), int(arr.shape[1])), meta
     try:
-        img = Image.open(path)
+        with _own_pixel_limit():
+            img = Image.open(path)
         width, height = img.size
+        try:
+            check_pixels(path, width, height, max_pixels)
+        except ImageReadError:
+            img.close()
+            raise
         if path.suffix.lower() in JPEG_SUFFIXES or img.format == "JPEG":
             scale = size / min(width, height)
             if scale < 1.0:
@@ -139,7 +186,9 @@ def read_for_cache(path: str | Path, size: int) -> tuple[Image.Image | np.ndarra
         if img.mode != "L":
             img = img.convert("L")
         return img, (height, width), {}
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except ImageReadError:
+        raise
+    except PIL_ERRORS as exc:
         raise ImageReadError(f"cannot read image {path}: {exc}") from exc
 
 
@@ -194,7 +243,7 @@ def png_is_complete(path: str | Path) -> bool:
     return head == PNG_SIGNATURE and tail == PNG_IEND
 
 
-def load_dicom_with_meta(path: str | Path) -> tuple[np.ndarray, dict]:
+def load_dicom_with_meta(path: str | Path, max_pixels: int | None = None) -> tuple[np.ndarray, dict]:
     """:func:`load_dicom` plus header fields an adapter wants (``view``: ViewPosition, ``patient_id``)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -202,8 +251,15 @@ def load_dicom_with_meta(path: str | Path) -> tuple[np.ndarray, dict]:
     path = Path(path)
     try:
         ds = pydicom.dcmread(path)
+        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        check_pixels(path, cols, rows * max(frames, 1), max_pixels)
         pixels = ds.pixel_array
-    except (InvalidDicomError, AttributeError, ValueError, OSError, KeyError, TypeError, RuntimeError) as exc:
+    except ImageReadError:
+        raise
+    except (
+        InvalidDicomError, AttributeError, ValueError, OSError, KeyError, TypeError, RuntimeError, MemoryError
+    ) as exc:
         raise ImageReadError(f"cannot read DICOM {path}: {exc}") from exc
     arr = _dicom_to_float(ds, pixels, path)
     meta = {}

@@ -9,7 +9,10 @@ them.
 
 from __future__ import annotations
 
+import codecs
+import io
 import json
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -59,6 +62,59 @@ class StudyTableError(ValueError):
     """A study table that does not follow the canonical format."""
 
 
+# --- text decoding, one line at a time --------------------------------------------------------------------------
+
+#: Put in place of each byte that no encoding could decode: a Unicode non-character, never in real text, so a
+#: parsed row that holds it is known to come from a bad line. ASCII bytes always decode, so CSV quoting and
+#: delimiters are never disturbed by the substitution.
+BAD_TEXT = "\ufffe"
+codecs.register_error("reclf-mark", lambda exc: (BAD_TEXT, exc.end))  # type: ignore[arg-type, return-value]
+
+
+def parse_encodings(spec: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+    """``"utf-8,cp1252"`` -> ``("utf-8", "cp1252")`` (default UTF-8); an unknown name is an error naming it."""
+    if spec is None or spec == "":
+        return ("utf-8",)
+    names = tuple(n.strip() for n in (spec.split(",") if isinstance(spec, str) else spec) if n.strip())
+    for name in names:
+        try:
+            codecs.lookup(name)
+        except LookupError as exc:
+            raise ValueError(f"--encoding {name!r} is not a known text encoding (e.g. utf-8, cp1252, latin-1)") from exc
+    return names or ("utf-8",)
+
+
+def decode_lines(data: bytes, encodings: tuple[str, ...] = ("utf-8",)) -> tuple[str, list[int], dict[str, int]]:
+    """Decode ``data`` line by line: ``(text, bad line numbers, {fallback encoding: lines decoded with it})``.
+
+    Each line is decoded with the first of ``encodings`` that can decode it; a line none can decode keeps its
+    text with :data:`BAD_TEXT` in place of each bad byte, so the caller can drop the row and name its line.
+    A UTF-8 byte-order mark is ignored. A file that decodes whole with the first encoding takes a fast path.
+    """
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8) :]
+    try:
+        return data.decode(encodings[0]), [], {}
+    except UnicodeDecodeError:
+        pass
+    out: list[str] = []
+    bad: list[int] = []
+    used: dict[str, int] = {}
+    for number, line in enumerate(data.splitlines(keepends=True), start=1):
+        for k, enc in enumerate(encodings):
+            try:
+                out.append(line.decode(enc))
+            except UnicodeDecodeError:
+                continue
+            if k:
+                used[enc] = used.get(enc, 0) + 1
+            break
+        else:
+            out.append(line.decode(encodings[0], errors="reclf-mark"))
+            bad.append(number)
+    return "".join(out), bad, used
+
+
 def table_path(folder: str | Path) -> Path:
     folder = Path(folder)
     for name in TABLE_NAMES:
@@ -80,10 +136,35 @@ def read_studies(folder: str | Path, validate: bool = True) -> pd.DataFrame:
     if path.suffix == ".parquet":
         df = pd.read_parquet(path)
     else:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[])
+        df = _read_csv_table(path)
     df = normalise(df, source=str(path))
     if validate:
         validate_studies(df, source=str(path))
+    return df
+
+
+def _read_csv_table(path: Path) -> pd.DataFrame:
+    """``studies.csv`` as strings; rows on lines that are not UTF-8 are dropped with a warning naming the lines."""
+    data = path.read_bytes()
+    if not data.strip():
+        raise StudyTableError(f"{path} is empty (0 bytes); recreate it with `reclf prepare` or `reclf synth`")
+    text, bad_lines, _ = decode_lines(data)
+    try:
+        df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_values=[])
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
+        raise StudyTableError(f"{path} is not a readable CSV table: {exc}") from exc
+    if bad_lines:
+        if 1 in bad_lines:
+            raise StudyTableError(f"{path}: the header line is not UTF-8 text; re-save the table as UTF-8")
+        bad = df.apply(lambda col: col.str.contains(BAD_TEXT, regex=False)).any(axis=1)
+        df = df[~bad].reset_index(drop=True)
+        lines = ", ".join(map(str, bad_lines[:5])) + (" ..." if len(bad_lines) > 5 else "")
+        print(
+            f"reclf: warning: {path}: dropped {int(bad.sum())} row(s) that are not UTF-8 text (line {lines}); "
+            "re-save the table as UTF-8 to keep them",
+            file=sys.stderr,
+        )
+        df.attrs["rows_not_utf8"] = int(bad.sum())
     return df
 
 

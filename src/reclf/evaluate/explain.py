@@ -61,16 +61,38 @@ def explain_pictures(model: Any, image: np.ndarray, report: str, out: str | Path
     return info
 
 
+def read_report_arg(text: str) -> str:
+    """``--report``: the text itself, or ``@FILE`` (UTF-8); errors name the file."""
+    if text.startswith("@"):
+        path = Path(text[1:])
+        if not path.is_file():
+            raise FileNotFoundError(f"--report @{path}: no such file")
+        try:
+            text = path.read_bytes().decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise ValueError(
+                f"--report @{path} is not UTF-8 text (byte {exc.start}: {exc.reason}); re-save it as UTF-8"
+            ) from exc
+    if not text.strip():
+        raise ValueError("--report is empty; give the report text (or @FILE)")
+    return text
+
+
 def run(args: argparse.Namespace) -> int:
+    from reclf.data.images import ImageReadError, load_image
     from reclf.evaluate.features import prepare_image
     from reclf.evaluate.loading import image_size_of, load_model
 
+    if args.image_size is not None and args.image_size < 8:
+        raise ValueError(f"--image-size {args.image_size} is too small (use the model's size, e.g. 128 or 224)")
+    if args.max_words < 1:
+        raise ValueError(f"--max-words {args.max_words} must be at least 1")
+    report = read_report_arg(args.report)
+    try:  # the cheap checks first: a bad image or report fails before the model is loaded
+        load_image(args.image)
+    except ImageReadError as exc:
+        raise ImageReadError(f"--image: {exc}; give a PNG, JPEG or DICOM radiograph") from exc
     loaded = load_model(args.model)
-    report = args.report
-    if report.startswith("@"):
-        report = Path(report[1:]).read_text()
-    if not report.strip():
-        raise ValueError("--report is empty; give the report text (or @FILE)")
     size = args.image_size or image_size_of(loaded.model)
     image = prepare_image(args.image, size)
     info = explain_pictures(loaded.model, image, report, args.out, max_words=args.max_words, title=loaded.label)

@@ -20,6 +20,20 @@ from reclf.utils.io import file_sha256
 WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin")
 
 
+class NotAModelError(ValueError):
+    """A file given as a model that is not one reclf can read (the message says which and why)."""
+
+    def __init__(self, path: str | Path, reason: Any) -> None:
+        if isinstance(reason, BaseException):
+            from reclf.train.runs import unsafe_load_reason
+
+            reason = unsafe_load_reason(reason)
+        super().__init__(
+            f"not a reclf model or checkpoint: {path} ({reason}); give a folder written by `reclf export` / "
+            "save_pretrained, a run folder, or a checkpoint of `reclf pretrain`"
+        )
+
+
 @dataclass
 class LoadedModel:
     model: Any  # reclf.methods VLModel (nn.Module), in eval mode
@@ -76,7 +90,12 @@ def load_model(spec: str | Path, device: str = "cpu") -> LoadedModel:
                     "nor a .ckpt checkpoint; export a model with `reclf export` first"
                 )
             return _load_checkpoint(ckpts[-1], device)
-        model = from_pretrained(folder)
+        try:
+            model = from_pretrained(folder)
+        except (FileNotFoundError, NotAModelError):
+            raise
+        except Exception as exc:  # corrupt safetensors, config.json that does not fit, a broken text encoder
+            raise NotAModelError(folder, exc) from exc
         weights = next(folder / n for n in WEIGHT_NAMES if (folder / n).is_file())
         model.eval().to(device)
         return LoadedModel(model, str(folder), str(weights), file_sha256(weights),
@@ -88,17 +107,36 @@ def _load_checkpoint(path: Path, device: str) -> LoadedModel:
     import torch
 
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a pickle with objects we refuse, a truncated zip, not a torch file at all
+        raise NotAModelError(path, exc) from exc
     if not isinstance(state, dict):
-        raise ValueError(f"checkpoint {path} does not hold a state dict")
+        raise NotAModelError(path, "it holds no state dict")
     cfg = _checkpoint_config(state, run_dir)
     if cfg is None:
         raise ValueError(
             f"checkpoint {path}: cannot find the model config (no hyper_parameters in the file and no "
             f"config.yaml/config.json in {run_dir}); export the model with `reclf export` and pass the folder"
         )
+    try:
+        model, missing = _model_from_state(state, cfg, path)
+    except (ValueError, FileNotFoundError):
+        raise
+    except Exception as exc:  # a config or state dict of the wrong shape: say so instead of a traceback
+        raise NotAModelError(path, exc) from exc
+    if missing:
+        raise ValueError(f"checkpoint {path}: {len(missing)} model weights missing (e.g. {missing[0]})")
+    model.eval().to(device)
+    return LoadedModel(model, str(path), str(path), file_sha256(path), model_label(path.parent, model.method))
+
+
+def _model_from_state(state: dict, cfg: dict, path: Path) -> tuple[Any, list[str]]:
+    """Build the model ``cfg`` describes and load ``state``'s weights into it: ``(model, missing keys)``."""
     from reclf.methods import build_model, create_model
 
+    if not isinstance(cfg, dict):
+        raise NotAModelError(path, f"the model config found for it is not a mapping: {cfg!r:.80}")
     if "image_encoder" in cfg and "method" in cfg and isinstance(cfg["method"], dict):
         from reclf.config import Config, from_dict
 
@@ -110,13 +148,15 @@ def _load_checkpoint(path: Path, device: str) -> LoadedModel:
         method = conf.pop("method", None) or conf.pop("name")
         model = create_model(method, **conf)
     weights = state.get("state_dict", state)
+    if not isinstance(weights, dict):
+        raise NotAModelError(path, "its state_dict is not a mapping of tensors")
     prefix = next((p for p in ("model.", "module.model.", "") if any(k.startswith(p) for k in weights)), "")
     weights = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if missing:
-        raise ValueError(f"checkpoint {path}: {len(missing)} model weights missing (e.g. {missing[0]})")
-    model.eval().to(device)
-    return LoadedModel(model, str(path), str(path), file_sha256(path), model_label(path.parent, model.method))
+    try:
+        missing, _ = model.load_state_dict(weights, strict=False)
+    except RuntimeError as exc:  # shapes that do not fit the config
+        raise NotAModelError(path, f"its weights do not fit its config ({str(exc).splitlines()[0]})") from exc
+    return model, list(missing)
 
 
 def _checkpoint_config(state: dict, run_dir: Path) -> dict | None:
@@ -127,13 +167,16 @@ def _checkpoint_config(state: dict, run_dir: Path) -> dict | None:
                 return hp[key]
         if "image_encoder" in hp:
             return hp
-    for name in ("config.json", "model_config.json"):
-        if (run_dir / name).is_file():
-            return json.loads((run_dir / name).read_text())
-    if (run_dir / "config.yaml").is_file():
-        import yaml
+    import yaml
 
-        return yaml.safe_load((run_dir / "config.yaml").read_text())
+    for name in ("config.json", "model_config.json", "config.yaml"):
+        cfg_path = run_dir / name
+        if cfg_path.is_file():
+            try:
+                text = cfg_path.read_text(encoding="utf-8")
+                return json.loads(text) if name.endswith(".json") else yaml.safe_load(text)
+            except (UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as exc:
+                raise ValueError(f"{cfg_path}, the config of the checkpoint, cannot be read: {exc}") from exc
     return None
 
 

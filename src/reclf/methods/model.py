@@ -353,10 +353,10 @@ def _gather_features(img: ImageFeatures, txt: TextFeatures, gather: Gather, max_
     return img_all, txt_all
 
 
-def _save_pretrained(self: VLModel, folder) -> None:
+def _save_pretrained(self: VLModel, folder, overwrite: bool = False) -> None:
     from reclf.methods.pretrained import save_pretrained
 
-    save_pretrained(self, folder)
+    save_pretrained(self, folder, overwrite=overwrite)
 
 
 VLModel.save_pretrained = _save_pretrained  # type: ignore[attr-defined]

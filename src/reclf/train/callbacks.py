@@ -86,6 +86,12 @@ class MetricsCallback(L.Callback):
                 out[k] = float(v.detach().float()) if isinstance(v, torch.Tensor) else float(v)
         return out
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A resumed run starts at its checkpoint's step: rows the killed run logged after it are logged again.
+        if trainer.is_global_zero and trainer.global_step > 0:
+            self.writer.truncate_after(trainer.global_step)
+        self._last_step = trainer.global_step
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if trainer.global_step % self.every_n_steps != 0 or trainer.global_step == self._last_step:
             return

@@ -18,7 +18,7 @@ def model_state_dict(checkpoint: dict[str, Any]) -> dict[str, Any]:
     """The method model's weights from a Lightning checkpoint of ``PretrainModule``."""
     state = checkpoint.get("state_dict")
     if not isinstance(state, dict):
-        raise ValueError("the checkpoint has no state_dict; is it a `reclf pretrain` checkpoint?")
+        raise ValueError("not a reclf model or checkpoint: it has no state_dict; give a `reclf pretrain` checkpoint")
     return {k[len(STATE_PREFIX) :]: v for k, v in state.items() if k.startswith(STATE_PREFIX)}
 
 
@@ -29,22 +29,40 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, model: Any = None, over
     from the config saved in the checkpoint with ``reclf.methods.build_model``).
     """
     from reclf.methods.model_card import training_info_from_checkpoint, write_model_card
+    from reclf.methods.pretrained import is_model_folder
     from reclf.train.runs import load_checkpoint
     from reclf.utils.io import atomic_dir
 
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_model_folder(out))):
+        raise FileExistsError(
+            f"{out} exists and is not a reclf model folder; --overwrite replaces only model folders "
+            "(nothing was deleted); choose a new --out"
+        )
     checkpoint = load_checkpoint(ckpt)
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"not a reclf model or checkpoint: {ckpt} (it holds no mapping)")
     if model is None:
         from reclf.config import Config, from_dict
         from reclf.methods import build_model
 
-        cfg_dict = checkpoint.get("reclf", {}).get("config")
-        if not cfg_dict:
-            raise ValueError(f"{ckpt} holds no run config (checkpoint['reclf']['config']); cannot rebuild the model")
+        meta = checkpoint.get("reclf")
+        cfg_dict = meta.get("config") if isinstance(meta, dict) else None
+        if not isinstance(cfg_dict, dict) or not cfg_dict:
+            raise ValueError(
+                f"not a reclf model or checkpoint: {ckpt} holds no run config (checkpoint['reclf']['config']); "
+                "give a checkpoint written by `reclf pretrain`"
+            )
         model = build_model(from_dict(Config, cfg_dict))
-    missing, unexpected = model.load_state_dict(model_state_dict(checkpoint), strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(model_state_dict(checkpoint), strict=False)
+    except RuntimeError as exc:  # tensors whose shapes do not fit the config
+        first = str(exc).strip().splitlines()[0]
+        raise ValueError(
+            f"not a reclf model or checkpoint: {ckpt}: its weights do not fit its config ({first})"
+        ) from exc
     if missing or unexpected:
         raise ValueError(
             f"{ckpt} does not match the model: missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}"
@@ -59,7 +77,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, model: Any = None, over
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a checkpoint of `reclf pretrain` (runs/<name>/<time>/checkpoints/*.ckpt)")
     parser.add_argument("--out", required=True, help="output folder (model.safetensors + config.json + README.md)")
-    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it is an existing model folder")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -118,7 +118,20 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated file, or one with objects we refuse to unpickle
-        raise ValueError(f"cannot read checkpoint {path} safely (weights_only=True): {exc}") from exc
+        raise ValueError(
+            f"not a reclf model or checkpoint: {path} ({unsafe_load_reason(exc)}); "
+            "give a checkpoint written by `reclf pretrain`"
+        ) from exc
+
+
+def unsafe_load_reason(exc: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in one line (never advising weights_only=False)."""
+    import pickle
+
+    if isinstance(exc, pickle.UnpicklingError):
+        return "it holds Python objects besides tensors and plain values; refused, as loading them could run code"
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    return f"not a readable torch file: {type(exc).__name__}: {first}"
 
 
 def find_resume_checkpoint(resume: str, runs_dir: str | Path, name: str) -> Path:
@@ -148,12 +161,41 @@ def run_dir_of_checkpoint(ckpt: Path) -> Path:
 
 
 class MetricsWriter:
-    """Append-only ``metrics.csv`` (``step,epoch,metric,value``), safe to continue after a resume."""
+    """Append-only ``metrics.csv`` (``step,epoch,metric,value``), safe to continue after a resume.
+
+    A run killed after its last checkpoint has logged steps that the resumed run logs again; call
+    :meth:`truncate_after` with the resumed step first so that each step appears once.
+    """
 
     HEADER = ("step", "epoch", "metric", "value")
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+
+    def truncate_after(self, step: int) -> int:
+        """Drop the rows of steps after ``step`` (atomically); returns how many were dropped."""
+        if not self.path.is_file():
+            return 0
+        with open(self.path, newline="") as fh:
+            rows = list(csv.reader(fh))
+        if not rows:
+            return 0
+        header, body = rows[0], rows[1:]
+        keep = []
+        for row in body:
+            try:
+                if int(row[0]) > step:
+                    continue
+            except (ValueError, IndexError):
+                continue  # a line cut short by the kill
+            keep.append(row)
+        dropped = len(body) - len(keep)
+        if dropped:
+            with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as fh:
+                w = csv.writer(fh)
+                w.writerow(header)
+                w.writerows(keep)
+        return dropped
 
     def write(self, step: int, epoch: int, metrics: dict[str, float]) -> None:
         if not metrics:

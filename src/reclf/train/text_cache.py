@@ -39,7 +39,9 @@ def corpus_reports(roots: list[str | Path], sections: list[str]) -> list[str]:
     return [t for t in dict.fromkeys(texts) if t.strip()]
 
 
-def build_text_cache(cfg: TextEncoderConfig, reports: list[str], path: str | Path, batch_size: int = 64) -> TextCacheResult:
+def build_text_cache(
+    cfg: TextEncoderConfig, reports: list[str], path: str | Path, batch_size: int = 64
+) -> TextCacheResult:
     """Encode ``reports`` with the frozen encoder ``cfg`` into ``path`` (reusing what ``path`` holds)."""
     from dataclasses import replace
 

@@ -26,9 +26,16 @@ SOURCES: dict[str, str] = {
 
 def parse_source(name: str, opts: PrepareOptions) -> SourceTable:
     """Parse the metadata of data set ``name`` (no image is opened)."""
+    from reclf.data.sources.common import ENCODINGS
+    from reclf.data.studies import parse_encodings
+
     if name not in SOURCES:
         raise ValueError(f"unknown data source {name!r}; choose one of {', '.join(SOURCES)}")
-    return importlib.import_module(SOURCES[name]).parse(opts)
+    token = ENCODINGS.set(parse_encodings(opts.get("encoding")))  # --encoding, read by every CSV/report read
+    try:
+        return importlib.import_module(SOURCES[name]).parse(opts)
+    finally:
+        ENCODINGS.reset(token)
 
 
 def prepare(name: str, opts: PrepareOptions) -> dict[str, Any]:

@@ -4,7 +4,9 @@ Each job reads one original image (JPEG/PNG/DICOM), resizes it to the cache geom
 (:func:`reclf.data.images.target_shape`) and writes an 8-bit PNG atomically, plus its mask when the job has one
 (drawn at the original resolution, then resized with nearest neighbour, so image and mask stay aligned). A second
 run skips every job whose outputs are complete PNGs and redoes only missing or broken ones. Header fields the
-adapter wants (the DICOM view position) are stored in a PNG text chunk so a resumed run still knows them.
+adapter wants (the DICOM view position) are stored in a PNG text chunk so a resumed run still knows them, beside
+the source file's name and size: a cached PNG is reused only for the file it was made from, so a changed
+table in the same ``--out`` never pairs a report with another file's image.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from reclf.utils.io import atomic_write_json
 
 CACHE_META = ".cache.json"
 META_KEY = "reclf"
+SOURCE_KEY = "reclf_source"
 
 
 @dataclass(frozen=True)
@@ -63,26 +66,39 @@ def check_cache_config(out: Path, size: int, square: bool) -> None:
     atomic_write_json(path, want)
 
 
-def _complete(out: Path, job: CacheJob) -> bool:
-    from reclf.data.images import png_is_complete
+def source_id(src: str) -> dict:
+    """What identifies the file a cached PNG was made from: its name and size (stable when the data set moves)."""
+    try:
+        n = os.path.getsize(src)
+    except OSError:
+        n = -1
+    return {"name": Path(src).name, "bytes": int(n)}
 
-    if not png_is_complete(out / job.dst):
-        return False
-    return job.mask_dst is None or png_is_complete(out / job.mask_dst)
 
-
-def _read_meta(path: Path) -> dict:
+def _reusable(out: Path, job: CacheJob) -> dict | None:
+    """The header fields of a complete cached PNG made from ``job.src``; None when it must be (re)written."""
     from PIL import Image
 
+    from reclf.data.images import png_is_complete
+
+    path = out / job.dst
+    if not png_is_complete(path) or (job.mask_dst is not None and not png_is_complete(out / job.mask_dst)):
+        return None
     try:
         with Image.open(path) as img:
             text = getattr(img, "text", {}) or {}
-            return json.loads(text.get(META_KEY, "{}"))
+            meta = json.loads(text.get(META_KEY, "{}"))
+            source = json.loads(text[SOURCE_KEY]) if SOURCE_KEY in text else None
     except (OSError, ValueError):
-        return {}
+        return None
+    if source is not None and source != source_id(job.src):  # caches from before the key are trusted
+        return None
+    return meta if isinstance(meta, dict) else {}
 
 
-def process_job(job: CacheJob, out: str, size: int, square: bool) -> tuple[str, str, dict | str]:
+def process_job(
+    job: CacheJob, out: str, size: int, square: bool, max_pixels: int | None = None
+) -> tuple[str, str, dict | str]:
     """Run one job; never raises for bad input. Returns ``(key, "written"|"reused"|"failed", meta or reason)``."""
     from PIL import PngImagePlugin
 
@@ -90,10 +106,11 @@ def process_job(job: CacheJob, out: str, size: int, square: bool) -> tuple[str, 
     from reclf.data.sources.masks import MaskSpecError, mask_from_spec
 
     root = Path(out)
-    if _complete(root, job):
-        return job.key, "reused", _read_meta(root / job.dst)
+    reused = _reusable(root, job)
+    if reused is not None:
+        return job.key, "reused", reused
     try:
-        image, shape, meta = read_for_cache(job.src, size)
+        image, shape, meta = read_for_cache(job.src, size, max_pixels)
         img = to_cache_image(image, shape, size, square)
         mask_img = None
         if job.mask_spec is not None and job.mask_dst is not None:
@@ -102,6 +119,7 @@ def process_job(job: CacheJob, out: str, size: int, square: bool) -> tuple[str, 
         return job.key, "failed", f"{type(exc).__name__}: {exc}"
     info = PngImagePlugin.PngInfo()
     info.add_text(META_KEY, json.dumps(meta, sort_keys=True))
+    info.add_text(SOURCE_KEY, json.dumps(source_id(job.src), sort_keys=True))
     from reclf.utils.io import atomic_path
 
     with atomic_path(root / job.dst) as tmp:
@@ -111,8 +129,10 @@ def process_job(job: CacheJob, out: str, size: int, square: bool) -> tuple[str, 
     return job.key, "written", meta
 
 
-def _run_chunk(jobs: Sequence[CacheJob], out: str, size: int, square: bool) -> list[tuple[str, str, dict | str]]:
-    return [process_job(job, out, size, square) for job in jobs]
+def _run_chunk(
+    jobs: Sequence[CacheJob], out: str, size: int, square: bool, max_pixels: int | None = None
+) -> list[tuple[str, str, dict | str]]:
+    return [process_job(job, out, size, square, max_pixels) for job in jobs]
 
 
 def build_cache(
@@ -123,6 +143,7 @@ def build_cache(
     workers: int = 1,
     progress: bool = True,
     chunk: int = 8,
+    max_pixels: int | None = None,
 ) -> CacheResult:
     """Cache every job's image under ``out`` with ``workers`` processes (1 = in this process)."""
     from tqdm import tqdm
@@ -148,7 +169,7 @@ def build_cache(
     try:
         if workers <= 1 or len(jobs) <= chunk:
             for start in range(0, len(jobs), chunk):
-                collect(_run_chunk(jobs[start : start + chunk], str(out), size, square))
+                collect(_run_chunk(jobs[start : start + chunk], str(out), size, square, max_pixels))
         else:
             import multiprocessing as mp
 
@@ -156,7 +177,7 @@ def build_cache(
             ctx = mp.get_context("spawn")
             chunks = [list(jobs[s : s + chunk]) for s in range(0, len(jobs), chunk)]
             with ProcessPoolExecutor(max_workers=min(workers, os.cpu_count() or 1), mp_context=ctx) as pool:
-                futures = [pool.submit(_run_chunk, c, str(out), size, square) for c in chunks]
+                futures = [pool.submit(_run_chunk, c, str(out), size, square, max_pixels) for c in chunks]
                 for fut in futures:
                     collect(fut.result())
     finally:

@@ -30,6 +30,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="parse metadata only; no image is read, image_path points at the originals",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--encoding",
+        default=None,
+        help="text encodings of CSVs and reports, tried per line in order (utf-8; e.g. utf-8,cp1252); "
+        "a line none decodes is dropped and counted",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=None,
+        help="an image declaring more pixels is counted as unreadable, not decoded (100000000)",
+    )
     parser.add_argument("--views", default=None, help="views to keep, comma-separated (mimic-cxr, chexpert: PA,AP)")
     g = parser.add_argument_group("mimic-cxr")
     g.add_argument(
@@ -65,6 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 EXTRA_KEYS = (
+    "encoding",
     "views",
     "reports",
     "uncertain",
@@ -87,6 +100,8 @@ def options_from_args(args: argparse.Namespace):
 
     if args.size < 8:
         raise ValueError(f"--size {args.size} is too small (use e.g. 224 or 512)")
+    if args.max_pixels is not None and args.max_pixels < 1:
+        raise ValueError(f"--max-pixels {args.max_pixels} must be a positive number of pixels")
     if not Path(args.root).is_dir():
         raise FileNotFoundError(f"--root {args.root} is not a folder")
     extra = {k: getattr(args, k) for k in EXTRA_KEYS if getattr(args, k, None) not in (None, False)}
@@ -100,6 +115,7 @@ def options_from_args(args: argparse.Namespace):
         square=args.square,
         metadata_only=args.metadata_only,
         progress=not args.no_progress,
+        max_pixels=args.max_pixels,
         extra=extra,
     )
 
@@ -113,5 +129,9 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps(summary, indent=2))
     for name, f in report["dropped"].items():
         print(f"  dropped {f['count']:>8} {name}: {f['reason']}")
+    shared = report.get("notes", {}).get("rows_sharing_an_image")
+    if shared:
+        print(f"  note: {shared['count']} rows name {shared['files']} image file(s) that another row names too "
+              f"(kept), e.g. {', '.join(shared['examples'][:3])}")
     print(f"wrote {opts.out}/studies.csv and {opts.out}/prepare_report.json")
     return 0

@@ -8,6 +8,7 @@ missing-image check, the image cache, dropping rows whose image failed, writing 
 
 from __future__ import annotations
 
+import contextvars
 import gzip
 import io
 import json
@@ -27,6 +28,10 @@ from reclf.data.studies import CHEXPERT_LABELS, SPLITS, write_studies
 from reclf.utils.io import atomic_write_json
 
 SOURCE_COLUMNS = ("source_path", "mask_spec", "cache_key")
+
+#: The text encodings of ``--encoding`` for the prepare run in progress (set by ``reclf.data.sources.parse_source``
+#: so every adapter's CSV and report reads follow it without threading it through each helper).
+ENCODINGS: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("reclf_encodings", default=("utf-8",))
 
 
 class SourceLayoutError(FileNotFoundError):
@@ -50,6 +55,7 @@ class PrepareOptions:
     square: bool = False
     metadata_only: bool = False
     progress: bool = True
+    max_pixels: int | None = None  # None: reclf.data.images.DEFAULT_MAX_PIXELS
     extra: dict[str, Any] = field(default_factory=dict)
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -165,24 +171,105 @@ def read_csv_any(path: Path, **kwargs: Any) -> pd.DataFrame:
     kwargs.setdefault("dtype", str)
     kwargs.setdefault("keep_default_na", False)
     data = read_bytes_any(path)
-    return pd.read_csv(io.BytesIO(data), **kwargs)
+    if not data.strip():
+        raise SourceLayoutError(f"{path} is empty (0 bytes); expected a CSV with a header line and data rows")
+    try:
+        return pd.read_csv(io.BytesIO(data), **kwargs)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise SourceLayoutError(f"{path} cannot be read as CSV: {exc}") from exc
 
 
-def read_csv_counting_bad(path: Path, drops: DropLog, name: str = "malformed_csv_row") -> pd.DataFrame:
-    """Read a CSV, dropping (and counting) lines with too many fields instead of failing.
+def read_csv_counting_bad(
+    path: Path, drops: DropLog, name: str = "malformed_csv_row", encoding: str | tuple[str, ...] | None = None
+) -> pd.DataFrame:
+    """Read a CSV (plain/.gz/.zip) as strings, dropping and counting bad rows instead of failing.
 
-    Lines with too few fields come back with empty cells; the adapters' own checks count those.
+    Every cell is a string. A row with more fields than the header (an unquoted comma) is dropped and counted
+    under ``name`` with its line number, wherever it is in the file (pandas would silently take the first
+    column as an index when it is the first data row); a row with fewer fields gets empty cells (the adapters'
+    own checks count those). Text is decoded per line with :func:`reclf.data.studies.decode_lines`: a row on
+    a line that none of ``encoding`` (``"utf-8"`` by default, ``--encoding``) can decode is dropped and counted
+    as ``not_decodable_row``. The frame's ``attrs["lines"]`` holds each kept row's first line number. A 0-byte
+    file, a file without a header, an undecodable header and a CSV the parser cannot follow are errors naming
+    the file.
     """
-    import warnings
+    import csv
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        df = read_csv_any(path, on_bad_lines="warn")
-    bad = [
-        line.strip() for w in caught for line in str(w.message).splitlines() if line.strip().startswith("Skipping line")
-    ]
-    drops.bad(name, f"{path.name}: line with more fields than the header", len(bad), bad)
+    from reclf.data.studies import BAD_TEXT, decode_lines, parse_encodings
+
+    encodings = parse_encodings(encoding) if encoding is not None else ENCODINGS.get()
+    data = read_bytes_any(path)
+    if not data.strip():
+        raise SourceLayoutError(f"{path} is empty (0 bytes); expected a CSV with a header line and data rows")
+    text, bad_lines, fallback = decode_lines(data, encodings)
+    csv.field_size_limit(2**31 - 1)  # a 1 MB report is one field
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header: list[str] | None = None
+    rows: list[list[str]] = []
+    lines: list[int] = []
+    too_many: list[str] = []
+    undecodable: list[str] = []
+    start = 1
+    try:
+        for record in reader:
+            first, start = start, reader.line_num + 1
+            if not record or (len(record) == 1 and not record[0].strip()):
+                continue  # blank line
+            if header is None:
+                if any(BAD_TEXT in c for c in record):
+                    raise SourceLayoutError(
+                        f"{path}: the header line is not valid {'/'.join(encodings)} text; pass --encoding "
+                        "(e.g. --encoding utf-8,cp1252)"
+                    )
+                header = _unique_names(record)
+                continue
+            if any(BAD_TEXT in c for c in record):
+                undecodable.append(f"line {first}")
+                continue
+            if len(record) > len(header):
+                too_many.append(f"line {first}: {len(record)} fields, header has {len(header)}")
+                continue
+            if len(record) < len(header):
+                record = record + [""] * (len(header) - len(record))
+            rows.append(record)
+            lines.append(first)
+    except csv.Error as exc:
+        raise SourceLayoutError(f"{path}: line {reader.line_num} cannot be parsed as CSV ({exc})") from exc
+    if header is None:
+        raise SourceLayoutError(f"{path} holds no header line; expected a CSV with a header line and data rows")
+    drops.bad(name, f"{path.name}: line with more fields than the header (an unquoted comma?)", len(too_many), too_many)
+    drops.bad(
+        "not_decodable_row",
+        f"{path.name}: line that is not valid {'/'.join(encodings)} text (--encoding chooses the encodings)",
+        len(undecodable),
+        undecodable,
+    )
+    if fallback:
+        drops.note(f"{path.name}: lines decoded with a fallback encoding", fallback)
+    df = pd.DataFrame(rows, columns=header, dtype=str) if rows else pd.DataFrame(columns=header, dtype=str)
+    df.attrs["lines"] = lines
     return df
+
+
+def _unique_names(names: list[str]) -> list[str]:
+    """Header names made unique the way pandas does it (``a``, ``a.1``, ...)."""
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:
+        k = seen.get(n, 0)
+        out.append(n if k == 0 else f"{n}.{k}")
+        seen[n] = k + 1
+    return out
+
+
+def decode_report(data: bytes) -> str | None:
+    """A report's text in the first of ``--encoding`` that decodes it whole (None: none does)."""
+    for enc in ENCODINGS.get():
+        try:
+            return data.decode(enc)
+        except UnicodeDecodeError:
+            continue
+    return None
 
 
 def require_columns(df: pd.DataFrame, columns: Iterable[str], path: Path) -> None:
@@ -237,11 +324,70 @@ def _cache_rel(path: str, root: Path) -> str:
     return str(Path("images") / rel.with_suffix(".png"))
 
 
+def cache_names(files: Iterable[str], root: Path) -> dict[str, str]:
+    """A cache path (relative to ``--out``) for each distinct source file, unique per file.
+
+    The usual name is the path below the root with a ``.png`` suffix (``a/scan.jpg`` -> ``images/a/scan.png``).
+    When two distinct files would share a name (``scan.png`` and ``scan.jpg`` in one folder; two files named
+    ``x.png`` outside the root) each of them keeps its extension (``scan.jpg.png``) and, if that still clashes,
+    gets a hash of its full path (``scan.3f2a9c01de.png``). ``files`` should be real paths (symlinks and ``..``
+    resolved) so that one file has one name. Deterministic for a given set of files.
+    """
+    import hashlib
+
+    distinct = list(dict.fromkeys(files))
+    names = {f: _cache_rel(f, root) for f in distinct}
+
+    def with_ext(f: str) -> str:
+        name = Path(names[f])
+        return str(name.with_name(Path(f).name + ".png"))
+
+    def hashed(f: str) -> str:
+        digest = hashlib.sha1(str(Path(f).resolve()).encode("utf-8", "surrogateescape")).hexdigest()[:10]
+        return str(Path(names[f]).with_name(f"{Path(f).stem}.{digest}.png"))
+
+    for rule in (with_ext, hashed):
+        seen: dict[str, int] = {}
+        for name in names.values():
+            seen[name] = seen.get(name, 0) + 1
+        clash = [f for f in distinct if seen[names[f]] > 1]
+        if not clash:
+            break
+        for f in clash:
+            names[f] = rule(f)
+    if len(set(names.values())) != len(names):  # a bug guard: sha1 prefixes of distinct paths do not clash
+        raise RuntimeError("cache names are not unique; please report this")
+    return names
+
+
+def _note_shared_images(main: pd.DataFrame, real_of: dict[str, str], drops: DropLog) -> None:
+    """Rows of the main table whose image is the same file as another row's: kept, but reported."""
+    real = main["source_path"].map(lambda p: real_of.get(p, ""))
+    shared = (real != "") & real.duplicated(keep=False)
+    if shared.any():
+        ids = main.loc[shared, "study_id"].astype(str).tolist()
+        drops.note(
+            "rows_sharing_an_image",
+            {
+                "count": int(shared.sum()),
+                "files": int(real[shared].nunique()),
+                "reason": "two or more rows name the same image file (kept; check that this is intended)",
+                "examples": ids[: DropLog.MAX_EXAMPLES],
+            },
+        )
+
+
 def run_prepare(table: SourceTable, opts: PrepareOptions) -> dict[str, Any]:
     """Check images, build the cache, write tables, split lists and ``prepare_report.json``; return the report."""
     from reclf.data.sources.cache import CacheJob, build_cache
 
     t0 = time.time()
+    if table.rows_read == 0:
+        where = table.info.get("csv") or table.info.get("metadata") or opts.root
+        raise SourceLayoutError(
+            f"{where}: the metadata holds no data rows (a header only?); nothing to prepare. "
+            "Check --root and the file names"
+        )
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     drops = table.drops
@@ -266,30 +412,39 @@ def run_prepare(table: SourceTable, opts: PrepareOptions) -> dict[str, Any]:
         missing = [p for p, e in exists.items() if not e]
         n_missing_rows = int((~main["source_path"].map(exists)).sum())
         drops.bad("missing_image", "the image file named by the metadata does not exist", n_missing_rows, missing)
-        mask_of = {}
+        # One file, one cache entry: ``a/../x.png``, ``x.png`` and a symlink to it are the same file.
+        real_of = {p: os.path.realpath(p) for p in sources if exists[p]}
+        _note_shared_images(main, real_of, drops)
+        names = cache_names(real_of.values(), Path(opts.root))
+        mask_of: dict[str, str] = {}
         if "mask_spec" in main.columns:
-            mask_of = {p: s for p, s in zip(main["source_path"], main["mask_spec"]) if isinstance(s, str) and s}
+            for p, spec in zip(main["source_path"], main["mask_spec"]):
+                if isinstance(spec, str) and spec and p in real_of:
+                    mask_of.setdefault(real_of[p], spec)
         jobs = []
-        for p in sources:
-            if not exists[p]:
-                continue
-            dst = _cache_rel(p, opts.root)
-            spec = mask_of.get(p)
+        for real, dst in names.items():
+            spec = mask_of.get(real)
             mask_dst = str(Path("masks") / Path(dst).relative_to("images")) if spec else None
-            jobs.append(CacheJob(key=p, src=p, dst=dst, mask_spec=spec, mask_dst=mask_dst))
-        result = build_cache(jobs, out, opts.size, opts.square, opts.workers, progress=opts.progress)
+            jobs.append(CacheJob(key=real, src=real, dst=dst, mask_spec=spec, mask_dst=mask_dst))
+        result = build_cache(
+            jobs, out, opts.size, opts.square, opts.workers, progress=opts.progress, max_pixels=opts.max_pixels
+        )
         cache_summary.update(result.summary())
-        failed_rows = int(main["source_path"].isin(list(result.failed)).sum())
+        cache_summary["distinct_images"] = len(jobs)
+        failed_sources = {p for p, r in real_of.items() if r in result.failed}
+        failed_rows = int(main["source_path"].isin(list(failed_sources)).sum())
         drops.bad(
             "unreadable_image",
-            "the image could not be read (corrupt/truncated JPEG, PNG or DICOM, or a mask that does not fit it)",
+            "the image could not be read (corrupt/truncated JPEG, PNG or DICOM, more pixels than --max-pixels, "
+            "or a mask that does not fit it)",
             failed_rows,
             [f"{k}: {v}" for k, v in list(result.failed.items())],
         )
-        ok_paths = {j.key for j in jobs if j.key not in result.failed}
-        meta = result.meta
-        dst_of = {j.key: j.dst for j in jobs}
-        mask_dst_of = {j.key: j.mask_dst for j in jobs if j.mask_dst}
+        ok_paths = {p for p in real_of if p not in failed_sources}
+        meta = {p: result.meta[r] for p, r in real_of.items() if r in result.meta}
+        dst_of = {p: names[r] for p, r in real_of.items()}
+        mask_dst_by_real = {j.key: j.mask_dst for j in jobs if j.mask_dst}
+        mask_dst_of = {p: mask_dst_by_real[r] for p, r in real_of.items() if r in mask_dst_by_real}
         for name, df in [("", main), *extras.items()]:
             prefix = "../" if name else ""
             df["image_path"] = [prefix + dst_of.get(p, "") for p in df["source_path"]]
@@ -335,6 +490,11 @@ def run_prepare(table: SourceTable, opts: PrepareOptions) -> dict[str, Any]:
         "elapsed_s": round(time.time() - t0, 3),
     }
     atomic_write_json(out / "prepare_report.json", report)
+    if len(main_out) == 0:
+        raise BadInputError(
+            f"none of the {table.rows_read} rows read from {opts.root} survived (missing or unreadable images, "
+            f"bad rows): see 'dropped' in {out / 'prepare_report.json'}"
+        )
     return report
 
 

@@ -17,7 +17,14 @@ from pathlib import Path
 import pandas as pd
 
 from reclf.data.sources.chexpert import two_way_split
-from reclf.data.sources.common import DropLog, PrepareOptions, SourceLayoutError, SourceTable, canonical_frame
+from reclf.data.sources.common import (
+    DropLog,
+    PrepareOptions,
+    SourceLayoutError,
+    SourceTable,
+    canonical_frame,
+    decode_report,
+)
 
 NORMAL = {"normal", "negative"}
 DISEASE = {"pneumonia", "covid-19", "covid", "positive"}
@@ -47,11 +54,11 @@ def read_list(path: Path, drops: DropLog) -> pd.DataFrame:
     rows, bad = [], []
     data = path.read_bytes()
     for lineno, raw in enumerate(data.splitlines(), start=1):
-        try:
-            line = raw.decode("utf-8").strip()
-        except UnicodeDecodeError:
+        line = decode_report(raw)
+        if line is None:
             bad.append(f"{path.name}:{lineno}")
             continue
+        line = line.strip()
         if not line:
             continue
         parts = line.split()

@@ -27,6 +27,7 @@ from reclf.data.sources.common import (
     SourceLayoutError,
     SourceTable,
     canonical_frame,
+    decode_report,
     find_file,
     read_csv_counting_bad,
     require_columns,
@@ -139,9 +140,8 @@ def parse(opts: PrepareOptions) -> SourceTable:
         if data is None:
             missing.append(f"p{subject}/s{study}")
             continue
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
+        text = decode_report(data)
+        if text is None:
             not_utf8.append(f"p{subject}/s{study}")
             continue
         sec = extract_sections(text)

@@ -49,6 +49,7 @@ def parse(opts: PrepareOptions) -> SourceTable:
     patient_col, split_col, id_col = (opts.get(k) for k in ("patient_column", "split_column", "id_column"))
     require_columns(raw, [c for c in (image_col, report_col, patient_col, split_col, id_col) if c], csv)
     n_read = len(raw)
+    line = pd.Series(raw.attrs.get("lines") or [i + 2 for i in raw.index], index=raw.index)
     image = raw[image_col].astype(str).str.strip()
     report = raw[report_col].astype(str)
     bad = image == ""
@@ -56,11 +57,11 @@ def parse(opts: PrepareOptions) -> SourceTable:
         "malformed_csv_row",
         f"{csv.name}: row without an image path",
         int(bad.sum()),
-        [f"row {i + 2}" for i in raw.index[bad][:5]],
+        [f"line {n}" for n in line[bad][:5]],
     )
     sections = [extract_sections(t) for t in report]
     empty = pd.Series([s.empty for s in sections], index=raw.index) & ~bad
-    drops.bad("report_no_sections", "an empty report", int(empty.sum()), [f"row {i + 2}" for i in raw.index[empty]])
+    drops.bad("report_no_sections", "an empty report", int(empty.sum()), [f"line {n}" for n in line[empty]])
     keep = ~(bad | empty)
     ids = (
         raw[id_col].astype(str).str.strip()
@@ -68,7 +69,8 @@ def parse(opts: PrepareOptions) -> SourceTable:
         else pd.Series([f"row{i:07d}" for i in raw.index], index=raw.index)
     )
     dup = ids.duplicated() & keep
-    drops.bad("duplicate_id", "an id listed twice", int(dup.sum()), ids[dup])
+    dup_where = [f"{i} (line {n})" for i, n in zip(ids[dup], line[dup])]
+    drops.bad("duplicate_id", "an id listed twice", int(dup.sum()), dup_where)
     keep &= ~dup
     patients = raw[patient_col].astype(str).str.strip() if patient_col else ids
     if split_col:

@@ -60,8 +60,21 @@ def _min_size(grid: Grid, pixels: float = 1.2) -> float:
     return pixels / grid.size
 
 
-def _place(anat: Anatomy, side: str, zone: str, rng: np.random.Generator, margin: float) -> tuple[float, float]:
-    """A point inside ``side``'s lung within ``zone`` (falls back to the zone's centre line)."""
+def _place(
+    anat: Anatomy,
+    side: str,
+    zone: str,
+    rng: np.random.Generator,
+    margin: float,
+    fallback: tuple[Grid, AnatomyLayers] | None = None,
+) -> tuple[float, float]:
+    """A point inside ``side``'s lung within ``zone`` (falls back to the zone's centre line).
+
+    ``fallback=(grid, layers)`` picks a pixel centre of the rendered lung instead (see
+    :func:`_place_on_pixels`): slower, but the finding is then certain to cover at least that pixel.
+    """
+    if fallback is not None:
+        return _place_on_pixels(anat, side, zone, rng, margin, *fallback)
     y0, y1 = anat.zone_range(side, zone)
     n = 24
     us = rng.uniform(0.25, 0.85, n) * anat.tw
@@ -71,6 +84,36 @@ def _place(anat: Anatomy, side: str, zone: str, rng: np.random.Generator, margin
     ok = lung_mask(anat, side, xs + offsets[:, :1], ys + offsets[:, 1:]).all(axis=0)  # centre and 4 neighbours
     i = int(np.argmax(ok)) if ok.any() else 0
     return float(xs[i]), float(ys[i])
+
+
+def _place_on_pixels(
+    anat: Anatomy, side: str, zone: str, rng: np.random.Generator, margin: float, grid: Grid, layers: AnatomyLayers
+) -> tuple[float, float]:
+    """A pixel centre of ``side``'s rendered lung: in ``zone`` with room ``margin`` if any, else nearest the zone.
+
+    Used when :func:`_place`'s 24 random candidates all missed the lung, which happens when an enlarged heart
+    covers most of the left lower zone. A blob or band centred exactly on a lung pixel centre always covers
+    that pixel, so the finding's mask cannot come out empty. Candidates are taken in raster order, so the
+    choice is a pure function of ``rng``.
+    """
+    lung = layers.lungs[side] & layers.thorax
+    if not lung.any():
+        raise ValueError(f"the {side} lung has no pixel at {grid.size} px; cannot place a finding there")
+    y0, y1 = anat.zone_range(side, zone)
+    py = grid.py
+    roomy = lung.copy()
+    for dx, dy in ((margin, 0.0), (-margin, 0.0), (0.0, margin), (0.0, -margin)):
+        roomy &= lung_mask(anat, side, grid.px + np.float32(dx), py + np.float32(dy))
+    in_zone = (py >= y0) & (py < y1)
+    for cand in (lung & roomy & in_zone, lung & in_zone):
+        if cand.any():
+            break
+    else:  # no lung pixel in the zone at all: the lung pixels nearest to it
+        dist = np.where(lung, np.maximum(y0 - py, py - y1), np.inf)
+        cand = dist <= dist.min() + 0.5 / grid.size
+    rows, cols = np.nonzero(cand)
+    k = int(rng.integers(len(rows)))
+    return float(grid.px[rows[k], cols[k]]), float(grid.py[rows[k], cols[k]])
 
 
 #: Blob fields are only used where they exceed this (finding thresholds are 0.3 and 0.37).
@@ -105,20 +148,22 @@ def _blob(
     return box, field
 
 
-def _opacity(spec: FindingSpec, anat: Anatomy, grid: Grid, layers: AnatomyLayers, rng) -> np.ndarray:
+def _opacity(
+    spec: FindingSpec, anat: Anatomy, grid: Grid, layers: AnatomyLayers, rng, fallback: bool = False
+) -> np.ndarray:
     """Consolidation (dense, homogeneous), pneumonia (patchy) or a lung nodule/mass."""
     mask = np.zeros_like(grid.px, dtype=bool)
     for side in spec.sides():
         if spec.finding == "lung_lesion":
             r = {"mild": 0.016, "moderate": 0.027, "severe": 0.05}[spec.severity]
             r = max(r, _min_size(grid, 1.3))
-            x, y = _place(anat, side, spec.zone, rng, r)
+            x, y = _place(anat, side, spec.zone, rng, r, (grid, layers) if fallback else None)
             box, field = _blob(grid, x, y, r, rng, 1 if spec.severity != "severe" else 3)
             m = (field > 0.37) & layers.lungs[side][box]
             layers.density[box] += m * (0.45 + 0.2 * field)
         else:
             r = {"mild": 0.04, "moderate": 0.058, "severe": 0.08}[spec.severity]
-            x, y = _place(anat, side, spec.zone, rng, r * 0.5)
+            x, y = _place(anat, side, spec.zone, rng, r * 0.5, (grid, layers) if fallback else None)
             box, field = _blob(grid, x, y, r, rng, 4, aspect=rng.uniform(1.0, 1.5))
             m = (field > 0.3) & layers.lungs[side][box]
             edge = np.clip((field - 0.3) * (1.0 / 0.35), 0.0, 1.0)
@@ -131,7 +176,9 @@ def _opacity(spec: FindingSpec, anat: Anatomy, grid: Grid, layers: AnatomyLayers
     return mask
 
 
-def _atelectasis(spec: FindingSpec, anat: Anatomy, grid: Grid, layers: AnatomyLayers, rng) -> np.ndarray:
+def _atelectasis(
+    spec: FindingSpec, anat: Anatomy, grid: Grid, layers: AnatomyLayers, rng, fallback: bool = False
+) -> np.ndarray:
     """Plate-like (mild), band (moderate) or lobar collapse wedge (severe)."""
     mask = np.zeros_like(grid.px, dtype=bool)
     rx, ry, amp = {"mild": (0.07, 0.008, 0.4), "moderate": (0.09, 0.022, 0.45), "severe": (0.11, 0.05, 0.55)}[
@@ -139,7 +186,7 @@ def _atelectasis(spec: FindingSpec, anat: Anatomy, grid: Grid, layers: AnatomyLa
     ]
     ry = max(ry, _min_size(grid, 1.0))
     for side in spec.sides():
-        x, y = _place(anat, side, spec.zone, rng, ry)
+        x, y = _place(anat, side, spec.zone, rng, ry, (grid, layers) if fallback else None)
         tilt = rng.uniform(-0.25, 0.25) * sigma(side)
         reach = math.hypot(rx, 1.4 * ry)  # |a| < rx and |b| < 1.4 ry inside the band or wedge
         box = grid.box(x - reach, x + reach, y - reach, y + reach)
@@ -271,13 +318,23 @@ RENDERERS = {
 }
 
 
-def render_finding(spec: FindingSpec, anat: Anatomy, grid: Grid, layers: AnatomyLayers, rng) -> np.ndarray:
+#: Renderers that place their finding with :func:`_place` (and so accept ``fallback``).
+PLACED = ("atelectasis", "consolidation", "pneumonia", "lung_lesion")
+
+
+def render_finding(
+    spec: FindingSpec, anat: Anatomy, grid: Grid, layers: AnatomyLayers, rng, fallback: bool = False
+) -> np.ndarray:
     """Add one finding to ``layers.density`` in place; return its mask (bool [S, S], inside the thorax).
 
     Cardiomegaly is part of the anatomy (see ``anatomy.with_cardiomegaly``); its mask is the heart.
+    ``fallback``: place the finding on a pixel of the rendered lung (:func:`_place_on_pixels`), which
+    guarantees a non-empty mask; the default sampling is kept otherwise so that outputs stay as they were.
     """
     if spec.finding == "cardiomegaly":
         mask = layers.heart.copy()
+    elif spec.finding in PLACED:
+        mask = RENDERERS[spec.finding](spec, anat, grid, layers, rng, fallback=fallback)
     else:
         mask = RENDERERS[spec.finding](spec, anat, grid, layers, rng)
     return mask & layers.thorax

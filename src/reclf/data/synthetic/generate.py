@@ -135,8 +135,12 @@ class RenderedStudy:
     lungs: dict[str, np.ndarray]  # patient side -> bool [S, S]
 
 
-def render_study(spec: StudySpec, size: int) -> RenderedStudy:
-    """Render ONE study from its spec (pure function of ``spec`` and ``size``)."""
+def render_study(spec: StudySpec, size: int, fallback: bool = False) -> RenderedStudy:
+    """Render ONE study from its spec (pure function of ``spec``, ``size`` and ``fallback``).
+
+    ``fallback``: place findings on pixels of the rendered lung (``findings._place_on_pixels``), which
+    cannot leave a mask empty; :func:`render_study_checked` uses it only when the usual sampling failed.
+    """
     if not SIZE_RANGE[0] <= size <= SIZE_RANGE[1]:
         raise ValueError(f"size must be between {SIZE_RANGE[0]} and {SIZE_RANGE[1]} pixels, got {size}")
     rng = np.random.default_rng([spec.seed, 0])
@@ -149,7 +153,9 @@ def render_study(spec: StudySpec, size: int) -> RenderedStudy:
     masks: list[np.ndarray | None] = [None] * len(spec.findings)
     order = sorted(range(len(spec.findings)), key=lambda i: RENDER_ORDER.index(spec.findings[i].finding))
     for i in order:
-        masks[i] = render_finding(spec.findings[i], anat, grid, layers, np.random.default_rng([spec.seed, 1, i]))
+        masks[i] = render_finding(
+            spec.findings[i], anat, grid, layers, np.random.default_rng([spec.seed, 1, i]), fallback=fallback
+        )
     image = expose(layers.density, anat, np.random.default_rng([spec.seed, 2]))
     report = compose_report(
         list(spec.findings), spec.view, anat.low_volumes, spec.prior, np.random.default_rng([spec.seed, 3])
@@ -166,7 +172,13 @@ def render_study(spec: StudySpec, size: int) -> RenderedStudy:
 
 
 def render_study_checked(spec: StudySpec, size: int, attempts: int = 8) -> RenderedStudy:
-    """:func:`render_study`, redrawing the study's seed if a finding's mask came out empty."""
+    """:func:`render_study`, redrawing the study's seed if a finding's mask came out empty.
+
+    After ``attempts`` draws (an enlarged heart can cover almost all of the left lower zone, so every
+    random placement may miss the lung) the study is rendered from its own seed with the findings placed
+    on pixels of the rendered lung, which cannot fail. Studies that succeeded on a draw keep exactly the
+    bytes they had before this fallback existed; one unlucky draw never ends a generation.
+    """
     for attempt in range(attempts):
         trial = (
             spec if attempt == 0 else replace(spec, seed=int(derive_rng(spec.seed, "retry", attempt).integers(2**62)))
@@ -174,7 +186,10 @@ def render_study_checked(spec: StudySpec, size: int, attempts: int = 8) -> Rende
         out = render_study(trial, size)
         if all(m.any() for m in out.masks):
             return out
-    raise RuntimeError(f"{spec.study_id}: a finding mask stayed empty after {attempts} attempts at {size} px")
+    out = render_study(spec, size, fallback=True)
+    if not all(m.any() for m in out.masks):  # a bug guard: the pixel placement covers at least one pixel
+        raise RuntimeError(f"{spec.study_id}: a finding mask stayed empty at {size} px even with pixel placement")
+    return out
 
 
 def sample_finding(
