@@ -125,7 +125,7 @@ def test_version_and_help_load_no_command_module():
 
 
 @pytest.mark.parametrize("command", ["synth", "prepare", "presets", "pretrain", "export", "evaluate", "report",
-                                     "explain", "demo"])
+                                     "explain", "demo", "convert"])
 def test_every_command_still_gets_its_arguments(command, capsys):
     from reclf.cli import COMMANDS, main
 
@@ -134,3 +134,14 @@ def test_every_command_still_gets_its_arguments(command, capsys):
         main([command, "--help"])
     assert exit_.value.code == 0
     assert "usage: reclf " + command in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["evaluate", "zeroshot", "--help"], ["evaluate", "segment", "--help"]])
+def test_nested_sub_commands_get_their_arguments(argv, capsys):
+    """Sub-commands of a command (evaluate TASK) inherit the lazy parser class and still get their arguments."""
+    from reclf.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 0
+    assert "usage: reclf " + " ".join(argv[:2]) in capsys.readouterr().out
