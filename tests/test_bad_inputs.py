@@ -23,8 +23,8 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers.image_files import write_dicom
 from reclf.cli import main
-from reclf.data.sources.testing import write_dicom
 
 ROOT_USER = hasattr(os, "geteuid") and os.geteuid() == 0
 

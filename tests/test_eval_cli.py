@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
+from helpers.eval_stub import make_folder
 from reclf.evaluate import cli as eval_cli
 from reclf.evaluate import explain as explain_cli
 from reclf.evaluate import report as report_cli
-from test_eval_stub import make_folder
 
 
 def _run(module, argv):

@@ -52,6 +52,11 @@ class ImageEncoderConfig:
     resize_to: int | None = None
 
 
+#: Text encoder names that build without a download (``reclf.models.text``); any other name is a Hugging Face
+#: name or folder, whose tokenizer and architecture config ``save_pretrained`` keeps beside the weights.
+BUILTIN_TEXT_ENCODERS = ("bert-tiny", "minilm")
+
+
 @dataclass
 class TextEncoderConfig:
     """Which text encoder, and how reports become words."""

@@ -22,9 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from reclf.evaluate.common import load_table
+from reclf.evaluate.common import choose_target, label_targets, load_table
 from reclf.evaluate.features import iter_image_batches
-from reclf.evaluate.linear import label_targets
 from reclf.evaluate.loading import image_size_of
 from reclf.evaluate.metrics import macro_auroc
 from reclf.evaluate.optim import AdamW
@@ -75,12 +74,10 @@ def train_supervised(model: Any, data: str | Path, out: str | Path, cfg: Supervi
 
     The epoch with the best validation macro AUROC is kept. Returns what was trained and measured.
     """
-    from reclf.evaluate.linear import LinearConfig, choose_target
-
     fresh = fresh_like(model, cfg.seed)
     size = cfg.image_size or image_size_of(model)
     table = load_table(data)
-    _, labels = choose_target(table.df, LinearConfig(target="labels"))
+    _, labels = choose_target(table.df, target="labels")
     x, kept = _stack(table, size, cfg.batch_size)
     df = table.df.iloc[kept].reset_index(drop=True)
     y = torch.as_tensor(label_targets(df, labels), dtype=torch.float32)

@@ -29,9 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from reclf.evaluate.common import Table, data_info, load_table, model_info
+from reclf.evaluate.common import Table, data_info, load_table, model_info, patient_subset
 from reclf.evaluate.features import prepare_image, prepare_mask
-from reclf.evaluate.linear import patient_subset
 from reclf.evaluate.loading import LoadedModel, image_size_of
 from reclf.evaluate.metrics import dice_iou, positives
 from reclf.evaluate.optim import AdamW

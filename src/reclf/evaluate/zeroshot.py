@@ -26,11 +26,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from reclf.data.prompts import PromptSet, load_prompts, match_classes, sample_prompts
 from reclf.evaluate.common import data_info, load_table, model_info, report_bad
 from reclf.evaluate.features import encode_images, encode_texts, similarity_matrix
 from reclf.evaluate.loading import LoadedModel, image_size_of
 from reclf.evaluate.metrics import accuracy, auroc, macro_auroc, macro_f1
-from reclf.evaluate.prompts import PromptSet, load_prompts, match_classes, sample_prompts
 from reclf.evaluate.results import TaskResult, format_table, write_results
 from reclf.evaluate.stats import Estimate, bootstrap_ci
 

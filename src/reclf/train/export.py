@@ -29,7 +29,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, model: Any = None, over
     from the config saved in the checkpoint with ``reclf.methods.build_model``).
     """
     from reclf.methods.model_card import training_info_from_checkpoint, write_model_card
-    from reclf.methods.pretrained import is_model_folder
+    from reclf.methods.saving import is_model_folder
     from reclf.train.runs import load_checkpoint
     from reclf.utils.io import atomic_dir
 

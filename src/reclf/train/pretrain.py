@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from reclf.config import Config, ConfigError, save_config, to_dict
+from reclf.config import BUILTIN_TEXT_ENCODERS, Config, ConfigError, save_config, to_dict
 from reclf.data.datasets import ON_ERROR, BadDataError, check_bad_fraction
 from reclf.train.runs import (
     AtomicCheckpointIO,
@@ -35,7 +35,6 @@ from reclf.utils.io import atomic_write_json
 from reclf.utils.seed import seed_everything
 
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "32", "bf16", "16")
-BUILTIN_TEXT_ENCODERS = ("bert-tiny", "minilm")
 DRY_RUN_PAIRS = 4
 DRY_RUN_BATCH = 2
 

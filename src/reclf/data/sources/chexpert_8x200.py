@@ -42,7 +42,7 @@ def retrieval_candidates(df: pd.DataFrame) -> pd.Series:
 
 def query_sentences() -> tuple[dict[str, str], int | str]:
     """The class query sentences and the prompt file's version."""
-    from reclf.evaluate.prompts import load_prompts
+    from reclf.data.prompts import load_prompts
 
     ps = load_prompts("chexpert_8x200")
     return {c: ps.classes[c][0] for c in RETRIEVAL_CLASSES}, ps.version
