@@ -331,7 +331,7 @@ def test_every_command_with_an_unwritable_output(corpus, blocker, model_dir, tin
     commands = {
         "synth": ["synth", "--out", bad, "--n", "20", "--per-class", "2", "--size", "64"],
         "prepare": prepare_args(corpus["root"], bad),
-        "pretrain": ["pretrain", "configs/demo_convirt.yaml", f"train.runs_dir={bad}",
+        "pretrain": ["pretrain", "demo_convirt", f"train.runs_dir={bad}",
                      f"data.root={pairs_of(tiny_table)}", "train.max_steps=1", "train.progress=false"],
         "export": ["export", ckpt, "--out", bad],
         "evaluate": ["evaluate", "zeroshot", "--model", model_dir, "--data", tiny_table, "--out", bad,
@@ -401,7 +401,7 @@ def test_bad_text_encoder_folder(tiny_table, tmp_path, capsys):
     folder = tmp_path / "enc"
     folder.mkdir()
     (folder / "config.json").write_text("{ not json")
-    code, text = run_cli(capsys, "pretrain", "configs/demo_convirt.yaml", f"text_encoder.name={folder}",
+    code, text = run_cli(capsys, "pretrain", "demo_convirt", f"text_encoder.name={folder}",
                          f"data.root={pairs_of(tiny_table)}", f"train.runs_dir={tmp_path / 'runs'}",
                          "train.max_steps=1")
     assert code == 1 and str(folder) in text
@@ -419,7 +419,7 @@ def test_save_pretrained_never_deletes_other_files(model_dir, tmp_path):
     assert sorted(os.listdir(mine)) == ["notes.txt"]
     model.save_pretrained(mine, overwrite=True)
     assert (mine / "notes.txt").read_text() == "keep me"
-    assert sorted(os.listdir(mine)) == ["config.json", "model.safetensors", "notes.txt"]
+    assert sorted(os.listdir(mine)) == ["README.md", "config.json", "model.safetensors", "notes.txt"]
     model.save_pretrained(mine)  # a model folder: replaced in place, the user's file still kept
     assert (mine / "notes.txt").read_text() == "keep me"
     assert from_pretrained(mine).method == model.method
@@ -440,7 +440,7 @@ def test_save_pretrained_never_deletes_other_files(model_dir, tmp_path):
     ],
 )
 def test_config_values_are_checked(override, key, tmp_path, capsys):
-    code, text = run_cli(capsys, "pretrain", "configs/demo_convirt.yaml", override, f"train.runs_dir={tmp_path}")
+    code, text = run_cli(capsys, "pretrain", "demo_convirt", override, f"train.runs_dir={tmp_path}")
     assert code == 1 and key in text
     assert list(tmp_path.iterdir()) == []
 
@@ -481,7 +481,7 @@ def test_explain_bad_image_and_report(model_dir, tmp_path, capsys):
 
 def test_a_run_that_fails_before_its_first_step_is_marked(tiny_table, tmp_path, capsys):
     runs = tmp_path / "runs"
-    code, text = run_cli(capsys, "pretrain", "configs/demo_convirt.yaml", f"data.root={pairs_of(tiny_table)}",
+    code, text = run_cli(capsys, "pretrain", "demo_convirt", f"data.root={pairs_of(tiny_table)}",
                          f"train.runs_dir={runs}", "train.accelerator=bogus", "train.max_steps=1")
     assert code == 1, text
     folders = [p for p in runs.rglob("*") if (p / "config.yaml").exists()]

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from helpers.train_stub import make_table
-from reclf.train.export import model_state_dict
+from reclf.train.checkpoint import model_state_dict
 from reclf.train.runs import load_checkpoint
 
 TESTS = Path(__file__).resolve().parent

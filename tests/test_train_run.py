@@ -12,7 +12,8 @@ from helpers.train_stub import StubModel, make_table, tiny_config
 from reclf.config import ConfigError, load_config
 from reclf.data.datasets import BadDataError
 from reclf.train import pretrain
-from reclf.train.export import export_checkpoint, model_state_dict
+from reclf.train.checkpoint import model_state_dict
+from reclf.train.export import export_checkpoint
 from reclf.train.module import NonFiniteLossError
 from reclf.train.runs import load_checkpoint
 from reclf.train.schedule import WarmupCosine

@@ -57,7 +57,7 @@ class _CommandParser(argparse.ArgumentParser):
         self._loaded = False
 
     def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
-        if not self._loaded:
+        if not self._loaded and self._command_module:  # a command's own sub-commands (evaluate TASK) have none
             self._loaded = True
             importlib.import_module(self._command_module).add_arguments(self)
         return super().parse_known_args(args, namespace)
