@@ -88,7 +88,7 @@ def test_protocol_options_from_the_command_line(setup):
 
 
 def lightning_checkpoint(folder, path):
-    """The checkpoint `reclf pretrain` writes for the model in ``folder`` (state_dict + the module's own "reclf" entry)."""
+    """The checkpoint `reclf pretrain` writes for the model in ``folder`` (state_dict + the "reclf" entry)."""
     from reclf.config import Config, to_dict
     from reclf.methods import from_pretrained
     from reclf.train.module import PretrainModule
