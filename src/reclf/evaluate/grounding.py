@@ -14,7 +14,7 @@ reported, never silently dropped. The report is read with the training section r
 The result also records how flat the maps are: ``attention_entropy`` is the mean over (image, word) of
 the normalised entropy of the word's map over the regions (1 = uniform, 0 = one region;
 :func:`attention_entropy`), on every evaluated image with its own report. A value near 1 means the
-method's context vectors are close to the mean region (issue 10; docs/methods.md) — a finding to
+method's context vectors are close to the mean region (docs/methods.md) — a finding to
 report, not to hide. Methods whose explanation has no word-region attention
 (ConVIRT: global only) get a result saying the task does not apply. MGCA's token-level
 attention counts as a matcher here.
@@ -57,14 +57,9 @@ class GroundingConfig:
 
 def finding_phrases(finding: str) -> list[list[str]]:
     """Word sequences that name ``finding`` in a report (synonyms first, longest first)."""
-    phrases: list[str] = []
-    try:
-        from reclf.data.synthetic.vocab import FINDING_SYNONYMS
+    from reclf.data.synthetic.vocab import FINDING_SYNONYMS
 
-        phrases += FINDING_SYNONYMS.get(finding, [])
-    except ImportError:  # pragma: no cover - vocab ships with the package
-        pass
-    phrases.append(finding.replace("_", " "))
+    phrases = [*FINDING_SYNONYMS.get(finding, []), finding.replace("_", " ")]
     seqs = [_WORD.findall(p.lower()) for p in phrases]
     return sorted([s for s in seqs if s], key=len, reverse=True)
 

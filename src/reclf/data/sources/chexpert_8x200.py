@@ -1,6 +1,6 @@
 """CheXpert 8x200: the class-level retrieval set of ConVIRT / GLoRIA / CXR-CLIP, built reproducibly.
 
-No repository ships its construction code or ID lists (``shared/reference/anchors.md`` §11), so
+No repository ships its construction code or ID lists, so
 reclf defines and publishes its own: 8 classes (Atelectasis, Cardiomegaly, Edema, Fracture, No
 Finding, Pleural Effusion, Pneumonia, Pneumothorax), 200 *exclusively positive* frontal
 ``train.csv`` images each — the class is 1 and none of the other 12 findings is positive or
