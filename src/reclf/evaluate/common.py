@@ -55,9 +55,9 @@ def model_info(loaded: LoadedModel) -> dict[str, Any]:
         "path": loaded.path,
         "weights": loaded.weights_path,
         "sha256": loaded.sha256,
-        "method": getattr(m, "method", None),
-        "has_local": bool(getattr(m, "has_local", False)),
-        "config": getattr(m, "config", None),
+        "method": m.method,
+        "has_local": bool(m.has_local),
+        "config": m.config,
     }
 
 

@@ -38,6 +38,7 @@ from reclf.evaluate.loading import LoadedModel, image_size_of
 from reclf.evaluate.metrics import attention_iou, pointing_game
 from reclf.evaluate.results import TaskResult, format_table, write_results
 from reclf.evaluate.stats import Estimate, mean_ci
+from reclf.methods.interface import EvaluableModel
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -90,7 +91,8 @@ class AttentionEntropy:
 
 
 @torch.no_grad()
-def attention_entropy(model: Any, images: Tensor, reports: Sequence[str], batch_size: int = 16) -> AttentionEntropy:
+def attention_entropy(model: EvaluableModel, images: Tensor, reports: Sequence[str],
+                      batch_size: int = 16) -> AttentionEntropy:
     """Mean normalised entropy of the word -> region attention of ``model`` on paired ``images[i]``-``reports[i]``.
 
     The attention is the method's own (``model.word_region_attention``: its matcher with its learned
@@ -134,7 +136,7 @@ def run_grounding(loaded: LoadedModel, data: str | Path, out: str | Path | None,
     config = asdict(cfg) | {"image_size": size}
 
     def not_applicable() -> TaskResult:
-        reason = f"method {getattr(model, 'method', '?')} has no word-region attention (no local matcher)"
+        reason = f"method {model.method} has no word-region attention (no local matcher)"
         result = TaskResult("grounding", {}, config, model_info(loaded), data_info(table), [cfg.seed],
                             {"not_applicable": reason})
         if out is not None:

@@ -37,6 +37,7 @@ from reclf.evaluate.optim import AdamW
 from reclf.evaluate.results import TaskResult, format_table, write_results
 from reclf.evaluate.stats import Estimate, mean_ci, summarise_seeds
 from reclf.evaluate.unet import Segmenter, segmentation_loss
+from reclf.methods.interface import EvaluableModel
 
 
 @dataclass
@@ -225,7 +226,7 @@ def run_segment_tasks(loaded: LoadedModel, data: str | Path, out: str | Path | N
     return result
 
 
-def _segment_one(model: Any, table: Table, size: int, cfg: SegmentConfig):
+def _segment_one(model: EvaluableModel, table: Table, size: int, cfg: SegmentConfig):
     x, y, kept, bad = load_pixels(table, size)
     if bad:
         print(f"skipped {len(bad)} unreadable image/mask rows of {len(table)} (first: row {bad[0][0]}: {bad[0][1]})")
