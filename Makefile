@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_ARGS ?=
 
-.PHONY: setup demo demo-quick test lint bench clean
+.PHONY: setup demo demo-quick test test-fast lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ lint: setup
 
 test: setup lint
 	$(PY) -m pytest -q
+
+# the inner loop: everything but the tests marked `slow` (end-to-end training, DDP, presets)
+test-fast: setup lint
+	$(PY) -m pytest -q -m "not slow"
 
 clean:
 	rm -rf $(VENV) out runs .pytest_cache

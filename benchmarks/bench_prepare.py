@@ -11,12 +11,15 @@ does not amortise; on a shared machine the rates vary with the load.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 from reclf.data.sources.cache import CacheJob, build_cache
-from reclf.data.sources.testing import gradient, write_dicom, write_jpeg
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the image writers are test helpers
+from helpers.image_files import gradient, write_dicom, write_jpeg  # noqa: E402
 
 MIMIC_IMAGES = 377_110
 

@@ -169,8 +169,8 @@ def lightning_ckpt(path, state, hparams):
 
 
 def test_gloria_end_to_end_and_evaluate(tmp_path):
+    from helpers.eval_stub import make_folder
     from reclf.evaluate.cli import run_task
-    from test_eval_stub import make_folder
 
     ref = materialise(gloria_layout())
     ckpt = lightning_ckpt(tmp_path / "gloria.ckpt", ref, {"model": {"text": {"last_n_layers": 4}}})

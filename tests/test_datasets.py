@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers.train_stub import make_table
 from reclf.data.datasets import (
     BadDataError,
     Collate,
@@ -17,7 +18,6 @@ from reclf.data.datasets import (
 from reclf.data.studies import read_studies
 from reclf.data.transforms import EvalTransform, TrainTransform, affine_matrix, apply_affine, resize_and_pad
 from reclf.utils.seed import rng
-from test_train_stub import make_table
 
 
 def _left_marked(h: int = 60, w: int = 80) -> np.ndarray:

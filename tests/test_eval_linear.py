@@ -4,9 +4,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from reclf.evaluate.linear import LinearConfig, patient_subset, run_linear
+from helpers.eval_stub import StubModel, make_folder
+from reclf.evaluate.common import patient_subset
+from reclf.evaluate.linear import LinearConfig, run_linear
 from reclf.evaluate.loading import wrap_model
-from test_eval_stub import StubModel, make_folder
 
 
 def test_patient_subsets_are_patient_level_and_seeded():
@@ -52,7 +53,7 @@ def test_linear_multiclass_target(tmp_path):
 
 
 def test_label_set_uncertain_policy_and_mgca_recipe(tmp_path):
-    from reclf.evaluate.linear import COMPETITION_LABELS, label_targets
+    from reclf.evaluate.common import COMPETITION_LABELS, label_targets
     from reclf.evaluate.loading import wrap_model
 
     df = pd.DataFrame({"Atelectasis": [1.0, -1.0, np.nan], "Cardiomegaly": [-1.0, 0.0, 1.0]})

@@ -3,10 +3,10 @@ import json
 import pandas as pd
 import torch
 
+from helpers.eval_stub import StubModel, make_folder
 from reclf.evaluate.grounding import GroundingConfig, finding_phrases, locate, run_grounding
 from reclf.evaluate.loading import wrap_model
 from reclf.evaluate.relations import RelationsConfig, run_relations, wins
-from test_eval_stub import StubModel, make_folder
 
 
 class SideLover(StubModel):

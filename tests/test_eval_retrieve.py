@@ -2,9 +2,9 @@ import json
 
 import torch
 
+from helpers.eval_stub import StubModel, make_folder
 from reclf.evaluate.loading import wrap_model
 from reclf.evaluate.retrieve import RetrieveConfig, run_retrieve
-from test_eval_stub import StubModel, make_folder
 
 
 def test_retrieve_end_to_end(tmp_path):

@@ -2,10 +2,10 @@ import json
 
 import torch
 
+from helpers.eval_stub import StubImageEncoder, StubModel, make_folder
 from reclf.evaluate.loading import wrap_model
 from reclf.evaluate.segment import SegmentConfig, run_segment
 from reclf.evaluate.unet import Segmenter, UNetDecoder
-from test_eval_stub import StubImageEncoder, StubModel, make_folder
 
 
 def test_unet_output_matches_the_mask_shape():

@@ -3,10 +3,10 @@ import json
 import numpy as np
 import torch
 
+from helpers.eval_stub import StubModel, make_folder
+from reclf.data.prompts import expand, load_prompts, sample_prompts
 from reclf.evaluate.loading import wrap_model
-from reclf.evaluate.prompts import expand, load_prompts, sample_prompts
 from reclf.evaluate.zeroshot import ZeroShotConfig, class_scores, run_zeroshot
-from test_eval_stub import StubModel, make_folder
 
 
 def test_prompt_combinations_and_sampling():
@@ -50,7 +50,7 @@ def test_auto_prompt_file_follows_the_table_source():
 
 
 def test_prompt_sampling_is_recorded_and_seeded(tmp_path):
-    from reclf.evaluate.prompts import load_prompts
+    from reclf.data.prompts import load_prompts
 
     ps = load_prompts("chexpert")
     assert ps.version == 2 and len(ps.classes["Atelectasis"]) == 5 * 7 * 10  # severity x subtype x location

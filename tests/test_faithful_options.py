@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from helpers.train_stub import make_table
 from reclf.config import Config, ImageEncoderConfig, TrainConfig, from_dict
 from reclf.data.datasets import StudyDataset, sample_sentences
 from reclf.data.reports import split_sentences
@@ -15,7 +16,6 @@ from reclf.data.transforms import TrainTransform
 from reclf.models.image import build_image_encoder
 from reclf.train.module import PretrainModule
 from reclf.utils.seed import rng
-from test_train_stub import make_table
 
 
 def test_sample_sentences_draws_k_sentences_in_order():

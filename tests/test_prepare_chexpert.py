@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from helpers.image_files import gradient, write_jpeg
 from reclf.data.sources import prepare
 from reclf.data.sources.chexpert import ZEROSHOT_CLASSES, build_zeroshot, parse, parse_policy
 from reclf.data.sources.chexpert_8x200 import RETRIEVAL_CLASSES
 from reclf.data.sources.common import DropLog, PrepareOptions, SourceLayoutError
-from reclf.data.sources.testing import gradient, write_jpeg
 from reclf.data.studies import CHEXPERT_LABELS, read_studies
 
 HEADER = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *CHEXPERT_LABELS]

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers.image_files import gradient, write_dicom, write_jpeg, write_png
 from reclf.data.images import load_image, png_is_complete, target_shape
 from reclf.data.sources.cache import CacheConfigError, CacheJob, build_cache
 from reclf.data.sources.common import BadInputError, DropLog
 from reclf.data.sources.masks import MaskSpecError, boxes_to_mask, rle_decode, rle_encode, rle_runs
-from reclf.data.sources.testing import gradient, write_dicom, write_jpeg, write_png
 
 
 def _cache(jobs, out, size=32, square=False, workers=1):

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
+from helpers.image_files import gradient, write_jpeg, write_png
 from reclf.data.sources import prepare
 from reclf.data.sources.common import PrepareOptions, SourceLayoutError
 from reclf.data.sources.covidx import parse
-from reclf.data.sources.testing import gradient, write_jpeg, write_png
 from reclf.data.studies import read_studies
 
 

@@ -17,10 +17,10 @@ import pandas as pd
 import pytest
 import torch
 
+from helpers.image_files import gradient, write_dicom, write_jpeg, write_png
 from reclf.cli import main
 from reclf.data.sources.chexpert import ZEROSHOT_CLASSES
 from reclf.data.sources.masks import rle_encode
-from reclf.data.sources.testing import gradient, write_dicom, write_jpeg, write_png
 from reclf.data.studies import CHEXPERT_LABELS, read_studies
 
 CONFIG = "demo_convirt"  # a shipped preset, by name

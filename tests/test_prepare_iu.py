@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from helpers.image_files import gradient, write_png
 from reclf.data.sources import prepare
 from reclf.data.sources.common import PrepareOptions, SourceLayoutError
 from reclf.data.sources.iu_xray import mesh_labels, parse
-from reclf.data.sources.testing import gradient, write_png
 from reclf.data.studies import read_studies
 
 

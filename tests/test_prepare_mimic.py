@@ -6,10 +6,10 @@ import zipfile
 import pandas as pd
 import pytest
 
+from helpers.image_files import gradient, write_jpeg
 from reclf.data.sources import prepare
 from reclf.data.sources.common import BadInputError, PrepareOptions, SourceLayoutError
 from reclf.data.sources.mimic import parse
-from reclf.data.sources.testing import gradient, write_jpeg
 from reclf.data.studies import CHEXPERT_LABELS, read_studies
 
 GOOD = " FINAL REPORT\n INDICATION: cough\n FINDINGS: Lungs clear.\n IMPRESSION: Normal chest."

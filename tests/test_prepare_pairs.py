@@ -6,8 +6,8 @@ import json
 import pandas as pd
 import pytest
 
+from helpers.image_files import gradient, write_png
 from reclf.data.sources import cli
-from reclf.data.sources.testing import gradient, write_png
 from reclf.data.studies import read_studies
 
 

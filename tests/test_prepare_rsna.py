@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers.image_files import gradient, write_dicom
 from reclf.data.sources import prepare
 from reclf.data.sources.common import PrepareOptions, SourceLayoutError
 from reclf.data.sources.rsna import parse
-from reclf.data.sources.testing import gradient, write_dicom
 from reclf.data.studies import read_studies
 
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers.image_files import gradient, write_dicom, write_png
 from reclf.data.sources import prepare
 from reclf.data.sources.common import BadInputError, PrepareOptions, SourceLayoutError
 from reclf.data.sources.masks import rle_encode, rle_runs, runs_to_mask
 from reclf.data.sources.siim import parse
-from reclf.data.sources.testing import gradient, write_dicom, write_png
 from reclf.data.studies import read_studies
 
 

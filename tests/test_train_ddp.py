@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from test_train_stub import make_table
+from helpers.train_stub import make_table
 
 TESTS = Path(__file__).resolve().parent
 
@@ -24,7 +24,7 @@ GATHER_SCRIPT = textwrap.dedent(
     """
     import json, os, sys
     import torch, torch.distributed as dist, torch.multiprocessing as mp
-    from test_train_stub import StubModel
+    from helpers.train_stub import StubModel
     from reclf.train.module import GatherFn
 
     WORLD, B = 2, 4
@@ -81,7 +81,7 @@ LIGHTNING_SCRIPT = textwrap.dedent(
     """
     import json, sys
     import torch
-    from test_train_stub import StubModel, tiny_config
+    from helpers.train_stub import StubModel, tiny_config
     from reclf.train import pretrain
     from reclf.utils.seed import seed_everything
 

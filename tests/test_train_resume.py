@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from reclf.train.export import model_state_dict
+from helpers.train_stub import make_table
+from reclf.train.checkpoint import model_state_dict
 from reclf.train.runs import load_checkpoint
-from test_train_stub import make_table
 
 TESTS = Path(__file__).resolve().parent
 N_STEPS, KILL_AFTER = 7, 5  # 11 usable rows / batch 4 -> 2 steps per epoch: killed in the middle of epoch 2
@@ -29,7 +29,7 @@ SCRIPT = textwrap.dedent(
     """
     import os, sys, time
     from pathlib import Path
-    from test_train_stub import StubModel, tiny_config
+    from helpers.train_stub import StubModel, tiny_config
     from reclf.train import pretrain
     from reclf.utils.seed import seed_everything
 

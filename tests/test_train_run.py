@@ -8,14 +8,15 @@ import json
 import pytest
 import torch
 
+from helpers.train_stub import StubModel, make_table, tiny_config
 from reclf.config import ConfigError, load_config
 from reclf.data.datasets import BadDataError
 from reclf.train import pretrain
-from reclf.train.export import export_checkpoint, model_state_dict
+from reclf.train.checkpoint import model_state_dict
+from reclf.train.export import export_checkpoint
 from reclf.train.module import NonFiniteLossError
 from reclf.train.runs import load_checkpoint
 from reclf.train.schedule import WarmupCosine
-from test_train_stub import StubModel, make_table, tiny_config
 
 
 def test_pretrain_writes_run_folder_checkpoints_and_export(tmp_path):

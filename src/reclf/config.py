@@ -52,6 +52,11 @@ class ImageEncoderConfig:
     resize_to: int | None = None
 
 
+#: Text encoder names that build without a download (``reclf.models.text``); any other name is a Hugging Face
+#: name or folder, whose tokenizer and architecture config ``save_pretrained`` keeps beside the weights.
+BUILTIN_TEXT_ENCODERS = ("bert-tiny", "minilm")
+
+
 @dataclass
 class TextEncoderConfig:
     """Which text encoder, and how reports become words."""
@@ -155,14 +160,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _coerce(value, arg, key)
-            except ConfigError as exc:
-                errors.append(str(exc))
+            except ConfigError:
+                continue  # the next member of the union; when none fits, the error below names the union
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
@@ -256,17 +260,6 @@ def set_dotted(data: dict[str, Any], path: list[str], value: Any) -> None:
             raise ConfigError(f"cannot set {'.'.join(path)}: {part} is not a section")
         node = child
     node[path[-1]] = value
-
-
-def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """Recursive dict merge (``update`` wins)."""
-    out = dict(base)
-    for k, v in update.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = merge(out[k], v)
-        else:
-            out[k] = v
-    return out
 
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"

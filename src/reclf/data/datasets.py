@@ -19,7 +19,7 @@ index)``, so a sample looks the same whichever worker loads it and after a resum
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from torch.utils.data import Dataset, Sampler
 from reclf.data.images import ImageReadError, load_image
 from reclf.data.reports import augment_sentences, split_sentences, study_report_text
 from reclf.data.studies import CHEXPERT_LABELS
+from reclf.data.tokenization import Tokenizer
 from reclf.data.transforms import EvalTransform
 from reclf.utils.seed import rng
 
@@ -256,7 +257,7 @@ class Collate:
     ``n_bad`` (rows dropped from this batch). A batch whose rows are all bad has ``images=None``.
     """
 
-    def __init__(self, tokenizer: Callable[[list[str]], Any] | None = None) -> None:
+    def __init__(self, tokenizer: Tokenizer | None = None) -> None:
         self.tokenizer = tokenizer
 
     def __call__(self, samples: Sequence[dict[str, Any] | None]) -> dict[str, Any]:

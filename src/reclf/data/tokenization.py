@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -136,6 +136,19 @@ def merge_pieces(hidden: Tensor, piece_to_word: Tensor, n_words: int, mode: str 
         counts = counts.scatter_add(1, index, torch.ones_like(index, dtype=hidden.dtype))[:, :n_words]
         out = out / counts.clamp(min=1).unsqueeze(-1)
     return out.squeeze(-1) if squeeze else out
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """What a collate function needs of a model's tokenizer: reports in, a batch of tokens out.
+
+    ``WordTokenizer`` is the one every ``reclf.methods`` model has (it returns ``WordTokens``); test
+    stubs return a mapping of tensors. ``max_tokens`` bounds the pieces per report.
+    """
+
+    max_tokens: int
+
+    def __call__(self, reports: list[str]) -> Any: ...
 
 
 class WordTokenizer:

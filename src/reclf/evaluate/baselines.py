@@ -22,18 +22,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from reclf.evaluate.common import load_table
+from reclf.evaluate.common import choose_target, label_targets, load_table
 from reclf.evaluate.features import iter_image_batches
-from reclf.evaluate.linear import label_targets
 from reclf.evaluate.loading import image_size_of
 from reclf.evaluate.metrics import macro_auroc
 from reclf.evaluate.optim import AdamW
+from reclf.methods.interface import EvaluableModel
 from reclf.utils.io import atomic_write_json
 
 BASELINE_FILE = "baseline.json"
 
 
-def fresh_like(model: Any, seed: int) -> Any:
+def fresh_like(model: EvaluableModel, seed: int) -> Any:
     """A new, randomly initialised model with ``model``'s architecture and method (its config)."""
     from reclf.methods import create_model
 
@@ -44,7 +44,7 @@ def fresh_like(model: Any, seed: int) -> Any:
     return create_model(name, cfg["image_encoder"], cfg["text_encoder"], **method)
 
 
-def make_random(model: Any, out: str | Path, seed: int = 0) -> Path:
+def make_random(model: EvaluableModel, out: str | Path, seed: int = 0) -> Path:
     """Save a random-init twin of ``model`` to ``out`` (the floor)."""
     fresh = fresh_like(model, seed)
     fresh.save_pretrained(out)
@@ -70,17 +70,15 @@ def _stack(table: Any, size: int, batch: int) -> tuple[torch.Tensor, np.ndarray]
     return torch.cat(xs), np.concatenate(rows)
 
 
-def train_supervised(model: Any, data: str | Path, out: str | Path, cfg: SupervisedConfig) -> dict[str, Any]:
+def train_supervised(model: EvaluableModel, data: str | Path, out: str | Path, cfg: SupervisedConfig) -> dict[str, Any]:
     """Train a same-architecture image encoder on the classification labels (BCE); save it to ``out``.
 
     The epoch with the best validation macro AUROC is kept. Returns what was trained and measured.
     """
-    from reclf.evaluate.linear import LinearConfig, choose_target
-
     fresh = fresh_like(model, cfg.seed)
     size = cfg.image_size or image_size_of(model)
     table = load_table(data)
-    _, labels = choose_target(table.df, LinearConfig(target="labels"))
+    _, labels = choose_target(table.df, target="labels")
     x, kept = _stack(table, size, cfg.batch_size)
     df = table.df.iloc[kept].reset_index(drop=True)
     y = torch.as_tensor(label_targets(df, labels), dtype=torch.float32)

@@ -4,14 +4,25 @@ Tasks: zeroshot, linear, segment, retrieve, relations, grounding, diagnostics, a
 floor / ceiling model folders: a random-init twin, or a supervised encoder trained on the labels).
 Each run writes ``OUT/results.json`` atomically and prints a table. Heavy imports happen in
 ``run`` only, so ``reclf --help`` stays instant.
+
+Defaults live in one place, the task's ``*Config`` dataclass: every option here defaults to ``None``
+("not given"), and :func:`run_task` sets only the fields that were given (as training does with dotted
+overrides). The one default of this module is the feature cache folder, a command-line convenience
+(the library caches nothing unless asked).
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 TASKS = ("zeroshot", "linear", "segment", "retrieve", "relations", "grounding", "diagnostics")
+#: ``--cache-dir`` when not given ('' disables the cache).
+DEFAULT_CACHE_DIR = "runs/.cache/features"
+#: Option names that differ from their config field.
+RENAMED = {"freeze": "freeze_encoder"}
 
 
 def _floats(text: str) -> list[float]:
@@ -28,42 +39,45 @@ def _common(p: argparse.ArgumentParser, needs_data: bool = True) -> None:
     p.add_argument("--model", required=True, help="exported model folder, run folder or checkpoint")
     p.add_argument("--data", required=needs_data, help="study table folder (e.g. out/synth/zeroshot_5x200)")
     p.add_argument("--out", default=None, help="output folder (default: runs/eval/TASK/MODEL)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap, prompt sampling, subsets")
+    p.add_argument("--seed", type=int, default=None, help="seed of the bootstrap, prompt sampling, subsets (0)")
     p.add_argument("--image-size", type=int, default=None, help="input size (default: the model's own)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
-    p.add_argument("--cache-dir", default="runs/.cache/features", help="feature cache ('' disables)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=None, help="images per forward pass (the task's default)")
+    p.add_argument("--n-boot", type=int, default=None, help="bootstrap resamples for the 95%% intervals (1000)")
+    p.add_argument("--cache-dir", default=None, help=f"feature cache (default {DEFAULT_CACHE_DIR}; '' disables)")
+    p.add_argument("--device", default=None, help="cpu (default) or cuda")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="task", metavar="TASK", required=True)
     p = sub.add_parser("zeroshot", help="zero-shot classification with prompt files")
     _common(p)
-    p.add_argument("--prompts", default="auto", help="prompt YAML or built-in name (synthcxr, chexpert)")
+    p.add_argument("--prompts", default=None, help="prompt YAML or built-in name (synthcxr, chexpert; default auto)")
     p.add_argument("--prompts-per-class", type=int, default=None, help="sample K prompts per class (default all)")
-    p.add_argument("--reduce", choices=("mean", "max"), default="mean")
-    p.add_argument("--binary", action="store_true", help="also the positive/negative prompt tasks (AUROC)")
+    p.add_argument("--reduce", choices=("mean", "max"), default=None, help="over a class's prompts (default mean)")
+    p.add_argument("--binary", action="store_true", default=None,
+                   help="also the positive/negative prompt tasks (AUROC)")
     p.add_argument("--split", default=None)
 
     p = sub.add_parser("linear", help="linear probe on the frozen global feature")
     _common(p)
-    p.add_argument("--fractions", type=_floats, default=[0.01, 0.1, 1.0], help="label fractions, e.g. 1,10,100")
-    p.add_argument("--seeds", type=_ints, default=[0, 1, 2], help="probe seeds, e.g. 0,1,2")
-    p.add_argument("--target", choices=("auto", "labels", "class"), default="auto")
-    p.add_argument("--max-steps", type=int, default=300)
-    p.add_argument("--label-set", choices=("auto", "competition", "all"), default="auto",
+    p.add_argument("--fractions", type=_floats, default=None, help="label fractions, e.g. 1,10,100 (default)")
+    p.add_argument("--seeds", type=_ints, default=None, help="probe seeds, e.g. 0,1,2 (default)")
+    p.add_argument("--target", choices=("auto", "labels", "class"), default=None, help="default auto")
+    p.add_argument("--max-steps", type=int, default=None, help="full-batch steps of the cached recipe (300)")
+    p.add_argument("--label-set", choices=("auto", "competition", "all"), default=None,
                    help="CheXpert labels: competition (5; default for CheXpert data) or all 14")
-    p.add_argument("--uncertain", choices=("ignore", "ones", "zeros", "gloria"), default="ignore",
-                   help="the probe's policy for -1 labels (U-Ones, U-Zeros, GLoRIA/MGCA per label, or masked)")
-    p.add_argument("--recipe", choices=("cached", "mgca"), default="cached",
-                   help="cached features, full batch (fast) or MGCA's (AdamW, batch 48, 50 epochs, augmentation)")
-    p.add_argument("--epochs", type=int, default=50, help="epochs of the mgca recipe")
+    p.add_argument("--uncertain", choices=("ignore", "ones", "zeros", "gloria"), default=None,
+                   help="the probe's policy for -1 labels (U-Ones, U-Zeros, GLoRIA/MGCA per label, or masked: "
+                        "ignore, the default)")
+    p.add_argument("--recipe", choices=("cached", "mgca"), default=None,
+                   help="cached features, full batch (fast, the default) or MGCA's (AdamW, batch 48, 50 epochs, "
+                        "augmentation)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs of the mgca recipe (50)")
 
     p = sub.add_parser("segment", help="U-Net segmentation on the encoder's feature pyramid")
     _common(p)
-    p.add_argument("--fractions", type=_floats, default=[0.01, 0.1, 1.0])
-    p.add_argument("--seeds", type=_ints, default=[0, 1, 2])
+    p.add_argument("--fractions", type=_floats, default=None, help="label fractions, e.g. 1,10,100 (default)")
+    p.add_argument("--seeds", type=_ints, default=None, help="seeds, e.g. 0,1,2 (default)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--freeze-encoder", dest="freeze", action="store_true", default=None,
                    help="train the decoder only (MGCA; default)")
@@ -82,15 +96,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("retrieve", help="image<->report retrieval (Recall@K, Precision@K)")
     _common(p)
-    p.add_argument("--modes", default="global,method", help="comma list of global, local, method")
-    p.add_argument("--chunk", type=int, default=64, help="queries scored at a time (bounds memory)")
-    p.add_argument("--rerank-k", type=int, default=0,
+    p.add_argument("--modes", default=None, help="comma list of global, local, method (default global,method)")
+    p.add_argument("--chunk", type=int, default=None, help="queries scored at a time (bounds memory; 64)")
+    p.add_argument("--rerank-k", type=int, default=None,
                    help="score local/method only on each query's global top K (two-stage; 0: all pairs)")
     p.add_argument("--split", default=None)
 
     p = sub.add_parser("relations", help="true caption vs side/zone/severity/negation foils")
     _common(p)
-    p.add_argument("--score", choices=("method", "global", "local"), default="method")
+    p.add_argument("--score", choices=("method", "global", "local"), default=None, help="default method")
 
     p = sub.add_parser("grounding", help="word-region attention vs the true masks (pointing game, IoU)")
     _common(p)
@@ -107,8 +121,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model whose architecture to copy")
     p.add_argument("--data", default=None, help="classification set (for --kind supervised)")
     p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--seed", type=int, default=None, help="default 0")
+    p.add_argument("--epochs", type=int, default=None, help="epochs of the supervised ceiling (10)")
 
 
 def default_out(task: str, label: str) -> Path:
@@ -121,71 +135,62 @@ def run(args: argparse.Namespace) -> int:
 
     if args.task == "baseline":
         return _baseline(args)
-    loaded = load_model(args.model, getattr(args, "device", "cpu"))
+    loaded = load_model(args.model, args.device or "cpu")
     out = Path(args.out) if args.out else default_out(args.task, loaded.label)
-    cache = args.cache_dir or None
+    cache = (DEFAULT_CACHE_DIR if args.cache_dir is None else args.cache_dir) or None
     run_task(args.task, loaded, args.data, out, vars(args), cache)
     print(f"wrote {out / 'results.json'}")
     return 0
 
 
+def given(cls: type, opts: dict[str, Any], **fixed: Any) -> dict[str, Any]:
+    """The fields of dataclass ``cls`` that ``opts`` gives (not ``None``), plus ``fixed``; the rest keep their
+    defaults. Comma lists (``modes``, ``sections``) become lists."""
+    names = {f.name for f in fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in opts.items():
+        name = RENAMED.get(key, key)
+        if name in names and value is not None:
+            values[name] = value.split(",") if name in ("modes", "sections") and isinstance(value, str) else value
+    return values | fixed
+
+
 def run_task(task: str, loaded, data: str | Path, out: Path | None, opts: dict, cache: str | None = None):
-    """Run one task with options given as a flat mapping (CLI args or the demo's settings)."""
-    common = {"image_size": opts.get("image_size"), "n_boot": opts.get("n_boot", 1000)}
-    seed = opts.get("seed", 0)
+    """Run one task with options given as a flat mapping (CLI args or the demo's settings).
+
+    Keys are config field names (``freeze`` stands for ``freeze_encoder``); a missing or ``None`` value
+    keeps the task config's default. ``cache``: the feature cache folder (``None``: no cache).
+    """
     if task == "zeroshot":
         from reclf.evaluate.zeroshot import ZeroShotConfig, run_zeroshot
 
-        cfg = ZeroShotConfig(prompts=opts.get("prompts", "auto"), prompts_per_class=opts.get("prompts_per_class"),
-                             reduce=opts.get("reduce", "mean"), binary=bool(opts.get("binary", False)),
-                             split=opts.get("split"), batch_size=opts.get("batch_size", 32), seed=seed,
-                             cache_dir=cache, **common)
-        return run_zeroshot(loaded, data, out, cfg)
+        return run_zeroshot(loaded, data, out, ZeroShotConfig(**given(ZeroShotConfig, opts, cache_dir=cache)))
     if task == "linear":
         from reclf.evaluate.linear import LinearConfig, run_linear
 
-        cfg = LinearConfig(fractions=opts.get("fractions", [0.01, 0.1, 1.0]), seeds=opts.get("seeds", [0, 1, 2]),
-                           target=opts.get("target", "auto"), max_steps=opts.get("max_steps", 300),
-                           label_set=opts.get("label_set", "auto"), uncertain=opts.get("uncertain", "ignore"),
-                           recipe=opts.get("recipe", "cached"), epochs=opts.get("epochs") or 50,
-                           batch_size=opts.get("batch_size", 32), cache_dir=cache, **common)
-        return run_linear(loaded, data, out, cfg)
+        return run_linear(loaded, data, out, LinearConfig(**given(LinearConfig, opts, cache_dir=cache)))
     if task == "segment":
-        from reclf.evaluate.segment import run_segment_tasks, segment_preset
+        from reclf.evaluate.segment import SegmentConfig, run_segment_tasks, segment_preset
 
-        cfg = segment_preset(opts.get("preset"), fractions=opts.get("fractions", [0.01, 0.1, 1.0]),
-                             seeds=opts.get("seeds", [0, 1, 2]), freeze_encoder=opts.get("freeze"),
-                             epochs=opts.get("epochs"), min_steps=opts.get("min_steps"), loss=opts.get("loss"),
-                             decoder_channels=opts.get("decoder_channels"), balance_train=opts.get("balance_train"),
-                             device=opts.get("device", "cpu"), **common)
+        values = given(SegmentConfig, opts)
+        cfg = segment_preset(values.pop("preset", None), **values)
         return run_segment_tasks(loaded, data, out, cfg, opts.get("seg_task"))
     if task == "retrieve":
         from reclf.evaluate.retrieve import RetrieveConfig, run_retrieve
 
-        modes = opts.get("modes", "global,method")
-        cfg = RetrieveConfig(modes=modes.split(",") if isinstance(modes, str) else list(modes),
-                             chunk=opts.get("chunk", 64), split=opts.get("split"), rerank_k=opts.get("rerank_k", 0),
-                             batch_size=opts.get("batch_size", 32), seed=seed, cache_dir=cache, **common)
-        return run_retrieve(loaded, data, out, cfg)
+        return run_retrieve(loaded, data, out, RetrieveConfig(**given(RetrieveConfig, opts, cache_dir=cache)))
     if task == "relations":
         from reclf.evaluate.relations import RelationsConfig, run_relations
 
-        cfg = RelationsConfig(score=opts.get("score", "method"), batch_size=opts.get("batch_size", 32), seed=seed,
-                              cache_dir=cache, **common)
-        return run_relations(loaded, data, out, cfg)
+        return run_relations(loaded, data, out, RelationsConfig(**given(RelationsConfig, opts, cache_dir=cache)))
     if task == "grounding":
         from reclf.evaluate.grounding import GroundingConfig, run_grounding
 
-        cfg = GroundingConfig(max_images=opts.get("max_images"), seed=seed, **common)
-        return run_grounding(loaded, data, out, cfg)
+        return run_grounding(loaded, data, out, GroundingConfig(**given(GroundingConfig, opts)))
     if task == "diagnostics":
         from reclf.evaluate.diagnostics import DiagnosticsConfig, run_diagnostics
 
-        secs = opts.get("sections")
-        cfg = DiagnosticsConfig(sections=secs.split(",") if isinstance(secs, str) else secs, split=opts.get("split"),
-                                max_reports=opts.get("max_reports"), batch_size=opts.get("batch_size", 32),
-                                seed=seed, **common)
-        return run_diagnostics(loaded, data, out, cfg)
+        return run_diagnostics(loaded, data, out, DiagnosticsConfig(**given(DiagnosticsConfig, opts)))
     raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
 
 
@@ -195,11 +200,11 @@ def _baseline(args: argparse.Namespace) -> int:
 
     like = load_model(args.model).model
     if args.kind == "random":
-        make_random(like, args.out, args.seed)
+        make_random(like, args.out, args.seed or 0)
     else:
         if not args.data:
             raise ValueError("--kind supervised needs --data (the classification set)")
-        info = train_supervised(like, args.data, args.out, SupervisedConfig(epochs=args.epochs, seed=args.seed))
+        info = train_supervised(like, args.data, args.out, SupervisedConfig(**given(SupervisedConfig, vars(args))))
         print(f"supervised ceiling: best validation macro AUROC {info['best_val_macro_auroc']:.3f}")
     print(f"wrote {args.out}")
     return 0

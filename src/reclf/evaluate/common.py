@@ -1,7 +1,9 @@
-"""What every task shares: reading its study table, describing the model and data, the out folder."""
+"""What every task shares: reading its study table, describing the model and data, the out folder, and the
+label targets and patient-level label fractions of the trained probes (linear, segmentation, supervised ceiling)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -9,7 +11,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from reclf.data.studies import CHEXPERT_LABELS
 from reclf.evaluate.loading import LoadedModel
+from reclf.utils.seed import rng
 
 
 @dataclass
@@ -51,9 +55,9 @@ def model_info(loaded: LoadedModel) -> dict[str, Any]:
         "path": loaded.path,
         "weights": loaded.weights_path,
         "sha256": loaded.sha256,
-        "method": getattr(m, "method", None),
-        "has_local": bool(getattr(m, "has_local", False)),
-        "config": getattr(m, "config", None),
+        "method": m.method,
+        "has_local": bool(m.has_local),
+        "config": m.config,
     }
 
 
@@ -74,3 +78,78 @@ def report_bad(bad: list, table: Table, what: str = "images") -> None:
         first = bad[0]
         print(f"skipped {len(bad)} unreadable {what} of {len(table)} in {table.folder} "
               f"(first: row {first[0]}: {first[1]})")
+
+
+# ---------------------------------------------------------------------------------------------
+# targets and label fractions of the trained probes
+
+
+def patient_subset(df: pd.DataFrame, fraction: float, seed: int) -> np.ndarray:
+    """Row indices of a seeded ``fraction`` of the patients in ``df`` (at least one patient)."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"label fraction {fraction} must be in (0, 1]")
+    patients = np.asarray(sorted(df["patient_id"].astype(str).unique()))
+    if fraction >= 1:
+        return np.arange(len(df))
+    n = max(1, int(math.ceil(fraction * len(patients))))
+    chosen = set(patients[rng(seed, "label-fraction", int(round(fraction * 1e6))).permutation(len(patients))[:n]])
+    return np.flatnonzero(df["patient_id"].astype(str).isin(chosen).to_numpy())
+
+
+COMPETITION_LABELS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
+U_POLICIES = ("ignore", "ones", "zeros", "gloria")
+_GLORIA_U = {"Atelectasis": 1.0, "Edema": 1.0, "Pleural Effusion": 1.0, "Cardiomegaly": 0.0, "Consolidation": 0.0}
+
+
+def label_targets(df: pd.DataFrame, labels: list[str], uncertain: str = "ignore") -> np.ndarray:
+    """``[N, L]`` targets: 1 / 0, and for uncertain (-1) the ``uncertain`` policy (``ignore``: NaN, masked
+    out of loss and AUROC; ``gloria`` ignores -1 of labels it has no rule for).
+
+    Unmentioned (empty) labels count as negative, the CheXpert convention.
+    """
+    if uncertain not in U_POLICIES:
+        raise ValueError(f"uncertain={uncertain!r}: choose one of {U_POLICIES}")
+    y = df[labels].to_numpy(dtype=float)
+    y = np.where(np.isnan(y), 0.0, y)
+    for j, lab in enumerate(labels):
+        fill = {"ones": 1.0, "zeros": 0.0, "gloria": _GLORIA_U.get(lab, np.nan)}.get(uncertain, np.nan)
+        y[:, j] = np.where(y[:, j] < 0, fill, y[:, j])
+    return y
+
+
+def choose_target(df: pd.DataFrame, target: str = "auto", labels: list[str] | None = None,
+                  label_set: str = "auto", uncertain: str = "ignore") -> tuple[str, list[str]]:
+    """Which target to probe: the label columns (multi-label) or the ``class`` column (multi-class).
+
+    ``target``: auto | labels | class; ``labels``: explicit label columns (override ``label_set``);
+    ``label_set``: see :func:`resolve_label_set`; ``uncertain``: the policy of :func:`label_targets`.
+    """
+    def usable(split: str, lab: str) -> bool:
+        y = label_targets(df[df["split"] == split], [lab], uncertain)[:, 0]
+        return bool(np.nansum(y == 1) and np.nansum(y == 0))
+
+    explicit = labels
+    pool = COMPETITION_LABELS if resolve_label_set(df, explicit, label_set) == "competition" else CHEXPERT_LABELS
+    labels = explicit or [lab for lab in pool if lab in df.columns and usable("train", lab)
+                            and usable("test", lab)]
+    has_class = "class" in df.columns and df["class"].astype(str).str.len().gt(0).all() and \
+        df["class"].nunique() > 1
+    if target == "labels" or (target == "auto" and labels):
+        if not labels:
+            raise ValueError("no label column has both positives and negatives in train and test")
+        return "labels", labels
+    if target in ("class", "auto") and has_class:
+        return "class", sorted(df["class"].astype(str).unique())
+    raise ValueError("the table has neither usable label columns nor a 'class' column with 2+ classes")
+
+
+def resolve_label_set(df: pd.DataFrame, labels: list[str] | None = None, label_set: str = "auto") -> str:
+    """``auto`` -> ``competition`` for CheXpert tables (``source`` column), ``all`` otherwise."""
+    if labels:
+        return "explicit"
+    if label_set not in ("auto", "competition", "all"):
+        raise ValueError(f"label_set={label_set!r}: choose auto, competition or all")
+    if label_set != "auto":
+        return label_set
+    sources = set(df["source"].astype(str)) if "source" in df.columns else set()
+    return "competition" if sources == {"chexpert"} else "all"

@@ -44,6 +44,7 @@ from reclf.evaluate.loading import LoadedModel, image_size_of
 from reclf.evaluate.metrics import auroc, mask_to_grid
 from reclf.evaluate.results import TaskResult, format_table, write_results
 from reclf.evaluate.stats import Estimate, bootstrap_ci, mean_ci
+from reclf.methods.interface import EvaluableModel
 
 ROLES_FILE = "word_roles.jsonl"
 #: How each aggregator's (or method's) word weights come about (recorded in results).
@@ -263,7 +264,7 @@ class BatchOutputs:
     grid: tuple[int, int]
 
 
-def weight_kind(model: Any) -> str | None:
+def weight_kind(model: EvaluableModel) -> str | None:
     """The key of :data:`WEIGHT_KINDS` for ``model`` (None: the method has no word weights)."""
     p = getattr(model, "params", None)
     if p is None:
@@ -276,7 +277,7 @@ def weight_kind(model: Any) -> str | None:
 
 
 @torch.no_grad()
-def model_outputs(model: Any, images: torch.Tensor, texts: list[str]) -> BatchOutputs:
+def model_outputs(model: EvaluableModel, images: torch.Tensor, texts: list[str]) -> BatchOutputs:
     """Encode a batch of (image, report) pairs and read the word weights, relations and attention of
     each pair (only the pairs themselves are scored: ``pairs = [[0], [1], ...]``)."""
     from reclf.align.matching import attend_paired
@@ -428,7 +429,7 @@ def run_diagnostics(loaded: LoadedModel, data: str | Path, out: str | Path | Non
 
     metrics: dict[str, Estimate] = {}
     not_applicable: dict[str, str] = {}
-    method = getattr(model, "method", "?")
+    method = model.method
     if per["importance_auroc"]:
         metrics["importance/auroc"] = est(per["importance_auroc"])
         metrics["importance/clinical_share"] = est(per["clinical_share"])

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from reclf.methods.interface import EvaluableModel
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="exported model folder, run folder or checkpoint")
@@ -24,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-words", type=int, default=16)
 
 
-def explain_pictures(model: Any, image: np.ndarray, report: str, out: str | Path, prefix: str = "",
+def explain_pictures(model: EvaluableModel, image: np.ndarray, report: str, out: str | Path, prefix: str = "",
                      max_words: int = 16, title: str = "") -> dict[str, Any]:
     """Explain ``(image [S,S] in [0,1], report)`` and write the figures to ``out``; returns what was written."""
     import torch
@@ -39,7 +41,7 @@ def explain_pictures(model: Any, image: np.ndarray, report: str, out: str | Path
     words = list(ex.words)
     info: dict[str, Any] = {"report": report, "words": words, "global_score": float(ex.global_score),
                             "local_score": None if ex.local_score is None else float(ex.local_score),
-                            "method": getattr(model, "method", None), "figures": {}}
+                            "method": model.method, "figures": {}}
     if ex.attention is not None:
         attn = ex.attention.float().cpu().numpy()
         order = list(range(len(words)))

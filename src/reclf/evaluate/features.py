@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from reclf.methods.interface import EvaluableModel
 from reclf.models.features import ImageFeatures, TextFeatures
 
 
@@ -128,7 +129,7 @@ def cached(cache_dir: str | Path | None, key: str | None, compute: Callable[[], 
 
 @torch.no_grad()
 def encode_images(
-    model: Any, paths: Sequence[str | Path], size: int, batch_size: int = 32, device: str = "cpu",
+    model: EvaluableModel, paths: Sequence[str | Path], size: int, batch_size: int = 32, device: str = "cpu",
     cache_dir: str | Path | None = None, model_hash: str | None = None,
 ) -> tuple[ImageFeatures, Encoded]:
     """Joint-space image features of every readable image (on CPU)."""
@@ -206,7 +207,7 @@ def cat_text_features(parts: list[TextFeatures]) -> TextFeatures:
 
 
 @torch.no_grad()
-def encode_texts(model: Any, texts: Sequence[str], batch_size: int = 64) -> TextFeatures:
+def encode_texts(model: EvaluableModel, texts: Sequence[str], batch_size: int = 64) -> TextFeatures:
     """Joint-space features of ``texts`` (batched; the model tokenises with its own tokenizer)."""
     texts = [str(t) for t in texts]
     if not texts:

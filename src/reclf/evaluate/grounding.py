@@ -14,7 +14,7 @@ reported, never silently dropped. The report is read with the training section r
 The result also records how flat the maps are: ``attention_entropy`` is the mean over (image, word) of
 the normalised entropy of the word's map over the regions (1 = uniform, 0 = one region;
 :func:`attention_entropy`), on every evaluated image with its own report. A value near 1 means the
-method's context vectors are close to the mean region (issue 10; docs/methods.md) — a finding to
+method's context vectors are close to the mean region (docs/methods.md) — a finding to
 report, not to hide. Methods whose explanation has no word-region attention
 (ConVIRT: global only) get a result saying the task does not apply. MGCA's token-level
 attention counts as a matcher here.
@@ -38,6 +38,7 @@ from reclf.evaluate.loading import LoadedModel, image_size_of
 from reclf.evaluate.metrics import attention_iou, pointing_game
 from reclf.evaluate.results import TaskResult, format_table, write_results
 from reclf.evaluate.stats import Estimate, mean_ci
+from reclf.methods.interface import EvaluableModel
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -57,14 +58,9 @@ class GroundingConfig:
 
 def finding_phrases(finding: str) -> list[list[str]]:
     """Word sequences that name ``finding`` in a report (synonyms first, longest first)."""
-    phrases: list[str] = []
-    try:
-        from reclf.data.synthetic.vocab import FINDING_SYNONYMS
+    from reclf.data.synthetic.vocab import FINDING_SYNONYMS
 
-        phrases += FINDING_SYNONYMS.get(finding, [])
-    except ImportError:  # pragma: no cover - vocab ships with the package
-        pass
-    phrases.append(finding.replace("_", " "))
+    phrases = [*FINDING_SYNONYMS.get(finding, []), finding.replace("_", " ")]
     seqs = [_WORD.findall(p.lower()) for p in phrases]
     return sorted([s for s in seqs if s], key=len, reverse=True)
 
@@ -95,7 +91,8 @@ class AttentionEntropy:
 
 
 @torch.no_grad()
-def attention_entropy(model: Any, images: Tensor, reports: Sequence[str], batch_size: int = 16) -> AttentionEntropy:
+def attention_entropy(model: EvaluableModel, images: Tensor, reports: Sequence[str],
+                      batch_size: int = 16) -> AttentionEntropy:
     """Mean normalised entropy of the word -> region attention of ``model`` on paired ``images[i]``-``reports[i]``.
 
     The attention is the method's own (``model.word_region_attention``: its matcher with its learned
@@ -139,7 +136,7 @@ def run_grounding(loaded: LoadedModel, data: str | Path, out: str | Path | None,
     config = asdict(cfg) | {"image_size": size}
 
     def not_applicable() -> TaskResult:
-        reason = f"method {getattr(model, 'method', '?')} has no word-region attention (no local matcher)"
+        reason = f"method {model.method} has no word-region attention (no local matcher)"
         result = TaskResult("grounding", {}, config, model_info(loaded), data_info(table), [cfg.seed],
                             {"not_applicable": reason})
         if out is not None:

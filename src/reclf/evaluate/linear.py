@@ -24,25 +24,30 @@ multi-class target; mean +- std over seeds, each with its bootstrap interval on 
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
-from reclf.data.studies import CHEXPERT_LABELS
-from reclf.evaluate.common import data_info, load_table, model_info, report_bad
+from reclf.evaluate.common import (
+    choose_target,
+    data_info,
+    label_targets,
+    load_table,
+    model_info,
+    patient_subset,
+    report_bad,
+    resolve_label_set,
+)
 from reclf.evaluate.features import backbone_features
 from reclf.evaluate.loading import LoadedModel, image_size_of
 from reclf.evaluate.metrics import accuracy, macro_auroc, macro_f1
 from reclf.evaluate.optim import AdamW
 from reclf.evaluate.results import TaskResult, format_table, write_results
 from reclf.evaluate.stats import Estimate, bootstrap_ci, summarise_seeds
-from reclf.utils.seed import rng
 
 
 @dataclass
@@ -68,72 +73,6 @@ class LinearConfig:
     batch_size: int = 32
     n_boot: int = 1000
     cache_dir: str | None = None
-
-
-def patient_subset(df: pd.DataFrame, fraction: float, seed: int) -> np.ndarray:
-    """Row indices of a seeded ``fraction`` of the patients in ``df`` (at least one patient)."""
-    if not 0 < fraction <= 1:
-        raise ValueError(f"label fraction {fraction} must be in (0, 1]")
-    patients = np.asarray(sorted(df["patient_id"].astype(str).unique()))
-    if fraction >= 1:
-        return np.arange(len(df))
-    n = max(1, int(math.ceil(fraction * len(patients))))
-    chosen = set(patients[rng(seed, "label-fraction", int(round(fraction * 1e6))).permutation(len(patients))[:n]])
-    return np.flatnonzero(df["patient_id"].astype(str).isin(chosen).to_numpy())
-
-
-COMPETITION_LABELS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
-U_POLICIES = ("ignore", "ones", "zeros", "gloria")
-_GLORIA_U = {"Atelectasis": 1.0, "Edema": 1.0, "Pleural Effusion": 1.0, "Cardiomegaly": 0.0, "Consolidation": 0.0}
-
-
-def label_targets(df: pd.DataFrame, labels: list[str], uncertain: str = "ignore") -> np.ndarray:
-    """``[N, L]`` targets: 1 / 0, and for uncertain (-1) the ``uncertain`` policy (``ignore``: NaN, masked
-    out of loss and AUROC; ``gloria`` ignores -1 of labels it has no rule for).
-
-    Unmentioned (empty) labels count as negative, the CheXpert convention.
-    """
-    if uncertain not in U_POLICIES:
-        raise ValueError(f"uncertain={uncertain!r}: choose one of {U_POLICIES}")
-    y = df[labels].to_numpy(dtype=float)
-    y = np.where(np.isnan(y), 0.0, y)
-    for j, lab in enumerate(labels):
-        fill = {"ones": 1.0, "zeros": 0.0, "gloria": _GLORIA_U.get(lab, np.nan)}.get(uncertain, np.nan)
-        y[:, j] = np.where(y[:, j] < 0, fill, y[:, j])
-    return y
-
-
-def choose_target(df: pd.DataFrame, cfg: LinearConfig) -> tuple[str, list[str]]:
-    """Which target to probe: the label columns (multi-label) or the ``class`` column (multi-class)."""
-    def usable(split: str, lab: str) -> bool:
-        y = label_targets(df[df["split"] == split], [lab], cfg.uncertain)[:, 0]
-        return bool(np.nansum(y == 1) and np.nansum(y == 0))
-
-    label_set = resolve_label_set(df, cfg)
-    pool = COMPETITION_LABELS if label_set == "competition" else CHEXPERT_LABELS
-    labels = cfg.labels or [lab for lab in pool if lab in df.columns and usable("train", lab)
-                            and usable("test", lab)]
-    has_class = "class" in df.columns and df["class"].astype(str).str.len().gt(0).all() and \
-        df["class"].nunique() > 1
-    if cfg.target == "labels" or (cfg.target == "auto" and labels):
-        if not labels:
-            raise ValueError("no label column has both positives and negatives in train and test")
-        return "labels", labels
-    if cfg.target in ("class", "auto") and has_class:
-        return "class", sorted(df["class"].astype(str).unique())
-    raise ValueError("the table has neither usable label columns nor a 'class' column with 2+ classes")
-
-
-def resolve_label_set(df: pd.DataFrame, cfg: LinearConfig) -> str:
-    """``auto`` -> ``competition`` for CheXpert tables (``source`` column), ``all`` otherwise."""
-    if cfg.labels:
-        return "explicit"
-    if cfg.label_set not in ("auto", "competition", "all"):
-        raise ValueError(f"label_set={cfg.label_set!r}: choose auto, competition or all")
-    if cfg.label_set != "auto":
-        return cfg.label_set
-    sources = set(df["source"].astype(str)) if "source" in df.columns else set()
-    return "competition" if sources == {"chexpert"} else "all"
 
 
 def train_head(x_tr: torch.Tensor, y_tr: torch.Tensor, x_va: torch.Tensor, y_va: torch.Tensor, kind: str,
@@ -251,7 +190,7 @@ def run_linear(loaded: LoadedModel, data: str | Path, out: str | Path | None, cf
     report_bad(enc.bad, table)
     df = table.df.iloc[enc.kept].reset_index(drop=True)
     feats = enc.tensors["global"].float()
-    kind, names = choose_target(df, cfg)
+    kind, names = choose_target(df, cfg.target, cfg.labels, cfg.label_set, cfg.uncertain)
     if kind == "labels":
         y_all = torch.as_tensor(label_targets(df, names, cfg.uncertain), dtype=torch.float32)
     else:
@@ -296,7 +235,8 @@ def run_linear(loaded: LoadedModel, data: str | Path, out: str | Path | None, cf
         if f1s:
             metrics[f"{pct}/macro_f1"] = summarise_seeds(f1s)
     config = asdict(cfg) | {"image_size": size, "target_kind": kind, "targets": names,
-                            "label_set": resolve_label_set(df, cfg), "uncertain_policy": cfg.uncertain,
+                            "label_set": resolve_label_set(df, cfg.labels, cfg.label_set),
+                            "uncertain_policy": cfg.uncertain,
                             "feature_dim": int(feats.shape[1])}
     result = TaskResult("linear", metrics, config, model_info(loaded), data_info(table, enc.kept, enc.bad),
                         list(cfg.seeds), {"runs": per_run})

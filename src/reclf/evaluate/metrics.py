@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from reclf.utils.maps import upsample_map
+
 # ---------------------------------------------------------------------------------------------
 # classification
 
@@ -113,15 +115,6 @@ def positives(target: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------
 # grounding
-
-
-def upsample_map(attn: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of an ``[h, w]`` attention map to ``shape`` (pixel centres aligned)."""
-    import torch
-    import torch.nn.functional as F
-
-    t = torch.as_tensor(np.asarray(attn, dtype=np.float32))[None, None]
-    return F.interpolate(t, size=shape, mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
 def mask_to_grid(mask: np.ndarray, grid: tuple[int, int]) -> np.ndarray:

@@ -71,9 +71,9 @@ def run_relations(loaded: LoadedModel, data: str | Path, out: str | Path | None,
     text_index = {t: i for i, t in enumerate(texts)}
     txt = encode_texts(model, texts)
     fn = {"method": model.similarity, "global": model.global_similarity,
-          "local": getattr(model, "local_similarity", None)}[cfg.score]
-    if fn is None or (cfg.score == "local" and not getattr(model, "has_local", False)):
-        raise ValueError(f"method {getattr(model, 'method', '?')} has no local score; use --score method")
+          "local": model.local_similarity}[cfg.score]
+    if cfg.score == "local" and not model.has_local:
+        raise ValueError(f"method {model.method} has no local score; use --score method")
     groups = dict(tuple(cands.groupby("study_id", sort=False)))
     per_contrast: dict[str, list[float]] = {}
     all_beaten: list[float] = []

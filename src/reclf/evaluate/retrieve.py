@@ -33,6 +33,7 @@ from reclf.evaluate.loading import LoadedModel, image_size_of
 from reclf.evaluate.metrics import hits_matrix, precision_at_k, recall_at_k
 from reclf.evaluate.results import TaskResult, format_table, write_results
 from reclf.evaluate.stats import Estimate, bootstrap_ci, mean_ci
+from reclf.methods.interface import EvaluableModel
 
 
 @dataclass
@@ -140,12 +141,12 @@ def retrieval_metrics(
     return out
 
 
-def _scorer(model: Any, mode: str) -> Callable:
+def _scorer(model: EvaluableModel, mode: str) -> Callable:
     if mode == "global":
         return model.global_similarity
     if mode == "local":
-        if not getattr(model, "has_local", False):
-            raise ValueError(f"method {getattr(model, 'method', '?')} has no local matcher; drop 'local' from modes")
+        if not model.has_local:
+            raise ValueError(f"method {model.method} has no local matcher; drop 'local' from modes")
         return model.local_similarity
     if mode == "method":
         return model.similarity
@@ -173,8 +174,8 @@ def run_retrieve(loaded: LoadedModel, data: str | Path, out: str | Path | None, 
     kmax = max(cfg.recall_ks + cfg.precision_ks)
     n = len(df)
     metrics: dict[str, Estimate] = {}
-    modes = [m for m in cfg.modes if m != "local" or getattr(model, "has_local", False)]
-    if getattr(model, "has_local", False) is False and "method" in modes and "global" in modes:
+    modes = [m for m in cfg.modes if m != "local" or model.has_local]
+    if not model.has_local and "method" in modes and "global" in modes:
         modes.remove("method")  # for a global-only method, method == global
     for mode in modes:
         fn = _scorer(model, mode)
@@ -210,7 +211,7 @@ def run_retrieve(loaded: LoadedModel, data: str | Path, out: str | Path | None, 
     return result
 
 
-def model_sections(model: Any) -> list[str]:
+def model_sections(model: EvaluableModel) -> list[str]:
     """The report sections the model was trained on (``text_encoder.sections``; findings + impression)."""
     from reclf.data.reports import DEFAULT_SECTIONS
 
@@ -218,7 +219,7 @@ def model_sections(model: Any) -> list[str]:
     return list(getattr(cfg, "sections", None) or DEFAULT_SECTIONS)
 
 
-def report_texts(df: Any, model: Any) -> list[str]:
+def report_texts(df: Any, model: EvaluableModel) -> list[str]:
     """Each row's report text exactly as training builds it (``reclf.data.datasets.study_report`` with the
     model's sections): the one section rule for pretraining and every evaluation that reads reports."""
     from reclf.data.datasets import study_report

@@ -29,15 +29,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from reclf.evaluate.common import Table, data_info, load_table, model_info
+from reclf.evaluate.common import Table, data_info, load_table, model_info, patient_subset
 from reclf.evaluate.features import prepare_image, prepare_mask
-from reclf.evaluate.linear import patient_subset
 from reclf.evaluate.loading import LoadedModel, image_size_of
 from reclf.evaluate.metrics import dice_iou, positives
 from reclf.evaluate.optim import AdamW
 from reclf.evaluate.results import TaskResult, format_table, write_results
 from reclf.evaluate.stats import Estimate, mean_ci, summarise_seeds
 from reclf.evaluate.unet import Segmenter, segmentation_loss
+from reclf.methods.interface import EvaluableModel
 
 
 @dataclass
@@ -226,7 +226,7 @@ def run_segment_tasks(loaded: LoadedModel, data: str | Path, out: str | Path | N
     return result
 
 
-def _segment_one(model: Any, table: Table, size: int, cfg: SegmentConfig):
+def _segment_one(model: EvaluableModel, table: Table, size: int, cfg: SegmentConfig):
     x, y, kept, bad = load_pixels(table, size)
     if bad:
         print(f"skipped {len(bad)} unreadable image/mask rows of {len(table)} (first: row {bad[0][0]}: {bad[0][1]})")

@@ -26,13 +26,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from reclf.data.prompts import PromptSet, load_prompts, match_classes, sample_prompts
 from reclf.evaluate.common import data_info, load_table, model_info, report_bad
 from reclf.evaluate.features import encode_images, encode_texts, similarity_matrix
 from reclf.evaluate.loading import LoadedModel, image_size_of
 from reclf.evaluate.metrics import accuracy, auroc, macro_auroc, macro_f1
-from reclf.evaluate.prompts import PromptSet, load_prompts, match_classes, sample_prompts
 from reclf.evaluate.results import TaskResult, format_table, write_results
 from reclf.evaluate.stats import Estimate, bootstrap_ci
+from reclf.methods.interface import EvaluableModel
 
 
 @dataclass
@@ -51,10 +52,10 @@ class ZeroShotConfig:
     cache_dir: str | None = None
 
 
-def score_modes(model: Any) -> dict[str, Any]:
+def score_modes(model: EvaluableModel) -> dict[str, Any]:
     """The similarity rules this model supports (name -> fn(img, txt) -> [I, T])."""
     modes: dict[str, Any] = {"global": model.global_similarity}
-    if getattr(model, "has_local", False):
+    if model.has_local:
         modes["local"] = model.local_similarity
     modes["method"] = model.similarity
     return modes
@@ -64,7 +65,7 @@ def _znorm(s: torch.Tensor) -> torch.Tensor:
     return (s - s.mean(0, keepdim=True)) / s.std(0, keepdim=True).clamp_min(1e-6)
 
 
-def prompt_scores(model: Any, img: Any, txt: Any, chunk: int) -> dict[str, torch.Tensor]:
+def prompt_scores(model: EvaluableModel, img: Any, txt: Any, chunk: int) -> dict[str, torch.Tensor]:
     """``[n_images, n_prompts]`` scores per rule, plus ``fused`` when a local score exists."""
     out = {name: similarity_matrix(fn, img, txt, chunk) for name, fn in score_modes(model).items()}
     if "local" in out:
@@ -161,7 +162,8 @@ def run_zeroshot(loaded: LoadedModel, data: str | Path, out: str | Path | None, 
     return result
 
 
-def _binary(model: Any, img: Any, df: Any, ps: PromptSet, cfg: ZeroShotConfig, extra: dict) -> dict[str, Estimate]:
+def _binary(model: EvaluableModel, img: Any, df: Any, ps: PromptSet, cfg: ZeroShotConfig,
+            extra: dict) -> dict[str, Estimate]:
     labels = [lab for lab in ps.binary if lab in df.columns]
     if not labels:
         raise ValueError(f"none of the binary labels {list(ps.binary)} of {ps.path} is a column of the data")

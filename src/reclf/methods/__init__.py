@@ -13,7 +13,8 @@ from typing import Any
 from reclf.config import Config, ImageEncoderConfig, TextEncoderConfig, from_dict
 from reclf.methods.model import Explanation, VLModel
 from reclf.methods.params import METHODS, PRESETS, MethodParams, list_methods, method_params
-from reclf.methods.pretrained import from_pretrained, save_pretrained
+from reclf.methods.pretrained import from_pretrained
+from reclf.methods.saving import save_pretrained
 
 __all__ = [
     "METHODS",

@@ -276,8 +276,7 @@ def target_configs(layout: Layout, text_dir: Path) -> tuple[Any, Any, Any]:
                 k = next(iter(off))
                 raise ConversionError(
                     f"MGCA head {k} has hidden width {off[k]}, but this reclf version builds projection MLPs "
-                    f"with hidden width = input width ({ins[k]}); it needs MethodParams.projection_hidden "
-                    "(issue 10 §2)")
+                    f"with hidden width = input width ({ins[k]}); it needs MethodParams.projection_hidden")
         else:
             raise ConversionError(f"MGCA heads have different hidden widths {layout.proj_hidden}; reclf uses one")
         text_cfg = TextEncoderConfig(name=str(text_dir), last_n_layers=1, word_merge="sum", pooling="cls")

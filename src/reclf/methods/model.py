@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -339,6 +340,15 @@ class VLModel(nn.Module):
             self.train(was_training)
         return Explanation(words, attention, img.grid, word_weights, relations, global_node, global_score, local_score)
 
+    # ------------------------------------------------------------------------------------------
+    # saving
+
+    def save_pretrained(self, folder: str | Path, overwrite: bool = False) -> Path:
+        """Write this model as a folder ``from_pretrained`` reads (see :func:`reclf.methods.saving.save_pretrained`)."""
+        from reclf.methods.saving import save_pretrained
+
+        return save_pretrained(self, folder, overwrite=overwrite)
+
 
 def _gather_features(img: ImageFeatures, txt: TextFeatures, gather: Gather, max_words: int):
     """Gather local features across ranks; words are padded to ``max_words`` so shapes agree."""
@@ -351,12 +361,3 @@ def _gather_features(img: ImageFeatures, txt: TextFeatures, gather: Gather, max_
     img_all = ImageFeatures(gather(img.global_), gather(img.local), img.grid)
     txt_all = TextFeatures(gather(txt.global_), gather(words), gather(mask.float()) > 0.5, gather(sid.float()).long())
     return img_all, txt_all
-
-
-def _save_pretrained(self: VLModel, folder, overwrite: bool = False) -> None:
-    from reclf.methods.pretrained import save_pretrained
-
-    save_pretrained(self, folder, overwrite=overwrite)
-
-
-VLModel.save_pretrained = _save_pretrained  # type: ignore[attr-defined]

@@ -4,7 +4,7 @@ Every method is the same composition of parts — image and text encoders, proje
 contrastive loss, optionally a local matcher + aggregator + local loss, MGCA's token and prototype
 losses — switched on and tuned by these parameters. A preset is therefore a handful of values, not
 a copy of another method with edits; the defaults below follow each method's paper and code
-(``shared/reference/anchors.md``), with one deliberate change for like-for-like comparison: every
+(docs/methods.md lists the sources), with one deliberate change for like-for-like comparison: every
 method projects to the same joint width ``embed_dim`` (128, MGCA's and BioViL's choice).
 """
 
@@ -103,7 +103,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "proto_weight": 1.0,
         "projection_hidden": 2048,  # MGCA's GlobalEmbedding / LocalEmbedding hidden_dim
     },
-    # RECLF (DESIGN §1): global + relation-enhanced local (SRM + IRM) over all pairs
+    # RECLF: global + relation-enhanced local (SRM + IRM) over all pairs
     "reclf": {"local_weight": 1.0, "aggregator": "srm+irm", "similarity": "fused"},
     # ablations
     "reclf-no-srm": {"local_weight": 1.0, "aggregator": "irm", "similarity": "fused"},

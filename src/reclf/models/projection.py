@@ -1,6 +1,6 @@
 """Projection heads: backbone features -> the joint space (width ``d``), L2-normalised.
 
-Two kinds, as in the anchors (``shared/reference/anchors.md`` §2-§3):
+Two kinds, as in the methods' own code (docs/methods.md):
 
 - ``"linear"`` — GLoRIA: the global head is a ``Linear`` (2048 -> 768 there), the local head a bias-free
   1x1 convolution, i.e. a bias-free ``Linear`` applied to every region / word vector;

@@ -1,8 +1,8 @@
 """``reclf export CKPT --out DIR``: a training checkpoint -> the ``save_pretrained`` folder.
 
-Evaluation reads models only from ``save_pretrained`` folders (``model.safetensors`` +
-``config.json``), never from Lightning checkpoints. The checkpoint is read with
-``weights_only=True``; the model is rebuilt from the resolved run config stored inside it.
+The checkpoint becomes a model through :func:`reclf.train.checkpoint.model_from_checkpoint`, the one
+route every command uses (``weights_only=True``, the model rebuilt from the run config stored in the
+checkpoint, strict key loading); this module only writes the folder and its model card.
 """
 
 from __future__ import annotations
@@ -10,16 +10,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 from typing import Any
-
-STATE_PREFIX = "model."
-
-
-def model_state_dict(checkpoint: dict[str, Any]) -> dict[str, Any]:
-    """The method model's weights from a Lightning checkpoint of ``PretrainModule``."""
-    state = checkpoint.get("state_dict")
-    if not isinstance(state, dict):
-        raise ValueError("not a reclf model or checkpoint: it has no state_dict; give a `reclf pretrain` checkpoint")
-    return {k[len(STATE_PREFIX) :]: v for k, v in state.items() if k.startswith(STATE_PREFIX)}
 
 
 def export_checkpoint(ckpt: str | Path, out: str | Path, model: Any = None, overwrite: bool = False) -> Path:
@@ -29,7 +19,8 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, model: Any = None, over
     from the config saved in the checkpoint with ``reclf.methods.build_model``).
     """
     from reclf.methods.model_card import training_info_from_checkpoint, write_model_card
-    from reclf.methods.pretrained import is_model_folder
+    from reclf.methods.saving import is_model_folder
+    from reclf.train.checkpoint import model_from_checkpoint
     from reclf.train.runs import load_checkpoint
     from reclf.utils.io import atomic_dir
 
@@ -42,31 +33,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, model: Any = None, over
             "(nothing was deleted); choose a new --out"
         )
     checkpoint = load_checkpoint(ckpt)
-    if not isinstance(checkpoint, dict):
-        raise ValueError(f"not a reclf model or checkpoint: {ckpt} (it holds no mapping)")
-    if model is None:
-        from reclf.config import Config, from_dict
-        from reclf.methods import build_model
-
-        meta = checkpoint.get("reclf")
-        cfg_dict = meta.get("config") if isinstance(meta, dict) else None
-        if not isinstance(cfg_dict, dict) or not cfg_dict:
-            raise ValueError(
-                f"not a reclf model or checkpoint: {ckpt} holds no run config (checkpoint['reclf']['config']); "
-                "give a checkpoint written by `reclf pretrain`"
-            )
-        model = build_model(from_dict(Config, cfg_dict))
-    try:
-        missing, unexpected = model.load_state_dict(model_state_dict(checkpoint), strict=False)
-    except RuntimeError as exc:  # tensors whose shapes do not fit the config
-        first = str(exc).strip().splitlines()[0]
-        raise ValueError(
-            f"not a reclf model or checkpoint: {ckpt}: its weights do not fit its config ({first})"
-        ) from exc
-    if missing or unexpected:
-        raise ValueError(
-            f"{ckpt} does not match the model: missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}"
-        )
+    model = model_from_checkpoint(ckpt, checkpoint, model=model)
     with atomic_dir(out, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp)
         # the card of save_pretrained, plus what the checkpoint knows of the run (data, steps, seed)

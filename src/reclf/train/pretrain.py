@@ -8,7 +8,6 @@ folder, then train. See docs/training.md for the run folder, resume and distribu
 from __future__ import annotations
 
 import copy
-import json
 import os
 import tempfile
 import time
@@ -20,8 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from reclf.config import Config, ConfigError, save_config, to_dict
+from reclf.config import BUILTIN_TEXT_ENCODERS, Config, ConfigError, save_config, to_dict
 from reclf.data.datasets import ON_ERROR, BadDataError, check_bad_fraction
+from reclf.methods.interface import MethodModel, TrainableModel
 from reclf.train.runs import (
     AtomicCheckpointIO,
     environment,
@@ -35,7 +35,6 @@ from reclf.utils.io import atomic_write_json
 from reclf.utils.seed import seed_everything
 
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "32", "bf16", "16")
-BUILTIN_TEXT_ENCODERS = ("bert-tiny", "minilm")
 DRY_RUN_PAIRS = 4
 DRY_RUN_BATCH = 2
 
@@ -126,11 +125,10 @@ def resolve_precision(precision: str, accelerator: str) -> tuple[str, str | None
     return precision, None
 
 
-def build_model_from_config(cfg: Config) -> nn.Module:
-    try:
-        from reclf.methods import build_model
-    except ImportError as exc:  # pragma: no cover - methods land with the lead's work
-        raise ConfigError(f"reclf.methods.build_model is not available ({exc})") from exc
+def build_model_from_config(cfg: Config) -> MethodModel:
+    """The model of ``cfg`` (``reclf.methods.build_model``); method keys are checked here, before any data."""
+    from reclf.methods import build_model
+
     return build_model(cfg)
 
 
@@ -143,9 +141,38 @@ def _say(text: str, rank: int) -> None:
         print(f"[reclf pretrain] {text}", flush=True)
 
 
+@dataclass
+class PretrainRun:
+    """Everything :func:`build_trainer` prepared: the model, data, run folder, trainer and its callbacks."""
+
+    cfg: Config  # after the dry-run substitutions
+    notes: list[str]  # what a dry run changed
+    rank: int
+    module: Any  # PretrainModule (its .model is the method model)
+    datamodule: Any  # PretrainDataModule, set up (the data was read and pre-scanned)
+    trainer: Any  # lightning.Trainer
+    checkpoints: Any  # CheckpointCallback: best / last paths, best score
+    run_dir: Path
+    resume_from: Path | None
+    tmp: tempfile.TemporaryDirectory | None  # a dry run's throw-away folder
+
+    @property
+    def dry_run(self) -> bool:
+        return bool(self.cfg.train.dry_run)
+
+
+@dataclass
+class TrainOutcome:
+    """How :func:`run_training` ended: ``status`` is ``completed`` or ``failed: WHY`` (``error`` is then set)."""
+
+    status: str
+    error: BaseException | None
+    elapsed_s: float
+
+
 def pretrain(
     cfg: Config,
-    model: nn.Module | None = None,
+    model: TrainableModel | None = None,
     checkpoint_every_n_steps: int | None = None,
 ) -> PretrainResult:
     """Train ``cfg``'s method on ``cfg.data.root`` and export the best model.
@@ -153,12 +180,29 @@ def pretrain(
     ``model``: an already built model (tests, notebooks); by default ``build_model(cfg)``.
     ``checkpoint_every_n_steps``: write ``last.ckpt`` every n optimiser steps (0: only after each
     validation); defaults to ``cfg.train.checkpoint_every_n_steps`` when the config has it.
+    The three steps are :func:`build_trainer`, :func:`run_training` and :func:`finish_run`.
+    """
+    run = build_trainer(cfg, model, checkpoint_every_n_steps)
+    try:
+        outcome = run_training(run)
+        return finish_run(run, outcome)
+    finally:
+        if run.tmp is not None:
+            run.tmp.cleanup()
+
+
+def build_trainer(
+    cfg: Config, model: TrainableModel | None = None, checkpoint_every_n_steps: int | None = None
+) -> PretrainRun:
+    """Check the config, build the model, read the data, create the run folder and the Lightning trainer.
+
+    In this order, so that a mistake surfaces before anything slow or anything written.
     """
     import lightning as L
 
     from reclf.train.callbacks import CheckpointCallback, MetricsCallback
     from reclf.train.datamodule import PretrainDataModule
-    from reclf.train.module import NonFiniteLossError, PretrainModule
+    from reclf.train.module import PretrainModule
 
     validate_train_config(cfg)
     rank = global_rank_from_env()
@@ -179,8 +223,7 @@ def pretrain(
             if isinstance(sub, nn.Module):
                 sub.compile()  # in place: parameter names (and checkpoints) are unchanged
 
-    tokenizer = getattr(model, "tokenizer", None)
-    datamodule = PretrainDataModule(cfg, tokenizer, synthetic=DRY_RUN_PAIRS if cfg.train.dry_run else 0)
+    datamodule = PretrainDataModule(cfg, model.tokenizer, synthetic=DRY_RUN_PAIRS if cfg.train.dry_run else 0)
     datamodule.setup("fit")  # reads + pre-scans the data now, so a bad data.root fails before training
 
     # ---- run folder
@@ -217,7 +260,7 @@ def pretrain(
             from lightning.pytorch.loggers import TensorBoardLogger
 
             logger = TensorBoardLogger(str(run_dir), name="tensorboard", version="")
-        except ImportError:
+        except ImportError:  # tensorboard is optional: metrics.csv is always written
             pass
     on_gpu = cfg.train.accelerator in ("gpu", "cuda") or (cfg.train.accelerator == "auto" and torch.cuda.is_available())
     trainer = L.Trainer(
@@ -251,33 +294,44 @@ def pretrain(
         f"rank(s) x accumulate {cfg.train.accumulate} | precision {precision}",
         rank,
     )
+    return PretrainRun(cfg, notes, rank, module, datamodule, trainer, ckpt_cb, run_dir, ckpt_path, tmp)
+
+
+def run_training(run: PretrainRun) -> TrainOutcome:
+    """``trainer.fit``; a NaN loss or too many bad rows end the run as ``failed`` (raised after the summary)."""
+    from reclf.train.module import NonFiniteLossError
 
     start = time.time()
     status = "completed"
     error: BaseException | None = None
     env_before = os.environ.get("RECLF_RUN_DIR")
-    os.environ["RECLF_RUN_DIR"] = str(run_dir)  # DDP processes that Lightning starts inherit the folder
+    os.environ["RECLF_RUN_DIR"] = str(run.run_dir)  # DDP processes that Lightning starts inherit the folder
     with warnings.catch_warnings():
         # EpochSampler + PretrainModule restore the data position themselves (see docs/training.md)
         warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         try:
-            trainer.fit(
-                module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True
-            )
-        except NonFiniteLossError as exc:
-            status, error = f"failed: {exc}", exc
-        except BadDataError as exc:
+            run.trainer.fit(run.module, datamodule=run.datamodule,
+                            ckpt_path=str(run.resume_from) if run.resume_from else None, weights_only=True)
+        except (NonFiniteLossError, BadDataError) as exc:
             status, error = f"failed: {exc}", exc
         finally:
             if env_before is None:
                 os.environ.pop("RECLF_RUN_DIR", None)
             else:
                 os.environ["RECLF_RUN_DIR"] = env_before
-    elapsed = time.time() - start
+    return TrainOutcome(status, error, time.time() - start)
 
+
+def finish_run(run: PretrainRun, outcome: TrainOutcome) -> PretrainResult:
+    """Check the bad rows, save the final checkpoint, export the best model, write ``summary.json``.
+
+    Raises the run's error (after the summary is written) when it failed.
+    """
+    cfg, trainer, module, ckpt_cb, rank = run.cfg, run.trainer, run.module, run.checkpoints, run.rank
+    status, error = outcome.status, outcome.error
     # ---- bad rows: pre-scan + load-time (this rank's count; ranks see disjoint data)
-    scans = datamodule.bad_row_report()
+    scans = run.datamodule.bad_row_report()
     bad = {
         "pre_scan": scans,
         # files that exist but cannot be decoded, found while loading: failures summed over all
@@ -299,18 +353,18 @@ def pretrain(
 
     last_ckpt = best_ckpt = export_dir = None
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
-    if error is None and not cfg.train.dry_run:
-        trainer.save_checkpoint(
-            ckpt_cb.last_path, weights_only=False
-        )  # the final state (resumable, and what `reclf export` reads)
+    if error is None and not run.dry_run:
+        # the final state (resumable, and what `reclf export` reads)
+        trainer.save_checkpoint(ckpt_cb.last_path, weights_only=False)
         last_ckpt = ckpt_cb.last_path
         best_ckpt = ckpt_cb.best_path if ckpt_cb.best_path.exists() else None
         if trainer.is_global_zero:
             from reclf.train.export import export_checkpoint
 
-            export_dir = run_dir / "export"
+            export_dir = run.run_dir / "export"
             export_checkpoint(best_ckpt or last_ckpt, export_dir, model=module.model, overwrite=True)
             _say(f"exported {'best' if best_ckpt else 'final'} weights to {export_dir}", rank)
+    elapsed = outcome.elapsed_s
     summary = {
         "status": status,
         "method": cfg.method.get("name"),
@@ -322,23 +376,21 @@ def pretrain(
             2,
         ),
         "world_size": trainer.world_size,
-        "resumed_from": str(ckpt_path) if ckpt_path else None,
+        "resumed_from": str(run.resume_from) if run.resume_from else None,
         "bad_rows": bad,
         "best": {"metric": ckpt_cb.monitor, "value": ckpt_cb.best_score, "step": ckpt_cb.best_step},
         "final_metrics": metrics,
-        "dry_run_notes": notes,
+        "dry_run_notes": run.notes,
     }
-    if rank == 0 and not cfg.train.dry_run:
-        atomic_write_json(run_dir / "summary.json", summary)
-    if tmp is not None:
-        tmp.cleanup()
+    if rank == 0 and not run.dry_run:
+        atomic_write_json(run.run_dir / "summary.json", summary)
     if error is not None:
         _say(status, rank)
         raise error
-    where = "dry run, nothing kept" if cfg.train.dry_run else f"summary {run_dir / 'summary.json'}"
+    where = "dry run, nothing kept" if run.dry_run else f"summary {run.run_dir / 'summary.json'}"
     _say(f"done: {summary['steps']} steps in {elapsed:.1f}s; {where}", rank)
     return PretrainResult(
-        run_dir=None if cfg.train.dry_run else run_dir,
+        run_dir=None if run.dry_run else run.run_dir,
         best_checkpoint=best_ckpt,
         last_checkpoint=last_ckpt,
         export_dir=export_dir,
@@ -347,8 +399,15 @@ def pretrain(
     )
 
 
-def read_summary(run_dir: str | Path) -> dict[str, Any]:
-    return json.loads((Path(run_dir) / "summary.json").read_text())
-
-
-__all__ = ["PretrainResult", "pretrain", "dry_run_config", "validate_train_config", "load_checkpoint"]
+__all__ = [
+    "PretrainResult",
+    "PretrainRun",
+    "TrainOutcome",
+    "build_trainer",
+    "dry_run_config",
+    "finish_run",
+    "load_checkpoint",
+    "pretrain",
+    "run_training",
+    "validate_train_config",
+]

@@ -1,1 +1,1 @@
-"""Small shared helpers: atomic file writes, seeding, hashing."""
+"""Small shared helpers: atomic file writes, seeding, hashing, region maps."""

@@ -57,7 +57,7 @@ def bar_chart(labels: Sequence[str], values: Sequence[float], lows: Sequence[flo
 def attention_overlays(image: np.ndarray, attention: np.ndarray, words: Sequence[str], path: str | Path,
                        title: str = "", max_words: int = 12) -> Path:
     """The image, then one panel per word with its attention map (bilinear to image size) overlaid."""
-    from reclf.evaluate.metrics import upsample_map
+    from reclf.utils.maps import upsample_map
 
     plt = _plt()
     n = min(len(words), max_words, len(attention))

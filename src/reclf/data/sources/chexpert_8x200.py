@@ -1,6 +1,6 @@
 """CheXpert 8x200: the class-level retrieval set of ConVIRT / GLoRIA / CXR-CLIP, built reproducibly.
 
-No repository ships its construction code or ID lists (``shared/reference/anchors.md`` §11), so
+No repository ships its construction code or ID lists, so
 reclf defines and publishes its own: 8 classes (Atelectasis, Cardiomegaly, Edema, Fracture, No
 Finding, Pleural Effusion, Pneumonia, Pneumothorax), 200 *exclusively positive* frontal
 ``train.csv`` images each — the class is 1 and none of the other 12 findings is positive or
@@ -42,7 +42,7 @@ def retrieval_candidates(df: pd.DataFrame) -> pd.Series:
 
 def query_sentences() -> tuple[dict[str, str], int | str]:
     """The class query sentences and the prompt file's version."""
-    from reclf.evaluate.prompts import load_prompts
+    from reclf.data.prompts import load_prompts
 
     ps = load_prompts("chexpert_8x200")
     return {c: ps.classes[c][0] for c in RETRIEVAL_CLASSES}, ps.version

@@ -7,6 +7,9 @@ A prompt file names its vocabulary and version and holds
 
 Which prompts are used is part of the result (the file, its version, the count per class, the
 sampling seed), so a zero-shot number can always be traced to its exact prompts.
+
+The files are data (the zero-shot task reads them, and so does ``reclf prepare chexpert_8x200`` for
+its retrieval queries), so their reader lives in ``data/``, below both.
 """
 
 from __future__ import annotations
@@ -128,7 +131,7 @@ def synthcxr_prompt_dict() -> dict[str, Any]:
 
     Per class: severity words x finding synonyms x location phrases (sides and zones the finding
     can take), and "X" / "no X" pairs for the binary tasks. ``scripts``: regenerate the shipped
-    ``synthcxr.yaml`` with ``python -m reclf.evaluate.prompts`` after the vocabulary changes.
+    ``synthcxr.yaml`` with ``python -m reclf.data.prompts`` after the vocabulary changes.
     """
     from reclf.data.synthetic import vocab as v
 
@@ -181,7 +184,7 @@ def write_synthcxr_prompts(path: str | Path | None = None) -> Path:
 
     path = Path(path) if path else builtin_prompt_dir() / "synthcxr.yaml"
     header = ("# Zero-shot prompts for SynthCXR, generated from reclf.data.synthetic.vocab by\n"
-              "# `python -m reclf.evaluate.prompts` (do not edit by hand; bump `version` when it changes).\n")
+              "# `python -m reclf.data.prompts` (do not edit by hand; bump `version` when it changes).\n")
     atomic_write_text(path, header + yaml.safe_dump(synthcxr_prompt_dict(), sort_keys=False, width=120))
     return path
 

@@ -1,9 +1,10 @@
 """A tiny stand-in for a method model (the method API of reclf.methods) and a tiny study table.
 
 Used by the training tests so that the engine (data, Lightning module, checkpoints, resume, DDP)
-is tested on its own, in seconds, independent of any real method. It follows the method API:
-``loss(batch, gather)``, ``encode_image``, ``encode_text``, ``similarity``, ``tokenizer``,
-``save_pretrained``, ``config``, ``on_train_epoch_start``.
+is tested on its own, in seconds, independent of any real method. It follows the training part of
+the method interface, ``reclf.methods.interface.TrainableModel``: ``loss(batch, gather)``,
+``encode_image``, ``encode_text``, ``similarity``, ``tokenizer``, ``save_pretrained``, ``config``,
+``on_train_epoch_start`` (tests/test_method_interface.py checks it).
 """
 
 from __future__ import annotations
@@ -188,27 +189,3 @@ def tiny_config(root: str | Path, runs: str | Path, **train):
     for k, v in train.items():
         setattr(cfg.train, k, v)
     return cfg
-
-
-# ----------------------------------------------------------------------------- tests of the stub itself
-
-
-def test_stub_follows_the_method_api(tmp_path):
-    model = StubModel(dropout=0.0)
-    images = torch.rand(3, 1, 32, 32)
-    reports = ["left opacity", "right effusion", "no finding"]
-    terms = model.loss({"images": images, "reports": reports})
-    assert set(terms) == {"global", "loss"} and terms["loss"].ndim == 0
-    sim = model.similarity(model.encode_image(images), model.encode_text(reports))
-    assert sim.shape == (3, 3)
-    model.save_pretrained(tmp_path / "m")
-    assert (tmp_path / "m" / "model.safetensors").is_file()
-
-
-def test_make_table_writes_a_valid_table(tmp_path):
-    from reclf.data.studies import read_studies
-
-    make_table(tmp_path, n_train=4, n_valid=2, missing=1, empty_report=1)
-    df = read_studies(tmp_path)
-    assert len(df) == 6 and (df["split"] == "train").sum() == 4
-    assert not (tmp_path / df.loc[0, "image_path"]).exists()

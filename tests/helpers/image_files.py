@@ -1,5 +1,7 @@
 """Tiny image files in the formats real data sets ship (for tests and benchmarks; no real data needed).
 
+A test helper, not part of the library (it was ``reclf.data.sources.testing``).
+
 ``write_dicom`` makes a valid uncompressed DICOM radiograph (MONOCHROME1/2, 8/12/16-bit, optional window), the
 case that breaks naive readers; ``write_jpeg`` / ``write_png`` the 8-bit files of MIMIC-CXR-JPG, CheXpert, NLMCXR.
 """

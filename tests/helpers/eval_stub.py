@@ -1,4 +1,5 @@
-"""A tiny stand-in for a ``reclf.methods`` model (same API), used by the evaluation tests.
+"""A tiny stand-in for a ``reclf.methods`` model (``reclf.methods.interface.EvaluableModel``), used by the
+evaluation tests, and ``make_folder``: a tiny study folder for the task tests.
 
 It keeps the evaluation tests independent of the methods under development and fast: a 3-stage
 CNN (strides 2/4/8) and a hashed bag-of-words text encoder, with GLoRIA-style local matching.
@@ -123,18 +124,6 @@ class StubModel(nn.Module):
         return StubExplanation(txt.word_strings[0], attn.reshape(n, h, w), (h, w), weights, rel,
                                float(self.global_similarity(img, txt)[0, 0]),
                                float(self.local_similarity(img, txt)[0, 0]))
-
-
-def test_stub_follows_the_api():
-    torch.manual_seed(0)
-    m = StubModel().eval()
-    img = m.encode_image(torch.rand(3, 1, 64, 64))
-    txt = m.encode_text(["left lower lobe opacity", "no effusion"])
-    assert img.global_.shape == (3, 16) and img.local.shape == (3, 64, 16) and img.grid == (8, 8)
-    assert txt.words.shape[:2] == txt.word_mask.shape
-    assert m.similarity(img, txt).shape == (3, 2)
-    ex = m.explain(torch.rand(1, 1, 64, 64), "small left effusion")
-    assert ex.attention.shape == (3, 8, 8) and ex.words == ["small", "left", "effusion"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,109 @@
+"""The method interface: what training and evaluation may call on a model, declared once.
+
+``VLModel`` (every registered method) implements all of it; the test stubs implement the part their
+tests exercise. The seams are typed with these protocols instead of probing with ``getattr``:
+
+- :class:`EvaluableModel`: what ``reclf.evaluate`` uses (``LoadedModel.model``): encode, score,
+  explain, the backbone for probes, and the capability flag ``has_local`` (a word-region matcher:
+  ``local_similarity`` works, and ``similarity`` may fuse it with the global score).
+- :class:`TrainableModel`: what ``reclf.train`` uses (``pretrain``, the Lightning module): the
+  loss, the tokenizer the collate function runs, the epoch hook, and saving.
+- :class:`MethodModel`: both, the full contract of ``reclf.methods`` (docs/ARCHITECTURE.md, Methods).
+
+Protocols rather than an ABC: the stubs and converted models need not inherit from reclf classes,
+and ``isinstance(model, EvaluableModel)`` (runtime-checkable) checks that the names exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from torch import Tensor, nn
+
+from reclf.data.tokenization import Tokenizer
+
+__all__ = ["EvaluableModel", "Explanation", "Gather", "MethodModel", "Tokenizer", "TrainableModel"]
+
+#: All-gather with autograd across DDP ranks (``reclf.train.distributed``); ``None`` in one process.
+Gather = Callable[[Tensor], Tensor]
+
+
+class Explanation(Protocol):
+    """What ``explain`` returns (``reclf.methods.model.Explanation`` is the dataclass that has it)."""
+
+    words: list[str]
+    attention: Tensor | None  # [W, h, w] word -> region maps, or None without local features
+    grid: tuple[int, int]
+    word_weights: Tensor | None  # [W] importance of each word's matching
+    relations: Tensor | None  # [N, N] SRM relations
+    global_score: float
+    local_score: float | None
+
+
+@runtime_checkable
+class EvaluableModel(Protocol):
+    """The part of the interface evaluation uses. Features are ``reclf.models.features`` dataclasses."""
+
+    @property
+    def method(self) -> str: ...
+
+    @property
+    def has_local(self) -> bool:
+        """True when the method has a word-region matcher (``local_similarity`` is defined)."""
+        ...
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """A JSON-able description (``image_encoder.image_size`` tells the input size)."""
+        ...
+
+    image_encoder: nn.Module  # the backbone: ``forward(x) -> ImageEncoderOutput``, ``global_dim``, pyramid
+
+    def encode_image(self, images: Tensor) -> Any: ...  # [B, C, H, W] in [0, 1] -> ImageFeatures
+
+    def encode_text(self, reports: Any) -> Any: ...  # list[str] (or the tokenizer's output) -> TextFeatures
+
+    def global_similarity(self, img: Any, txt: Any) -> Tensor: ...  # [n_img, n_txt] cosine
+
+    def local_similarity(self, img: Any, txt: Any) -> Tensor: ...  # [n_img, n_txt]; needs has_local
+
+    def similarity(self, img: Any, txt: Any) -> Tensor: ...  # [n_img, n_txt], the method's own score
+
+    def explain(self, image: Tensor, report: str) -> Explanation: ...
+
+    def eval(self) -> Any: ...  # nn.Module's
+
+
+@runtime_checkable
+class TrainableModel(Protocol):
+    """The part of the interface training uses (``reclf.train``)."""
+
+    @property
+    def method(self) -> str: ...
+
+    @property
+    def config(self) -> dict[str, Any]: ...
+
+    @property
+    def tokenizer(self) -> Tokenizer: ...
+
+    def encode_image(self, images: Tensor) -> Any: ...
+
+    def encode_text(self, reports: Any) -> Any: ...
+
+    def similarity(self, img: Any, txt: Any) -> Tensor: ...
+
+    def loss(self, batch: dict[str, Any], gather: Gather | None = None) -> dict[str, Tensor]:
+        """Named loss terms and their weighted total ``"loss"``."""
+        ...
+
+    def on_train_epoch_start(self, epoch: int) -> None: ...
+
+    def save_pretrained(self, folder: str | Path) -> Any: ...
+
+
+@runtime_checkable
+class MethodModel(EvaluableModel, TrainableModel, Protocol):
+    """The whole interface: what ``reclf.methods.VLModel`` implements for every method."""
