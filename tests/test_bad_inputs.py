@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from reclf.data.sources.testing import write_dicom
 
 from reclf.cli import main
-from reclf.data.sources.testing import write_dicom
 
 ROOT_USER = hasattr(os, "geteuid") and os.geteuid() == 0
 

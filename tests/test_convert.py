@@ -113,10 +113,10 @@ def gloria_layout(arch="resnet18", h=32, layers=4, inter=64, vocab=30522, embed=
     return s | hf_bert("gloria.text_encoder.model", h, layers, inter, vocab)
 
 
-def mgca_layout(image="resnet18", h=32, layers=2, inter=64, vocab=30522, hidden=None, emb=16):
+def mgca_layout(image="resnet18", h=32, layers=2, inter=64, vocab=30522, hidden=64, emb=16):
     vit = image == "vit-b16"
     g_in, l_in = (768, 768) if vit else ((2048, 1024) if image == "resnet50" else (512, 256))
-    hid = hidden or {}
+    hid = dict.fromkeys(("ig", "il", "tg", "tl"), hidden)  # MGCA: one hidden width for every head (2048)
     s = timm_vit("img_encoder_q.model") if vit else torchvision_resnet("img_encoder_q.model", image)
     s |= mgca_head("img_encoder_q.global_embed", g_in, hid.get("ig", g_in), emb, conv=False)
     s |= mgca_head("img_encoder_q.local_embed", l_in, hid.get("il", l_in), emb, conv=True)
@@ -257,14 +257,11 @@ def _full_size_bert(tmp_path, layers):
 @pytest.mark.parametrize("fmt", ["gloria", "mgca-resnet50", "mgca-vit"])
 def test_full_size_reference_names_map_completely(tmp_path, fmt):
     """Full-size names and shapes (ResNet-50 / ViT-B/16, Bio_ClinicalBERT 768-d, vocab 28996), on meta tensors."""
-    from reclf.methods.convert import _hidden_param
-
     if fmt == "gloria":
         shapes = gloria_layout("resnet50", h=768, layers=12, inter=3072, vocab=28996, embed=768)
     else:
-        # MGCA's heads are 2048 wide; until reclf's MLP hidden width is a parameter, check the names with
-        # hidden = input width (every other shape full size)
-        hidden = dict.fromkeys(("ig", "il", "tg", "tl"), 2048) if _hidden_param() else None
+        # MGCA's heads are 2048 wide (method.projection_hidden)
+        hidden = 2048
         shapes = mgca_layout("vit-b16" if fmt == "mgca-vit" else "resnet50", h=768, layers=6, inter=3072,
                              vocab=28996, emb=128, hidden=hidden)
     name = fmt.split("-")[0]
@@ -276,12 +273,9 @@ def test_full_size_reference_names_map_completely(tmp_path, fmt):
     assert report.mapped + len(report.ignored) == len(ref)
 
 
-def test_mgca_full_width_refused_clearly_without_hidden_param(tmp_path):
-    from reclf.methods.convert import _hidden_param
-
-    if _hidden_param() is not None:
-        pytest.skip("this reclf builds MGCA's 2048-wide projection")
-    shapes = mgca_layout("resnet18", hidden=dict.fromkeys(("ig", "il", "tg", "tl"), 64))
+def test_mgca_heads_of_different_widths_are_refused(tmp_path):
+    shapes = mgca_layout("resnet18")
+    shapes |= mgca_head("img_encoder_q.local_embed", 256, 32, 16, conv=True)  # one head narrower than the rest
     ref = {k: torch.empty(s, device="meta") for k, s in shapes.items()}
-    with pytest.raises(ConversionError, match="projection_hidden"):
+    with pytest.raises(ConversionError, match="different hidden widths"):
         build_target(read_layout(ref, "mgca"), bert_folder(tmp_path / "bert"), device="meta")

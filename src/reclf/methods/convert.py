@@ -241,16 +241,6 @@ def read_layout(state: dict[str, Any], fmt: str, ckpt: str = "checkpoint") -> La
 # the reclf model of the matching widths
 
 
-def _hidden_param() -> str | None:
-    """The MethodParams field for the projection MLP's hidden width, if this reclf version has one."""
-    from dataclasses import fields
-
-    from reclf.methods.params import MethodParams
-
-    names = {f.name for f in fields(MethodParams)}
-    return next((n for n in ("projection_hidden", "projection_hidden_dim") if n in names), None)
-
-
 def target_configs(layout: Layout, text_dir: Path) -> tuple[Any, Any, Any]:
     """(MethodParams, ImageEncoderConfig, TextEncoderConfig) of the reclf model the layout maps onto."""
     from reclf.config import ImageEncoderConfig, TextEncoderConfig
@@ -266,19 +256,9 @@ def target_configs(layout: Layout, text_dir: Path) -> tuple[Any, Any, Any]:
     else:
         overrides["projection"] = "mlp"
         widths = set(layout.proj_hidden.values())
-        name = _hidden_param()
-        if name is not None and len(widths) == 1:
-            overrides[name] = widths.pop()
-        elif name is None:
-            ins = layout.proj_in
-            off = {k: v for k, v in layout.proj_hidden.items() if v != ins[k]}
-            if off:
-                k = next(iter(off))
-                raise ConversionError(
-                    f"MGCA head {k} has hidden width {off[k]}, but this reclf version builds projection MLPs "
-                    f"with hidden width = input width ({ins[k]}); it needs MethodParams.projection_hidden")
-        else:
+        if len(widths) != 1:
             raise ConversionError(f"MGCA heads have different hidden widths {layout.proj_hidden}; reclf uses one")
+        overrides["projection_hidden"] = widths.pop()
         text_cfg = TextEncoderConfig(name=str(text_dir), last_n_layers=1, word_merge="sum", pooling="cls")
     text_cfg.max_tokens = min(text_cfg.max_tokens, layout.text["max_position_embeddings"])
     return method_params(layout.format, **overrides), image_cfg, text_cfg
@@ -345,6 +325,11 @@ def _derive(fmt: str, key: str, shape: tuple[int, ...], model_state: dict[str, A
         return torch.full(shape, 0.5), "input normalisation mean 0.5 / std 0.5, as the reference ('half')"
     if key.endswith("_tau.log_scale"):
         return model_state[key].clone(), "the method preset's temperature (inference ranks do not depend on it)"
+    if key == "match_scale.log_scale":
+        return model_state[key].clone(), (
+            "the preset's word-region attention scale (method.match_scale): reclf attends with scaled cosines where "
+            "GLoRIA used raw dot products (docs/methods.md, deviation table)"
+        )
     if fmt == "gloria" and key in ("text_global.net.weight", "text_local.net.weight"):
         return torch.eye(shape[0], shape[1]), "identity: GLoRIA has no text projection"
     if fmt == "gloria" and key == "text_global.net.bias":
