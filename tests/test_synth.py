@@ -363,3 +363,9 @@ def test_synth_n5000_at_64px_end_to_end(tmp_path):
     """The issue's end-to-end case: seed 9139 failed at n 5000 / 64 px (pretrain set, the largest)."""
     m = generate(tmp_path / "s", n=5000, size=64, seed=9139, per_class=2, workers=1, sets=("pretrain",))
     assert m.sets["pretrain"]["studies"] == 5000
+
+
+def test_classification_size_is_a_parameter() -> None:
+    assert len(build_specs("classification", 0, 40, 4)) == 24  # default: max(6 x per_class, 24)
+    specs = build_specs("classification", 0, 40, 4, classification_n=70)
+    assert len(specs) == 70 and specs[:24] == build_specs("classification", 0, 40, 4)  # a prefix: same studies first

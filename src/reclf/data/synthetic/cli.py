@@ -53,6 +53,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="worker processes (outputs are identical whatever the number)",
     )
+    parser.add_argument(
+        "--classification-n",
+        type=_ranged_int("--classification-n", *N_RANGE),
+        default=None,
+        help="studies of the classification set (default 6 x --per-class)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     parser.add_argument("--preview", action="store_true", help="also write DIR/preview.png (a montage)")
 
@@ -68,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         size=args.size,
         seed=args.seed,
         per_class=args.per_class,
+        classification_n=args.classification_n,
         workers=args.workers,
         overwrite=args.overwrite,
         preview=args.preview,
