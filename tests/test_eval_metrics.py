@@ -139,3 +139,19 @@ def test_report_summary_table_merges_seeds_and_falls_back_to_global():
     assert lines[2] == "| model | zero-shot acc |"
     assert "| convirt | 0.200 |" in lines
     assert "| reclf | 0.350 ± 0.071 |" in lines
+
+
+def test_paired_difference_aligns_items_by_id_and_resamples_pairs() -> None:
+    from reclf.evaluate.stats import paired_difference
+
+    rng = np.random.default_rng(0)
+    base = rng.random(400)
+    a = (base < 0.7).astype(float)
+    b = a.copy()
+    b[:40] = 1 - b[:40]  # b differs from a on 40 items only
+    ids = [f"s{i}" for i in range(400)]
+    d = paired_difference(ids, a, ids[::-1], b[::-1], n_boot=300)  # order does not matter, ids do
+    assert d.n == 400 and d.value == pytest.approx(a.mean() - b.mean())
+    assert d.ci_low <= d.value <= d.ci_high and d.ci_high - d.ci_low < 0.1  # far narrower than either interval
+    # items on one side only are dropped
+    assert paired_difference(ids[:10], a[:10], ids[5:], b[5:], n_boot=10).n == 5

@@ -43,7 +43,8 @@ from reclf.evaluate.common import data_info, load_table, model_info, report_bad
 from reclf.evaluate.loading import LoadedModel, image_size_of
 from reclf.evaluate.metrics import auroc, mask_to_grid
 from reclf.evaluate.results import TaskResult, format_table, write_results
-from reclf.evaluate.stats import Estimate, bootstrap_ci, mean_ci
+from reclf.evaluate.stats import Estimate, mean_ci
+from reclf.evaluate.stats import paired_difference as stats_paired_difference
 from reclf.methods.interface import EvaluableModel
 
 ROLES_FILE = "word_roles.jsonl"
@@ -499,14 +500,7 @@ def paired_difference(a: dict[str, Any], b: dict[str, Any], key: str, n_boot: in
     pa, pb = a.get("extra", {}).get("per_report", {}), b.get("extra", {}).get("per_report", {})
     if key not in pa or key not in pb:
         return Estimate(float("nan"), float("nan"), float("nan"), 0)
-    va = dict(zip(pa["study_id"], pa[key], strict=True))
-    vb = dict(zip(pb["study_id"], pb[key], strict=True))
-    common = [s for s in pa["study_id"] if s in vb]
-    x = np.asarray([np.nan if va[s] is None else va[s] for s in common], dtype=float)
-    y = np.asarray([np.nan if vb[s] is None else vb[s] for s in common], dtype=float)
-    ok = ~(np.isnan(x) | np.isnan(y))
-    return bootstrap_ci(lambda d: float(d.mean()) if len(d) else float("nan"), x[ok] - y[ok],
-                        n_boot=n_boot, seed=seed)
+    return stats_paired_difference(pa["study_id"], pa[key], pb["study_id"], pb[key], n_boot=n_boot, seed=seed)
 
 
 def _label(r: dict[str, Any]) -> str:

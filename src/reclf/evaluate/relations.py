@@ -21,7 +21,7 @@ import torch
 from reclf.evaluate.common import data_info, load_table, model_info, report_bad
 from reclf.evaluate.features import encode_images, encode_texts
 from reclf.evaluate.loading import LoadedModel, image_size_of
-from reclf.evaluate.results import TaskResult, format_table, write_results
+from reclf.evaluate.results import TaskResult, format_table, per_item, write_results
 from reclf.evaluate.stats import Estimate, mean_ci
 
 CANDIDATE_COLUMNS = ("study_id", "text", "is_correct", "contrast")
@@ -77,6 +77,7 @@ def run_relations(loaded: LoadedModel, data: str | Path, out: str | Path | None,
     groups = dict(tuple(cands.groupby("study_id", sort=False)))
     per_contrast: dict[str, list[float]] = {}
     all_beaten: list[float] = []
+    beaten_ids: list[str] = []
     rows: list[dict[str, Any]] = []
     no_true = missing = 0
     with torch.no_grad():
@@ -97,15 +98,20 @@ def run_relations(loaded: LoadedModel, data: str | Path, out: str | Path | None,
                 per_contrast.setdefault(contrast, []).append(w)
                 rows.append({"study_id": sid, "contrast": contrast, "true": float(s[0]), "foil": float(fs), "win": w})
             all_beaten.append(float(all(w == 1.0 for w in results)))
+            beaten_ids.append(sid)
     if not all_beaten:
         raise ValueError(f"{table.folder}: no study has a true caption and at least one foil in {cfg.candidates}")
     if missing or no_true:
         print(f"relations: {missing} images without candidates, {no_true} without exactly one true caption "
               "and a foil (skipped)")
     metrics: dict[str, Estimate] = {}
+    items: dict[str, Any] = {}
     for contrast in sorted(per_contrast):
         metrics[f"{contrast}"] = mean_ci(np.asarray(per_contrast[contrast]), cfg.n_boot, cfg.seed)
+        ids = [f"{r['study_id']}/{k}" for k, r in enumerate(r for r in rows if r["contrast"] == contrast)]
+        items[contrast] = per_item(ids, per_contrast[contrast])
     metrics["all_foils"] = mean_ci(np.asarray(all_beaten), cfg.n_boot, cfg.seed)
+    items["all_foils"] = per_item(beaten_ids, all_beaten)
     by_class: dict[str, dict[str, float]] = {}
     if "class" in df.columns:
         cls_of = dict(zip(df["study_id"].astype(str), df["class"].astype(str)))
@@ -115,7 +121,7 @@ def run_relations(loaded: LoadedModel, data: str | Path, out: str | Path | None,
     config = asdict(cfg) | {"image_size": size, "chance": 0.5}
     info = data_info(table, enc.kept, enc.bad) | {"skipped_no_candidates": missing, "skipped_incomplete": no_true}
     result = TaskResult("relations", metrics, config, model_info(loaded), info, [cfg.seed],
-                        {"by_class_contrast": by_class})
+                        {"by_class_contrast": by_class, "per_item": items})
     if out is not None:
         write_results(result, out)
     print(format_table(result))

@@ -50,6 +50,12 @@ class TaskResult:
         }
 
 
+def per_item(ids: Any, values: Any) -> dict[str, list]:
+    """The per-item values behind a mean metric (``extra["per_item"][metric]``), for paired comparisons
+    of two models on the same items (:func:`reclf.evaluate.stats.paired_difference`)."""
+    return {"ids": [str(i) for i in ids], "values": [float(v) for v in values]}
+
+
 def _clean(obj: Any) -> Any:
     """JSON-safe: NaN -> None, numpy scalars -> Python."""
     if isinstance(obj, dict):

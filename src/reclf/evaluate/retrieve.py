@@ -31,7 +31,7 @@ from reclf.evaluate.common import data_info, load_table, model_info, report_bad
 from reclf.evaluate.features import encode_images, encode_texts
 from reclf.evaluate.loading import LoadedModel, image_size_of
 from reclf.evaluate.metrics import hits_matrix, precision_at_k, recall_at_k
-from reclf.evaluate.results import TaskResult, format_table, write_results
+from reclf.evaluate.results import TaskResult, format_table, per_item, write_results
 from reclf.evaluate.stats import Estimate, bootstrap_ci, mean_ci
 from reclf.methods.interface import EvaluableModel
 
@@ -126,16 +126,24 @@ def rank_targets_rerank(
 def retrieval_metrics(
     ranking: Ranking, q_inst: np.ndarray, t_inst: np.ndarray, q_cls: np.ndarray | None, t_cls: np.ndarray | None,
     recall_ks: list[int], precision_ks: list[int], prefix: str, n_boot: int, seed: int,
+    items: dict[str, Any] | None = None, ids: Any = None,
 ) -> dict[str, Estimate]:
+    """Recall@K / Precision@K / median rank of one direction; ``items`` (if given) receives the per-query
+    values of every mean metric under its name, keyed by ``ids`` (for paired comparisons)."""
     out: dict[str, Estimate] = {}
+    per_query: dict[str, np.ndarray] = {}
     hits = hits_matrix(ranking.topk, q_inst, t_inst)
     for k in recall_ks:
-        out[f"{prefix}/R@{k}"] = mean_ci(recall_at_k(hits, k), n_boot, seed)
+        per_query[f"{prefix}/R@{k}"] = recall_at_k(hits, k)
     if q_cls is not None and t_cls is not None:
         chits = hits_matrix(ranking.topk, q_cls, t_cls)
         for k in precision_ks:
             if k <= chits.shape[1]:
-                out[f"{prefix}/P@{k}"] = mean_ci(precision_at_k(chits, k), n_boot, seed)
+                per_query[f"{prefix}/P@{k}"] = precision_at_k(chits, k)
+    for name, values in per_query.items():
+        out[name] = mean_ci(values, n_boot, seed)
+        if items is not None:
+            items[name] = per_item(ids, values)
     out[f"{prefix}/median_rank"] = bootstrap_ci(lambda r: float(np.median(r)), ranking.first_hit_rank.astype(float),
                                                 n_boot=n_boot, seed=seed)
     return out
@@ -177,6 +185,7 @@ def run_retrieve(loaded: LoadedModel, data: str | Path, out: str | Path | None, 
     modes = [m for m in cfg.modes if m != "local" or model.has_local]
     if not model.has_local and "method" in modes and "global" in modes:
         modes.remove("method")  # for a global-only method, method == global
+    items: dict[str, Any] = {}
     for mode in modes:
         fn = _scorer(model, mode)
         if mode != "global" and cfg.rerank_k > 0:
@@ -192,9 +201,9 @@ def run_retrieve(loaded: LoadedModel, data: str | Path, out: str | Path | None, 
             i2t = rank_targets(lambda sl, fn=fn: fn(img.index(sl), txt), n, kmax, inst, inst, cfg.chunk)
             t2i = rank_targets(lambda sl, fn=fn: fn(img, txt.index(sl)).T, n, kmax, inst, inst, cfg.chunk)
         metrics.update(retrieval_metrics(i2t, inst, inst, cls, cls, cfg.recall_ks, cfg.precision_ks,
-                                         f"{mode}/i2t", cfg.n_boot, cfg.seed))
+                                         f"{mode}/i2t", cfg.n_boot, cfg.seed, items, df["study_id"]))
         metrics.update(retrieval_metrics(t2i, inst, inst, cls, cls, cfg.recall_ks, cfg.precision_ks,
-                                         f"{mode}/t2i", cfg.n_boot, cfg.seed))
+                                         f"{mode}/t2i", cfg.n_boot, cfg.seed, items, df["study_id"]))
     for k in cfg.recall_ks:  # what a random ranking would score, for reading the numbers
         counts = np.bincount(inst)[inst]
         metrics[f"chance/R@{k}"] = Estimate(float(np.mean(1 - _none_hit(n, counts, k))), float("nan"),
@@ -204,7 +213,7 @@ def run_retrieve(loaded: LoadedModel, data: str | Path, out: str | Path | None, 
                             if cfg.rerank_k > 0 else "every pair scored"}
     result = TaskResult("retrieve", metrics, config, model_info(loaded), data_info(table, enc.kept, enc.bad),
                         [cfg.seed], {"n_instances": int(inst.max() + 1), "classes": None if cls is None
-                                     else sorted(set(cls.tolist()))})
+                                     else sorted(set(cls.tolist())), "per_item": items})
     if out is not None:
         write_results(result, out)
     print(format_table(result))

@@ -31,7 +31,7 @@ from reclf.evaluate.common import data_info, load_table, model_info, report_bad
 from reclf.evaluate.features import encode_images, encode_texts, similarity_matrix
 from reclf.evaluate.loading import LoadedModel, image_size_of
 from reclf.evaluate.metrics import accuracy, auroc, macro_auroc, macro_f1
-from reclf.evaluate.results import TaskResult, format_table, write_results
+from reclf.evaluate.results import TaskResult, format_table, per_item, write_results
 from reclf.evaluate.stats import Estimate, bootstrap_ci
 from reclf.methods.interface import EvaluableModel
 
@@ -143,6 +143,7 @@ def run_zeroshot(loaded: LoadedModel, data: str | Path, out: str | Path | None, 
         for mode, s in per_mode.items():
             pred = class_scores(s, owner_arr, len(classes), cfg.reduce).argmax(1).numpy()
             metrics[f"{mode}/accuracy"] = bootstrap_ci(accuracy, y, pred, n_boot=cfg.n_boot, seed=cfg.seed)
+            extra.setdefault("per_item", {})[f"{mode}/accuracy"] = per_item(df["study_id"], pred == y)
             metrics[f"{mode}/macro_f1"] = bootstrap_ci(
                 lambda a, b: macro_f1(a, b, labels=np.arange(len(classes))), y, pred, n_boot=cfg.n_boot,
                 seed=cfg.seed)
