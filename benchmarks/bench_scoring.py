@@ -25,7 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_align import make_inputs  # noqa: E402
 from reclf.align.aggregators import build_aggregator  # noqa: E402
-from reclf.align.matching import pairwise_local_scores  # noqa: E402
+from reclf.align.matching import (  # noqa: E402
+    DEFAULT_MATCH_SCALE,
+    GLORIA_ATTN_TEMPERATURE,
+    pairwise_local_scores,
+)
 
 
 def _timed(fn, repeats: int = 1) -> float:
@@ -54,6 +58,57 @@ def encoder_seconds(n_images: int, n_reports: int, sample: int = 4) -> tuple[flo
     return t_img / sample * n_images, t_txt / sample * n_reports
 
 
+def rerank_cost(model_dir: str, data: str, n: int, rerank_ks: list[int], chunk: int) -> None:
+    """With a trained model: how often each image's own report falls outside the global top-K (re-ranking
+    can never recover it), image->report R@1/5/10 with every pair scored by the method vs the global top-K
+    re-ranked, and the time of both scores on these features (encoding excluded)."""
+    import numpy as np
+
+    from reclf.evaluate.common import load_table
+    from reclf.evaluate.features import encode_images, encode_texts, similarity_matrix
+    from reclf.evaluate.loading import image_size_of, load_model
+    from reclf.evaluate.retrieve import report_texts
+
+    loaded = load_model(model_dir)
+    model = loaded.model.eval()
+    table = load_table(data)
+    table.df = table.df.iloc[:n].reset_index(drop=True)
+    with torch.no_grad():
+        img, enc = encode_images(model, table.paths(), image_size_of(model))
+        df = table.df.iloc[enc.kept].reset_index(drop=True)
+        texts = report_texts(df, model)
+        txt = encode_texts(model, texts)
+        t = time.perf_counter()
+        glob = similarity_matrix(model.global_similarity, img, txt, chunk)
+        t_glob = time.perf_counter() - t
+        t = time.perf_counter()
+        full = similarity_matrix(model.similarity, img, txt, chunk)
+        t_full = time.perf_counter() - t
+    _, inst = np.unique(np.asarray(texts), return_inverse=True)
+    inst_t = torch.as_tensor(inst)
+    same = inst_t[:, None] == inst_t[None, :]  # [images, reports]: relevant reports of each image
+
+    def recall(scores: torch.Tensor, k: int) -> float:
+        top = scores.topk(k, dim=1).indices
+        return float(same.gather(1, top).any(dim=1).float().mean())
+
+    m = len(df)
+    print(f"\n# re-ranking cost: {model_dir} ({model.method}) on {data}, first {m} studies, "
+          f"grid {img.grid}, {txt.words.shape[1]} words max")
+    print(f"time, all {m}x{m} pairs: global {t_glob:.3f} s, method ({model.params.similarity}) {t_full:.1f} s, "
+          f"ratio {t_full / t_glob:.0f}x")
+    print(f"{'scoring':<28}{'outside global top-K':>22}{'R@1':>8}{'R@5':>8}{'R@10':>8}")
+    print(f"{'global':<28}{'-':>22}" + "".join(f"{recall(glob, k):>8.3f}" for k in (1, 5, 10)))
+    print(f"{'method, every pair':<28}{'-':>22}" + "".join(f"{recall(full, k):>8.3f}" for k in (1, 5, 10)))
+    for kk in rerank_ks:
+        top = glob.topk(min(kk, m), dim=1).indices
+        keep = torch.zeros_like(same).scatter(1, top, True)
+        rer = full.masked_fill(~keep, float("-inf"))  # global top-K re-ranked by the method, the rest below
+        outside = 1.0 - float(same.gather(1, top).any(dim=1).float().mean())
+        row = "".join(f"{recall(rer, k):>8.3f}" for k in (1, 5, 10))
+        print(f"{f'method, re-rank top {kk}':<28}{outside:>22.3f}" + row)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=1000)
@@ -65,8 +120,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chunk", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--encoders", action="store_true", help="also time ResNet-50 + BERT-base encoding")
+    p.add_argument("--model", default=None, help="a trained model (export folder): measure the re-ranking cost")
+    p.add_argument("--data", default=None, help="with --model: a study table folder (e.g. retrieval_8x200)")
+    p.add_argument("--studies", type=int, default=500, help="with --model: the first N studies")
+    p.add_argument("--rerank", default="10,50,100", help="with --model: re-ranking depths K")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.model:
+        if not args.data:
+            p.error("--model needs --data (a study table folder)")
+        rerank_cost(args.model, args.data, args.studies, [int(k) for k in args.rerank.split(",")], args.chunk)
+        return 0
     torch.manual_seed(0)
     x = make_inputs(max(args.images, args.reports), args.words, args.grid, args.dim)
     img_g, txt_g = x["img_global"][: args.images], x["txt_global"][: args.reports]
@@ -83,16 +147,27 @@ def main(argv: list[str] | None = None) -> int:
         )
         return (global_score()[:, :m] + s / 0.1) / 2
 
+    lse = build_aggregator("lse", args.dim)
+
+    def gloria_score() -> torch.Tensor:  # GLoRIA's own all-pairs local score at the same shapes, for scale
+        return pairwise_local_scores(
+            x["words"][:m], x["word_mask"][:m], x["sentence_ids"][:m], x["regions"][: args.images], img_g, txt_g[:m],
+            lse, temperature=GLORIA_ATTN_TEMPERATURE, mode="gloria", chunk_size=args.chunk, scale=DEFAULT_MATCH_SCALE,
+        )
+
     with torch.no_grad():
         t_global = _timed(global_score, repeats=5)
         t_local = _timed(local_score) * args.reports / m
+        t_gloria = _timed(gloria_score) * args.reports / m
     pairs = args.images * args.reports
     print(f"# bench_scoring: torch {torch.__version__}, {torch.get_num_threads()} threads; {args.images} images x "
           f"{args.reports} reports = {pairs:,} pairs; W {args.words}, R {args.grid ** 2}, d {args.dim}")
     print(f"global score (cosines, all pairs)          {t_global:10.4f} s")
     print(f"method score (fused, all pairs; {m} reports timed, scaled x{args.reports / m:g})"
           f" {t_local:10.1f} s   {pairs / t_local:,.0f} pairs/s")
+    print(f"GLoRIA local score (all pairs, same shapes) {t_gloria:10.1f} s   {pairs / t_gloria:,.0f} pairs/s")
     print(f"ratio method / global, scores only         {t_local / t_global:10.0f} x")
+    print(f"ratio method / GLoRIA local score          {t_local / t_gloria:10.2f} x")
     if args.encoders:
         t_img, t_txt = encoder_seconds(args.images, args.reports)
         enc = t_img + t_txt
