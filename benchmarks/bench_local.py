@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_align import make_inputs  # noqa: E402
-from reclf.align.aggregators import build_aggregator, key_padding_mask  # noqa: E402
+from reclf.align.aggregators import build_aggregator  # noqa: E402
 from reclf.align.losses import info_nce  # noqa: E402
 from reclf.align.matching import (  # noqa: E402
     DEFAULT_MATCH_SCALE,
@@ -110,7 +110,12 @@ def _local_fns(batch: int, n_words: int, grid: int, dim: int, chunk: int, hard: 
         )
         info_nce(s * 10.0, sum_directions=True).backward()
 
-    return {"reclf": reclf_all, f"reclf_top{hard}": reclf_topk, "gloria": gloria}
+    def reclf_before() -> None:  # the same loss with the formulas before issue 14 (reference_local.py)
+        from reference_local import reference_pairwise_scores
+
+        info_nce(reference_pairwise_scores(reclf, x, chunk=chunk) / 0.1).backward()
+
+    return {"reclf": reclf_all, "reclf_before": reclf_before, f"reclf_top{hard}": reclf_topk, "gloria": gloria}
 
 
 def bench_loss(args: argparse.Namespace) -> dict[str, float]:
@@ -125,6 +130,8 @@ def bench_loss(args: argparse.Namespace) -> dict[str, float]:
 
 def bench_parts(args: argparse.Namespace) -> None:
     """Forward time of each part (summed over chunks, the chunks as in ``pairwise_local_scores``) and backward."""
+    from reclf.align.aggregators import key_padding_mask
+
     x = make_inputs(args.batch, args.words, args.grid, args.dim, grad=True)
     torch.manual_seed(0)
     reclf = build_aggregator("srm+irm", args.dim)

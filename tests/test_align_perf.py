@@ -1,27 +1,26 @@
 """The fast paths of issue 14 give the results of the straightforward formulas (values and gradients).
 
-The references below are the formulas as first written (explicit word -> region softmax stored in full,
-the ``[P, N, N]`` edge mask, the mask applied to the large product): every optimisation is checked
-against them, with padded words full of garbage so that padding can be seen to leak.
+The references (benchmarks/reference_local.py) are the formulas as first written (explicit word -> region
+softmax stored in full, the ``[P, N, N]`` edge mask, the mask applied to the large product): every
+optimisation is checked against them, with padded words full of garbage so that padding could be seen
+to leak.
 """
 
 from __future__ import annotations
 
-import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from reclf.align.aggregators import (
-    RelationAggregator,
-    build_aggregator,
-    build_edge_mask,
-    key_padding_mask,
-)
+from reclf.align.aggregators import build_aggregator, build_edge_mask, key_padding_mask
 from reclf.align.losses import info_nce
-from reclf.align.masking import masked_mean, masked_softmax
 from reclf.align.matching import _attend_grouped, pairwise_local_scores
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from reference_local import reference_context, reference_relation_scores  # noqa: E402
 
 D = 16
 
@@ -44,45 +43,6 @@ def batch(n=5, n_words=9, n_reg=6, seed=0, garbage=True):
         "img_global": F.normalize(torch.randn(n, D, generator=g), dim=-1),
         "txt_global": F.normalize(torch.randn(n, D, generator=g), dim=-1),
     }
-
-
-def reference_context(words, regions, temperature):
-    """Explicit softmax attention, ``[I, T, W, R]`` stored: ``words[T, W, d]``, ``regions[I, R, d]``."""
-    attn = torch.softmax(torch.einsum("twd,ird->itwr", words, regions) / temperature, dim=-1)
-    return F.normalize(torch.einsum("itwr,ird->itwd", attn, regions), dim=-1, eps=1e-8)
-
-
-def reference_relation_scores(agg: RelationAggregator, words, context, mask, img_g, txt_g):
-    """``srm+irm`` / ``irm`` / ``srm+lse`` as first written: full edge mask, permuted q/k/v, explicit softmax."""
-    n_img, n_txt, n_words, dim = context.shape
-    mv = agg.matchings
-    prod = (words.unsqueeze(0) * context) * mv.scale
-    prod = prod.masked_fill(~mask.unsqueeze(0).unsqueeze(-1), 0.0)
-    z = mv.word(prod).reshape(n_img * n_txt, n_words, mv.d_z)
-    valid = mask.unsqueeze(0).expand(n_img, n_txt, n_words).reshape(n_img * n_txt, n_words)
-    if mv.glob is not None:
-        z0 = mv.glob(img_g[:, None, :] * txt_g[None] * mv.scale).reshape(n_img * n_txt, 1, mv.d_z)
-        z = torch.cat([z0, z], dim=1)
-        valid = torch.cat([valid.new_ones(n_img * n_txt, 1), valid], dim=1)
-    if agg.srm is not None:
-        edges = build_edge_mask(valid, None, agg.global_node)
-        for layer in agg.srm.layers:
-            p, n, d = z.shape
-            q, k, v = layer.qkv(z).reshape(p, n, 3, layer.heads, layer.head_dim).permute(2, 0, 3, 1, 4)
-            logits = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(layer.head_dim)
-            attn = masked_softmax(logits, edges.unsqueeze(1), dim=-1)
-            mixed = torch.matmul(attn, v).transpose(1, 2).reshape(p, n, d)
-            z = layer.norm1(z + layer.out(mixed))
-            z = layer.norm2(z + layer.ffn(z))
-    if agg.irm is not None:
-        mean = masked_mean(z, valid, dim=1)
-        u = agg.irm.importance(torch.tanh(agg.irm.node(z) + agg.irm.ctx(mean).unsqueeze(1))).squeeze(-1)
-        beta = masked_softmax(u, valid, dim=-1)
-        score = agg.irm.readout(torch.einsum("pn,pnd->pd", beta, z)).squeeze(-1)
-    else:
-        r = agg.node_readout(z).squeeze(-1).masked_fill(~valid, torch.finfo(z.dtype).min)
-        score = torch.logsumexp(r, dim=-1)
-    return score.reshape(n_img, n_txt)
 
 
 def _grads(fn, b, params):
