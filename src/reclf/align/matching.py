@@ -22,7 +22,8 @@ its ``temperature``; ``scale`` is ignored there.
 Shapes: ``attend(words[T, W, d], regions[I, R, d]) -> (context[I, T, W, d], attention[I, T, W, R])``.
 GLoRIA's code loops over captions in Python, each against all images; here one batched matrix product
 covers every pair. ``pairwise_local_scores`` runs attend + an aggregator over chunks of *images*, so
-the working memory is ``chunk_size x T x W x (R + d)`` instead of ``I x T x W x (R + d)``; with
+the working memory is ``chunk_size x T x W x (R + d)`` instead of ``I x T x W x (R + d)`` (softmax mode:
+``chunk_size x T x W x d``, the attention runs in a fused kernel and is never stored); with
 ``checkpoint=True`` each chunk is recomputed in the backward pass, so the memory kept for backward is
 bounded by the chunk too (it grows linearly with the batch, not quadratically).
 """
@@ -332,7 +333,8 @@ def pairwise_local_outputs(
         regions, img_global: ``[I, R, d]``, ``[I, d]`` (the images); ``txt_global``: ``[T, d]``.
         aggregator: pools each pair's matchings into a scalar (``reclf.align.aggregators``).
         temperature, mode, scale: the attention rule (``attend``).
-        chunk_size: images per chunk; peak working memory ~ ``chunk_size * T * W * (R + d)`` floats.
+        chunk_size: images per chunk; peak working memory ~ ``chunk_size * T * W * (R + d)`` floats
+            (softmax mode: ``chunk_size * T * W * d`` plus the aggregator's, the attention is not stored).
         pairs: optional ``[I, K]`` indices of the reports to score for each image (RECLF's positive +
             top-k hardest negatives, see ``reclf.align.losses.topk_candidates``); the result is then ``[I, K]``.
         checkpoint: recompute each chunk in the backward pass (activation checkpointing), so that the
