@@ -252,6 +252,14 @@ def bench_c(
     return rows
 
 
+def fit_growth(points: list[tuple[int, float]]) -> tuple[float, float, float]:
+    """Least-squares ``peak = a + b*B + c*B^2`` through ``(B, peak)`` points: c ~ 0 means linear growth."""
+    x = torch.tensor([[1.0, b, b * b] for b, _ in points], dtype=torch.float64)
+    y = torch.tensor([[m] for _, m in points], dtype=torch.float64)
+    coef = torch.linalg.lstsq(x, y).solution.flatten().tolist()
+    return coef[0], coef[1], coef[2]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
@@ -264,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--child", nargs=2, metavar=("BATCH", "MODE"), help=argparse.SUPPRESS)
     p.add_argument("--sections", default="abc", help="which parts to run (a, b, c)")
+    p.add_argument("--sizes", default="", help="(c) batch sizes, e.g. 8,16,32,64 (default 16,32,64,128)")
+    p.add_argument("--plain-max", type=int, default=64, help="(c) largest batch measured without checkpointing")
     args = p.parse_args(argv)
     if args.child:
         memory_child(int(args.child[0]), args.words, args.grid, args.dim, args.chunk, args.child[1], args.threads)
@@ -272,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.batch, args.repeats = 16, 3
     sizes = [8, 16, 32] if args.quick else [16, 32, 64, 128]
+    if args.sizes:
+        sizes = [int(v) for v in args.sizes.split(",")]
     print(
         f"# bench_align: torch {torch.__version__}, {args.threads} threads, batch {args.batch}, "
         f"{args.words} words, {args.grid}x{args.grid} regions, d {args.dim}, chunk {args.chunk}, "
@@ -297,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     if "c" in args.sections:
         rows = bench_c(
-            sizes, args.words, args.grid, args.dim, args.chunk, args.threads, no_ckpt_max=32 if args.quick else 64
+            sizes, args.words, args.grid, args.dim, args.chunk, args.threads,
+            no_ckpt_max=32 if args.quick else args.plain_max,
         )
         print(f"\n(c) peak memory of RECLF scoring (MiB above the inputs), chunk {args.chunk}")
         print(f"{'batch':>6}{'no_grad':>12}{'fwd+bwd ckpt':>14}{'fwd+bwd plain':>15}{'pairs':>8}")
@@ -308,6 +321,16 @@ def main(argv: list[str] | None = None) -> int:
                 f"{batch:>6}{by[(batch, 'no_grad')]:>12.0f}{by[(batch, 'checkpoint')]:>14.0f}"
                 f"{(f'{plain:.0f}' if plain is not None else '-'):>15}{batch * batch:>8}"
             )
+        print("\ngrowth law, least squares peak = a + b*B + c*B^2 (MiB, float32), projected; bf16 ~ half")
+        for mode in ("no_grad", "checkpoint", "plain"):
+            pts = [(bs, by[(bs, mode)]) for bs in sizes if (bs, mode) in by]
+            if len(pts) >= 3:
+                a, b_, c_ = fit_growth(pts)
+                proj = {bs: a + b_ * bs + c_ * bs * bs for bs in (72, 128)}
+                print(
+                    f"{mode:>10}: a {a:8.1f}  b {b_:8.2f}/B  c {c_:8.4f}/B^2   B 72: {proj[72]:8.0f} MiB fp32, "
+                    f"{proj[72] / 2:8.0f} bf16;  B 128: {proj[128]:8.0f} fp32, {proj[128] / 2:8.0f} bf16"
+                )
         for mode in ("no_grad", "checkpoint", "plain"):
             pts = [(bs, by[(bs, mode)]) for bs in sizes if (bs, mode) in by]
             if len(pts) >= 2:

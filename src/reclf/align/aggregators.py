@@ -212,8 +212,11 @@ class MatchingVectors(nn.Module):
         self, words: Tensor, context: Tensor, word_mask: Tensor, img_global: Tensor, txt_global: Tensor
     ) -> tuple[Tensor, Tensor]:
         n_img, n_txt, n_words, dim = context.shape
-        prod = (words * context) * self.scale  # [I, T, W, d]
-        prod = prod.masked_fill(~word_mask.unsqueeze(-1), 0.0)  # padding can never leak, even if not finite
+        # mask and scale the words (small when shared by all images: [1, T, W, d]) and multiply once by the
+        # [I, T, W, d] context, instead of two passes over the large product. Padded words are zeroed with
+        # ``where`` (so a non-finite padded word cannot leak); their contexts are always finite.
+        scaled = torch.where(word_mask.unsqueeze(-1), words, words.new_zeros(())) * self.scale
+        prod = scaled * context  # [I, T, W, d]
         z = self.word(prod).reshape(n_img * n_txt, n_words, self.d_z)
         valid = word_mask.expand(n_img, n_txt, n_words).reshape(n_img * n_txt, n_words)
         if self.glob is not None:
@@ -239,6 +242,19 @@ def build_edge_mask(valid: Tensor, node_sentence: Tensor | None, global_node: bo
     return allowed | eye
 
 
+def key_padding_mask(valid: Tensor) -> Tensor:
+    """Allowed keys ``[P, 1, N]`` (broadcast over the query rows): the valid nodes; a pair with no valid
+    node allows all of its keys so that no row is empty.
+
+    For a *valid* query this is exactly ``build_edge_mask(valid, None, ...)`` (valid keys; its own
+    diagonal is valid). Padded queries differ (they see the valid keys instead of only themselves), but a
+    padded node never reaches a score or a gradient: it is a masked key for every valid query, and IRM /
+    log-sum-exp give it zero weight. The ``[P, N, N]`` mask costs ``N`` times more to build and to read in
+    the attention kernel (docs/training.md, performance).
+    """
+    return (valid | ~valid.any(dim=1, keepdim=True)).unsqueeze(1)
+
+
 class SRMLayer(nn.Module):
     """One post-norm transformer layer over the matching graph: masked MHA + FFN, residual, LayerNorm."""
 
@@ -255,10 +271,12 @@ class SRMLayer(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, edges: Tensor, need_relations: bool = True) -> tuple[Tensor, Tensor | None]:
-        """``need_relations=False`` runs the fused attention kernel (about 2x faster on CPU) and returns no
-        attention matrix; the result is the same up to float rounding."""
+        """``edges``: allowed edges ``[P, N, N]`` (``build_edge_mask``) or allowed keys ``[P, 1, N]``
+        (``key_padding_mask``). ``need_relations=False`` runs the fused attention kernel (about 2x faster on
+        CPU) and returns no attention matrix; the result is the same up to float rounding."""
         p, n, d = x.shape
-        q, k, v = self.qkv(x).reshape(p, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        # strided views [P, H, N, hd] (no copy): the attention kernels take them as they are
+        q, k, v = (t.transpose(1, 2) for t in self.qkv(x).reshape(p, n, 3, self.heads, self.head_dim).unbind(2))
         relations = None
         if need_relations:
             logits = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim)  # [P, H, N, N]
@@ -341,7 +359,10 @@ class RelationAggregator(Aggregator):
                 if self.global_node:
                     sid = torch.cat([sid.new_full((sid.shape[0], 1), GLOBAL_SENTENCE_ID), sid], dim=1)
                 node_sentence = sid
-            edges = build_edge_mask(valid, node_sentence, self.global_node)
+            if node_sentence is None:  # fully connected: a key mask is the same graph for every valid node
+                edges = key_padding_mask(valid)
+            else:
+                edges = build_edge_mask(valid, node_sentence, self.global_node)
             z, rel = self.srm(z, edges, need_relations=extras)
             if rel is not None:
                 relations = (rel * (valid.unsqueeze(2) & valid.unsqueeze(1))).reshape(n_img, n_txt, *rel.shape[1:])
@@ -418,5 +439,6 @@ __all__ = [
     "aggregator_config",
     "build_aggregator",
     "build_edge_mask",
+    "key_padding_mask",
     "word_cosines",
 ]

@@ -22,7 +22,8 @@ its ``temperature``; ``scale`` is ignored there.
 Shapes: ``attend(words[T, W, d], regions[I, R, d]) -> (context[I, T, W, d], attention[I, T, W, R])``.
 GLoRIA's code loops over captions in Python, each against all images; here one batched matrix product
 covers every pair. ``pairwise_local_scores`` runs attend + an aggregator over chunks of *images*, so
-the working memory is ``chunk_size x T x W x (R + d)`` instead of ``I x T x W x (R + d)``; with
+the working memory is ``chunk_size x T x W x (R + d)`` instead of ``I x T x W x (R + d)`` (softmax mode:
+``chunk_size x T x W x d``, the attention runs in a fused kernel and is never stored); with
 ``checkpoint=True`` each chunk is recomputed in the backward pass, so the memory kept for backward is
 bounded by the chunk too (it grows linearly with the batch, not quadratically).
 """
@@ -66,10 +67,17 @@ def _attend_grouped(
     word_mask: Tensor | None,
     normalize_context: bool,
     scale: float | Tensor = 1.0,
-) -> tuple[Tensor, Tensor]:
+    need_attention: bool = True,
+) -> tuple[Tensor, Tensor | None]:
     """Core: ``words[G, T, W, d]`` with ``G`` 1 (shared by all images) or ``I`` (one report set per image).
 
-    Returns ``context[I, T, W, d]`` and ``attention[I, T, W, R]``.
+    Returns ``context[I, T, W, d]`` and ``attention[I, T, W, R]`` (``None`` with ``need_attention=False``).
+
+    ``need_attention=False`` in softmax mode runs ``scaled_dot_product_attention`` (words as queries,
+    regions as keys and values, one batch entry per image): the ``[I, T, W, R]`` attention is never
+    stored — fused kernels recompute it in the backward pass — so the memory is ``I x T x W x d``. Same
+    result up to float rounding (tests/test_align_perf.py); on CPU the same speed, on GPU the
+    flash / memory-efficient kernels.
     """
     n_img, n_reg, dim = regions.shape
     g, t, w, d2 = words.shape
@@ -78,6 +86,14 @@ def _attend_grouped(
     if g not in (1, n_img):
         raise ValueError(f"words must be shared ([1, T, W, d]) or one set per image ([{n_img}, T, W, d]); got {g}")
     q = words.reshape(g, t * w, dim)
+    if mode == "softmax" and not need_attention:
+        q = q.expand(n_img, t * w, dim) if g == 1 else q
+        kv = regions.unsqueeze(1)  # 4-D [I, 1 head, R, d]: only 4-D inputs reach the fused CPU kernel
+        context = F.scaled_dot_product_attention(q.unsqueeze(1), kv, kv, scale=1.0 / temperature)
+        context = context.reshape(n_img, t, w, dim)
+        if normalize_context:
+            context = F.normalize(context, dim=-1, eps=NORM_EPS)
+        return context, None
     if mode == "softmax":
         q = q / temperature  # scale the small operand, not the [I, T, W, R] product
     elif not (isinstance(scale, int | float) and scale == 1.0):
@@ -213,7 +229,7 @@ def _chunk_fn(
     ) -> tuple[Tensor, ...]:
         grouped = words.unsqueeze(0) if shared else words
         gmask = word_mask.unsqueeze(0) if shared else word_mask
-        context, _ = _attend_grouped(grouped, regions, temperature, mode, gmask, True, scale)
+        context, _ = _attend_grouped(grouped, regions, temperature, mode, gmask, True, scale, need_attention=False)
         out = aggregator(words, context, word_mask, sentence_ids, img_global, txt_global, extras=keep_extras)
         if not keep_extras:
             return (out.score,)
@@ -257,6 +273,9 @@ def _pairwise(
     if pairs is not None and (pairs.dim() != 2 or pairs.shape[0] != n_img):
         raise ValueError(f"pairs must be an index tensor [I, K] = [{n_img}, K]; got {tuple(pairs.shape)}")
     word_mask = word_mask.bool()
+    # zero the padded words once ([T, W, d], small): their attention and context are then finite whatever
+    # the padding held (inf, NaN), so no later op on the large [I, T, W, .] tensors needs to mask them again
+    words = torch.where(word_mask.unsqueeze(-1), words, words.new_zeros(()))
     # a tensor argument (not a closure constant), so a learned scale gets its gradient through checkpointing
     scale_t = torch.as_tensor(scale, dtype=words.dtype, device=words.device)
     # a chunk returns a tuple (checkpoint-friendly); which extras it holds is told by the aggregator's flags
@@ -314,7 +333,8 @@ def pairwise_local_outputs(
         regions, img_global: ``[I, R, d]``, ``[I, d]`` (the images); ``txt_global``: ``[T, d]``.
         aggregator: pools each pair's matchings into a scalar (``reclf.align.aggregators``).
         temperature, mode, scale: the attention rule (``attend``).
-        chunk_size: images per chunk; peak working memory ~ ``chunk_size * T * W * (R + d)`` floats.
+        chunk_size: images per chunk; peak working memory ~ ``chunk_size * T * W * (R + d)`` floats
+            (softmax mode: ``chunk_size * T * W * d`` plus the aggregator's, the attention is not stored).
         pairs: optional ``[I, K]`` indices of the reports to score for each image (RECLF's positive +
             top-k hardest negatives, see ``reclf.align.losses.topk_candidates``); the result is then ``[I, K]``.
         checkpoint: recompute each chunk in the backward pass (activation checkpointing), so that the

@@ -101,7 +101,8 @@ class LocalProjection(_ProjectionHead):
             y = x.new_zeros(b, n, self.out_dim)
             if mask.any():
                 # only valid tokens go through the head: BatchNorm statistics never see padding
-                y = y.masked_scatter(mask.unsqueeze(-1), self.net(x[mask]))
+                head = self.net(x[mask])  # bf16 under autocast, so the zeros follow its dtype
+                y = y.to(head.dtype).masked_scatter(mask.unsqueeze(-1), head)
         return F.normalize(y, dim=-1, eps=NORM_EPS) if self.normalize else y
 
 
