@@ -39,9 +39,20 @@ SUMMARY = (
     ("relations", "side", "binding: side"),
     ("relations", "all_foils", "binding: all foils"),
     ("grounding", "pointing_game", "pointing game"),
+    ("grounding", "attention_entropy", "attention entropy"),
+    ("linear", "1%/auroc", "linear AUROC (1 %)"),
     ("linear", "100%/auroc", "linear AUROC (100 %)"),
     ("segment", "opacity/100%/dice_pos", "seg Dice, positives (100 %)"),
 )
+#: (task, metric, header) compared item by item between the reference method and every other one
+PAIRED = (
+    ("zeroshot", "method/accuracy", "zero-shot acc"),
+    ("retrieve", "method/t2i/R@10", "report→img R@10"),
+    ("retrieve", "method/i2t/P@10", "img→report P@10"),
+    ("relations", "side", "binding: side"),
+    ("relations", "all_foils", "binding: all foils"),
+)
+DID_NOT_LEARN = "**did not learn**"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -119,23 +130,97 @@ def markdown_tables(task: str, by_label: dict[str, dict[str, Any]], max_cols: in
     return lines
 
 
-def summary_table(merged: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
-    """Models x the headline metric of every task (mean ± std over pretraining seeds), one table."""
+def _summary_cell(merged: dict[str, dict[str, dict[str, Any]]], task: str, key: str, label: str) -> str:
+    metrics = merged[task].get(label) or {}
+    m = metrics.get(key) or metrics.get(key.replace("method/", "global/"))
+    if not m or m.get("value") is None or np.isnan(m["value"]):
+        return "–"
+    text = f"{m['value']:.3f}" + (f" ± {m['std']:.3f}" if m.get("std") else "")
+    if m.get("ci_low") is not None and m.get("ci_high") is not None and not m.get("std"):
+        text += f" [{m['ci_low']:.2f}, {m['ci_high']:.2f}]"
+    return text
+
+
+def summary_rows(merged: dict[str, dict[str, dict[str, Any]]], verdicts: dict[str, list[str]] | None = None,
+                 markdown: bool = True) -> list[str]:
+    """Models x the headline metric of every task (value [95 % CI], or mean ± std over pretraining seeds).
+
+    ``verdicts``: label -> reasons it did not learn (see ``reclf.evaluate.demo.learning_verdicts``); a
+    label with reasons is marked **did not learn**.
+    """
     cols = [(t, k, h) for t, k, h in SUMMARY if t in merged]
     labels = sorted({lab for t, _, _ in cols for lab in merged[t]}, key=_label_key)
     if not cols or not labels:
         return []
+    verdicts = verdicts or {}
 
-    def cell(task: str, key: str, label: str) -> str:
-        metrics = merged[task].get(label) or {}
-        m = metrics.get(key) or metrics.get(key.replace("method/", "global/"))
-        if not m or m.get("value") is None or np.isnan(m["value"]):
-            return "–"
-        return f"{m['value']:.3f}" + (f" ± {m['std']:.3f}" if m.get("std") else "")
+    def name(label: str) -> str:
+        base = SEED_SUFFIX.match(label)
+        bad = verdicts.get(base.group("base") if base else label)
+        return f"{label} {DID_NOT_LEARN if markdown else '(did not learn)'}" if bad else label
 
-    lines = ["## summary", "", "| model | " + " | ".join(h for _, _, h in cols) + " |", "|---|" + "---|" * len(cols)]
-    lines += [f"| {lab} | " + " | ".join(cell(t, k, lab) for t, k, _ in cols) + " |" for lab in labels]
-    return lines + ["", "Confidence intervals and every other metric: the per-task sections below.", ""]
+    rows = [[name(lab)] + [_summary_cell(merged, t, k, lab) for t, k, _ in cols] for lab in labels]
+    header = ["model"] + [h for _, _, h in cols]
+    if markdown:
+        return ["| " + " | ".join(header) + " |", "|---|" + "---|" * len(cols)] + [
+            "| " + " | ".join(r) + " |" for r in rows]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    return ["  ".join(str(x).ljust(w) for x, w in zip(r, widths)) for r in [header, *rows]]
+
+
+def summary_table(merged: dict[str, dict[str, dict[str, Any]]], verdicts: dict[str, list[str]] | None = None
+                  ) -> list[str]:
+    """The summary section: :func:`summary_rows` under a heading."""
+    rows = summary_rows(merged, verdicts)
+    if not rows:
+        return []
+    return ["## summary", "", *rows, "",
+            "Cells: value [95 % bootstrap CI] for one pretraining seed, mean ± std over seeds otherwise. "
+            "Confidence intervals and every other metric: the per-task sections below.", ""]
+
+
+def paired_differences(results: list[dict[str, Any]], reference: str = "reclf", n_boot: int = 1000) -> list[str]:
+    """``reference − other`` for every other pretrained model on the same test items (paired bootstrap).
+
+    Uses the first pretraining seed of each method (``@seed0``) and the per-item values the tasks keep
+    (``extra.per_item``); a difference whose interval excludes 0 ranks the two methods on this data.
+    """
+    from reclf.evaluate.stats import paired_difference
+
+    def first_seed(label: str) -> tuple[str, bool]:
+        m = SEED_SUFFIX.match(label)
+        return (m.group("base"), m.group("seed") == "0") if m else (label, True)
+
+    runs: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in results:
+        base, first = first_seed(str(r["model"].get("label") or ""))
+        if first and not base.startswith(("floor", "ceiling")):
+            runs[(r["task"], base)] = r
+    others = sorted({b for (_, b) in runs if b != reference})
+    cols = [(t, k, h) for t, k, h in PAIRED if (t, reference) in runs]
+    if not cols or not others:
+        return []
+    lines = [f"## paired differences: {reference} − other", "",
+             f"Each cell: mean difference {reference} − model over the same test items [95 % paired bootstrap CI] "
+             "(first pretraining seed); an interval that excludes 0 ranks the two methods on SynthCXR.", "",
+             "| model | " + " | ".join(h for _, _, h in cols) + " |", "|---|" + "---|" * len(cols)]
+    for other in others:
+        cells = []
+        for task, key, _ in cols:
+            a = runs[(task, reference)].get("extra", {}).get("per_item", {}).get(key)
+            b = (runs.get((task, other)) or {}).get("extra", {}).get("per_item", {}).get(key)
+            if a is None and key.startswith("method/"):
+                a = runs[(task, reference)].get("extra", {}).get("per_item", {}).get(key.replace("method/", "global/"))
+            if b is None and key.startswith("method/"):
+                b = (runs.get((task, other)) or {}).get("extra", {}).get("per_item", {}).get(
+                    key.replace("method/", "global/"))
+            if not a or not b:
+                cells.append("–")
+                continue
+            d = paired_difference(a["ids"], a["values"], b["ids"], b["values"], n_boot=n_boot)
+            cells.append(f"{d.value:+.3f} [{d.ci_low:+.3f}, {d.ci_high:+.3f}]")
+        lines.append(f"| {other} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def headline_metrics(task: str, by_label: dict[str, dict[str, Any]]) -> list[str]:
@@ -144,8 +229,84 @@ def headline_metrics(task: str, by_label: dict[str, dict[str, Any]]) -> list[str
     return chosen[:3] or [k for k in present if not k.startswith("chance/")][:2]
 
 
+def _references(task: str, metric: str, by_label: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Reference lines of a bar chart: chance (when the task states it), the floor and the ceiling."""
+    refs: dict[str, float] = {}
+    chance_key = {"zeroshot": "chance/accuracy"}.get(task)
+    if task == "retrieve" and "/R@" in metric:
+        chance_key = "chance/R@" + metric.rsplit("/R@", 1)[1]
+    if task == "relations":
+        refs["chance"] = 0.5 if metric != "all_foils" else float("nan")
+    for lab, metrics in by_label.items():
+        if chance_key and chance_key in metrics and metrics[chance_key].get("value") is not None:
+            refs["chance"] = float(metrics[chance_key]["value"])
+        for kind in ("floor", "ceiling"):
+            if lab.startswith(kind) and metric in metrics and metrics[metric].get("value") is not None:
+                refs[kind] = float(metrics[metric]["value"])
+    return {k: v for k, v in refs.items() if not np.isnan(v)}
+
+
+def demo_sections(demo: dict[str, Any], results: list[dict[str, Any]], figs: Path) -> list[str]:
+    """What only a demo run knows: the recipe, the text features, the learning check and the loss curves."""
+    from reclf.viz.figures import loss_curves
+
+    lines = ["## recipe", ""]
+    recipes = demo.get("recipes", {})
+    if recipes:
+        cfg = next(iter(recipes.values()))["config"]
+        te, tr, ie = cfg["text_encoder"], cfg["train"], cfg["image_encoder"]
+        lines += [
+            f"Every method: the shipped preset `demo_<method>` (`reclf presets`), image encoder `{ie['name']}` at "
+            f"{ie['image_size']} px from random init, text encoder `{te['name']}` "
+            f"({'frozen' if te['freeze'] else 'trained'}, {te['pooling']} pooling, {te['max_tokens']} tokens), "
+            f"{tr['max_steps']} steps of batch {cfg['data']['batch_size']}, AdamW lr {tr['lr']}, "
+            f"weight decay {tr['weight_decay']}, warm-up {tr['warmup_fraction']} then cosine; seeds: "
+            f"{demo.get('settings', {}).get('seeds')}. The resolved config of every run is in `demo.json`.", ""]
+    text = demo.get("text_features") or {}
+    if text.get("frozen"):
+        lines += [f"Text features: {text['reports']} distinct reports encoded once by the frozen `{text['encoder']}` "
+                  f"in {text['seconds']:.0f} s; {100 * text['truncated_share']:.1f} % of them are longer than "
+                  f"{text['max_tokens']} tokens (their tail is cut; a word cut in the middle is dropped).", ""]
+    checks = demo.get("learning", {})
+    if checks:
+        lines += ["## learning check", "",
+                  "Mean training loss of the first and the last 100 steps (a quarter of the run when it is "
+                  "shorter); a run whose last is above 0.9 × its first did not learn.", "",
+                  "| run | first steps | last steps | last / first | loss fell |", "|---|---|---|---|---|"]
+        for label, c in checks.items():
+            lines.append(f"| {label} | {c.get('first_loss')} | {c.get('last_loss')} | {c.get('ratio')} | "
+                         f"{'yes' if c.get('learned') else '**no**'} |")
+        lines.append("")
+        runs = {label: Path(demo["models"][label]).parent for label in checks if label in demo.get("models", {})}
+        if runs:
+            path = loss_curves(runs, figs / "pretrain_loss.png")
+            lines += [f"![pretraining loss](figures/{path.name})", ""]
+    bad = demo.get("did_not_learn") or {}
+    if bad:
+        lines += ["## did not learn", ""] + [f"- **{k}**: {'; '.join(v)}" for k, v in bad.items()] + [""]
+    return lines
+
+
+def diagnostics_sections(results: list[dict[str, Any]], figs: Path) -> list[str]:
+    """The diagnostics table (with paired ablation differences) and its two figures, when there are results."""
+    diag = [r for r in results if r.get("task") == "diagnostics"]
+    if not diag:
+        return []
+    from reclf.evaluate.diagnostics import diagnostics_table
+    from reclf.viz.diagnostics import importance_by_role, relation_mass
+
+    lines = ["## diagnostics: what IRM and SRM learned", "", diagnostics_table(diag), ""]
+    for fn, name in ((importance_by_role, "diagnostics_importance.png"), (relation_mass, "diagnostics_relations.png")):
+        try:
+            path = fn(diag, figs / name)
+        except ValueError:  # no model with that part
+            continue
+        lines += [f"![{name}](figures/{path.name})", ""]
+    return lines + ["What the numbers mean and do not mean: docs/evaluation.md (Diagnostics).", ""]
+
+
 def write_report(results: list[dict[str, Any]], out: str | Path, data: str | None = None, samples: int = 2,
-                 title: str = "reclf evaluation report") -> Path:
+                 title: str = "reclf evaluation report", demo: dict[str, Any] | None = None) -> Path:
     from reclf.utils.io import atomic_write_text
     from reclf.viz.figures import bar_chart
 
@@ -153,12 +314,19 @@ def write_report(results: list[dict[str, Any]], out: str | Path, data: str | Non
     figs = out / "figures"
     figs.mkdir(parents=True, exist_ok=True)
     merged = merge_seeds(results)
+    verdicts = (demo or {}).get("did_not_learn") or {}
     lines = [f"# {title}", "",
              f"{len(results)} evaluation runs. Cells: value ± std over seeds [95 % bootstrap CI]; "
              "`floor:` = random-init encoder of the same architecture, `ceiling:` = supervised encoder "
              "trained on the labels. Labels merged over `@seedN` pretraining seeds show mean ± std over them.", ""]
-    lines += summary_table(merged)
+    lines += summary_table(merged, verdicts)
+    lines += paired_differences(results)
+    if demo:
+        lines += demo_sections(demo, results, figs)
+    lines += diagnostics_sections(results, figs)
     for task in sorted(merged, key=lambda t: TASK_ORDER.index(t) if t in TASK_ORDER else 99):
+        if task == "diagnostics":
+            continue
         by_label = merged[task]
         lines += [f"## {task}", ""]
         na = [r["model"].get("label") for r in results if r["task"] == task and r.get("extra", {}).get(
@@ -179,7 +347,8 @@ def write_report(results: list[dict[str, Any]], out: str | Path, data: str | Non
 
             safe = re.sub(r"[^A-Za-z0-9]+", "_", f"{task}_{metric}").strip("_")
             path = bar_chart(labels, [g(m, "value") for m in ms], [g(m, "ci_low") for m in ms],
-                             [g(m, "ci_high") for m in ms], f"{task}: {metric}", figs / f"{safe}.png", metric)
+                             [g(m, "ci_high") for m in ms], f"{task}: {metric}", figs / f"{safe}.png", metric,
+                             references=_references(task, metric, by_label_applicable))
             lines += [f"![{task} {metric}](figures/{path.name})", ""]
     lines += _explanations(results, figs, data, samples)
     lines += ["## runs", ""] + [f"- `{r['_path']}` ({r['task']}, {r['model'].get('label')}, "

@@ -261,7 +261,8 @@ class TextEncoder(nn.Module):
         if self.cache is None:
             raise TextEncoderError("only a frozen text encoder (text_encoder.freeze=true) has an output cache")
         before = self.cache.misses
-        unique = list(dict.fromkeys(reports))
+        # similar lengths batched together: little padding (a batch costs what its longest report costs)
+        unique = sorted(dict.fromkeys(reports), key=len)
         for i in range(0, len(unique), batch_size):
             self(self.tokenizer(unique[i : i + batch_size]), need_cls_attention=need_cls_attention)
         return self.cache.misses - before

@@ -40,9 +40,13 @@ def corpus_reports(roots: list[str | Path], sections: list[str]) -> list[str]:
 
 
 def build_text_cache(
-    cfg: TextEncoderConfig, reports: list[str], path: str | Path, batch_size: int = 64
+    cfg: TextEncoderConfig, reports: list[str], path: str | Path, batch_size: int = 64, cls_attention: bool = True
 ) -> TextCacheResult:
-    """Encode ``reports`` with the frozen encoder ``cfg`` into ``path`` (reusing what ``path`` holds)."""
+    """Encode ``reports`` with the frozen encoder ``cfg`` into ``path`` (reusing what ``path`` holds).
+
+    ``cls_attention``: also keep the last layer's ``[CLS]`` attention (MGCA's word weights; it needs the
+    slower eager attention, so leave it off when no run asks for it).
+    """
     from dataclasses import replace
 
     from reclf.models.text import build_text_encoder
@@ -53,7 +57,7 @@ def build_text_cache(
     encoder = build_text_encoder(replace(cfg, cache_file=None, cache_size=max(cfg.cache_size, len(reports))))
     encoder.eval()
     encoder.load_cache(path)
-    encoded = encoder.precompute(reports, batch_size=batch_size, need_cls_attention=True)
+    encoded = encoder.precompute(reports, batch_size=batch_size, need_cls_attention=cls_attention)
     if encoded:
         encoder.save_cache(path)
     tokens = encoder.tokenizer.hf(reports, truncation=False, add_special_tokens=True)["input_ids"]

@@ -35,9 +35,16 @@ def _save(fig, path: str | Path) -> Path:
     return path
 
 
+REFERENCE_STYLES = {"chance": ("#d62728", ":"), "floor": ("#7f7f7f", "--"), "ceiling": ("#2ca02c", "--")}
+
+
 def bar_chart(labels: Sequence[str], values: Sequence[float], lows: Sequence[float], highs: Sequence[float],
-              title: str, path: str | Path, ylabel: str = "") -> Path:
-    """Bars with asymmetric 95 % interval whiskers (NaN intervals drawn without whiskers)."""
+              title: str, path: str | Path, ylabel: str = "", references: dict[str, float] | None = None) -> Path:
+    """Bars with asymmetric 95 % interval whiskers (NaN intervals drawn without whiskers).
+
+    ``references``: horizontal reference lines by name (``chance``, ``floor``, ``ceiling``), so a bar is
+    read against what no learning, a random encoder and direct supervision give.
+    """
     plt = _plt()
     v = np.asarray(values, dtype=float)
     lo = np.asarray(lows, dtype=float)
@@ -48,9 +55,48 @@ def bar_chart(labels: Sequence[str], values: Sequence[float], lows: Sequence[flo
     ax.bar(range(len(v)), np.nan_to_num(v), yerr=np.clip(err, 0, None), capsize=3, color=colors)
     ax.set_xticks(range(len(v)))
     ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
+    for name, value in (references or {}).items():
+        color, style = REFERENCE_STYLES.get(name, ("#000000", "-."))
+        ax.axhline(value, color=color, ls=style, lw=1.2, label=f"{name} {value:.3f}")
+    if references:
+        ax.legend(fontsize=7, loc="best")
     ax.set_title(title, fontsize=10)
     ax.set_ylabel(ylabel)
     ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def loss_curves(runs: dict[str, str | Path], path: str | Path, smooth: int = 10) -> Path:
+    """Training loss against step for each run (``label -> run folder`` with ``metrics.csv``), smoothed by a
+    running mean over ``smooth`` logged points, so a flat curve (nothing learned) is seen at a glance."""
+    import csv
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for label, folder in runs.items():
+        steps, values = [], []
+        csv_path = Path(folder) / "metrics.csv"
+        if not csv_path.is_file():
+            continue
+        with open(csv_path, newline="") as fh:
+            for row in csv.reader(fh):
+                if len(row) == 4 and row[2] == "train/loss":
+                    try:
+                        steps.append(int(row[0]))
+                        values.append(float(row[3]))
+                    except ValueError:
+                        continue
+        if not values:
+            continue
+        v = np.asarray(values)
+        k = max(1, min(smooth, len(v)))
+        smoothed = np.convolve(v, np.ones(k) / k, mode="valid")
+        ax.plot(steps[k - 1 :], smoothed / smoothed[0], label=label, lw=1.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss / its first value")
+    ax.set_title("pretraining loss (running mean)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     return _save(fig, path)
 
 
