@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_align import make_inputs  # noqa: E402
+from bench_align import interleaved, make_inputs  # noqa: E402
 from reclf.align.aggregators import build_aggregator  # noqa: E402
 from reclf.align.losses import info_nce  # noqa: E402
 from reclf.align.matching import (  # noqa: E402
@@ -55,19 +55,6 @@ PRESETS = {
     "real": {"image_size": 304, "words": (60, 100), "max_tokens": 128},
     "demo": {"image_size": 128, "words": (15, 45), "max_tokens": 64},
 }
-
-
-def interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median seconds per call; one warm-up each, then the contenders alternate."""
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def random_reports(n: int, words: tuple[int, int], seed: int = 0) -> list[str]:

@@ -165,6 +165,10 @@ def test_every_method_on_tiny_models(synth, tmp_path):
     assert total == pytest.approx(1.0, rel=1e-4)
     table = diagnostics_table(results, n_boot=30)
     assert "| reclf − reclf-no-irm |" in table and "| reclf − reclf-no-srm |" in table
+    # a random-init floor of the reference's method listed first is never taken as the reference
+    floor = json.loads(json.dumps(by["reclf-no-irm"]))
+    floor["model"].update(label="floor:random", method="reclf")
+    assert diagnostics_table([floor, *results], n_boot=30).split("Paired")[1] == table.split("Paired")[1]
     assert table.count("\n| ") >= 5 + 2
     same = paired_difference(by["reclf"], by["reclf"], "importance_auroc", n_boot=30)
     assert same.value == 0.0 and same.n > 0

@@ -392,15 +392,16 @@ def _pool(jobs: int, threads: int):
     return ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker, initargs=(threads,))
 
 
-def _map(pool, fn, items: list[tuple], done: Callable[[int, Any, float], None] | None = None) -> list[Any]:
-    """``fn(*item)`` for every item (in the pool when there is one); ``done(i, result, seconds)`` as each ends."""
+def _map(pool, fn, items: list[tuple], done: Callable[[int, Any, float, int], None] | None = None) -> list[Any]:
+    """``fn(*item)`` for every item (in the pool when there is one); ``done(i, result, seconds, n_done)`` as
+    each ends (``i``: the item's index, ``n_done``: how many have ended so far)."""
     start = time.time()
     if pool is None:
         out = []
         for i, item in enumerate(items):
             out.append(fn(*item))
             if done:
-                done(i, out[-1], time.time() - start)
+                done(i, out[-1], time.time() - start, i + 1)
         return out
     from concurrent.futures import as_completed
 
@@ -410,7 +411,7 @@ def _map(pool, fn, items: list[tuple], done: Callable[[int, Any, float], None] |
         i = futures[f]
         results[i] = f.result()
         if done:
-            done(i, results[i], time.time() - start)
+            done(i, results[i], time.time() - start, len(results))
     return [results[i] for i in range(len(items))]
 
 
@@ -420,8 +421,8 @@ def evaluate_all(
     items = [(label, path, tasks, s, synth, root) for label, path in models.items()]
     labels = list(models)
 
-    def done(i: int, outs: list[Path], seconds: float) -> None:
-        _say(f"evaluate [{i + 1}/{len(items)} done] {labels[i]}: {len(outs)} tasks · {_clock(seconds)} elapsed")
+    def done(i: int, outs: list[Path], seconds: float, n_done: int) -> None:
+        _say(f"evaluate [{n_done}/{len(items)}] {labels[i]}: {len(outs)} tasks · {_clock(seconds)} elapsed")
 
     return [out for outs in _map(pool, evaluate_model, items, done) for out in outs]
 
@@ -537,7 +538,7 @@ def run(args: argparse.Namespace) -> int:
     runs = [(method, seed, s, synth, root, text_cache) for method in order for seed in range(s.seeds)]
     _say(f"pretrain: {len(runs)} runs, {min(args.jobs, len(runs))} at a time")
 
-    def pretrained(i: int, export: Path, seconds: float) -> None:
+    def pretrained(i: int, export: Path, seconds: float, n_done: int) -> None:
         method, seed = runs[i][:2]
         marker = json.loads((root / "pretrain" / f"{method}@seed{seed}" / "done.json").read_text())
         c = marker.get("learning", {})

@@ -544,9 +544,11 @@ def diagnostics_table(results: list[dict[str, Any]], reference: str = "reclf",
             cells.append(estimate_from_dict(m).fmt() if m else "n/a")
         kind = r.get("extra", {}).get("word_weights") or "none"
         lines.append(f"| {_label(r)} | {kind.split(':')[0]} | " + " | ".join(cells) + " |")
-    ref = next((r for r in results if _method(r) == reference), None)
+    # the pretrained models only: a floor (random init) has the reference's method name too
+    pretrained = [r for r in results if not _label(r).startswith(("floor", "ceiling"))]
+    ref = next((r for r in pretrained if _method(r) == reference), None)
     if ref is not None:
-        pairs = [(ab, next((r for r in results if _method(r) == ab), None)) for ab in ablations]
+        pairs = [(ab, next((r for r in pretrained if _method(r) == ab), None)) for ab in ablations]
         pairs = [(ab, r) for ab, r in pairs if r is not None]
         if pairs:
             lines += ["", f"Paired differences {reference} − ablation over the same reports "

@@ -27,8 +27,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def explain_pictures(model: EvaluableModel, image: np.ndarray, report: str, out: str | Path, prefix: str = "",
-                     max_words: int = 16, title: str = "") -> dict[str, Any]:
-    """Explain ``(image [S,S] in [0,1], report)`` and write the figures to ``out``; returns what was written."""
+                     max_words: int = 16, title: str = "", roles: Any = None) -> dict[str, Any]:
+    """Explain ``(image [S,S] in [0,1], report)`` and write the figures to ``out``; returns what was written.
+
+    Words are shown in the order of the model's own weight (IRM importance, the implicit pooling weight),
+    highest first, so the figure leads with the words that carry the score. ``roles``: SynthCXR's
+    word-role record of this report (``reclf.evaluate.diagnostics.read_word_roles``); each word is then
+    labelled with its role (finding, location, filler, ...).
+    """
     import torch
 
     from reclf.utils.io import atomic_write_json
@@ -39,6 +45,12 @@ def explain_pictures(model: EvaluableModel, image: np.ndarray, report: str, out:
     with torch.no_grad():
         ex = model.explain(torch.as_tensor(image, dtype=torch.float32)[None, None], report)
     words = list(ex.words)
+    labels = list(words)
+    if roles is not None:
+        from reclf.evaluate.diagnostics import align_roles
+
+        word_roles, _ = align_roles(words, roles)
+        labels = [w if r == "unknown" else f"{w} ({r})" for w, r in zip(words, word_roles, strict=True)]
     info: dict[str, Any] = {"report": report, "words": words, "global_score": float(ex.global_score),
                             "local_score": None if ex.local_score is None else float(ex.local_score),
                             "method": model.method, "figures": {}}
@@ -49,7 +61,7 @@ def explain_pictures(model: EvaluableModel, image: np.ndarray, report: str, out:
             order = list(np.argsort(-ex.word_weights.float().cpu().numpy(), kind="stable"))
         order = order[:max_words]
         info["figures"]["attention"] = str(attention_overlays(
-            image, attn[order], [words[i] for i in order], out / f"{prefix}attention.png", title=title))
+            image, attn[order], [labels[i] for i in order], out / f"{prefix}attention.png", title=title))
     if ex.word_weights is not None:
         w = ex.word_weights.float().cpu().numpy()
         info["word_weights"] = [float(x) for x in w]

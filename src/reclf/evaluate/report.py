@@ -371,9 +371,16 @@ def _explanations(results: list[dict[str, Any]], figs: Path, data: str | None, s
     from reclf.evaluate.explain import explain_pictures
     from reclf.evaluate.features import prepare_image
     from reclf.evaluate.loading import image_size_of, load_model
+    from reclf.evaluate.retrieve import report_texts
 
     table = load_table(data)
     rows = table.df.head(samples)
+    try:
+        from reclf.evaluate.diagnostics import read_word_roles
+
+        roles = read_word_roles(table.folder)
+    except (FileNotFoundError, ValueError):  # real data: no word roles
+        roles = {}
     models: OrderedDict[str, str] = OrderedDict()
     for r in results:
         label, path = str(r["model"].get("label")), r["model"].get("path")
@@ -392,12 +399,13 @@ def _explanations(results: list[dict[str, Any]], figs: Path, data: str | None, s
         size = image_size_of(model)
         safe = re.sub(r"[^A-Za-z0-9]+", "_", label).strip("_")
         lines += [f"### {label}", ""]
-        for _, row in rows.iterrows():
+        texts = report_texts(rows, model)  # the sections the model was trained on, never the raw report
+        for (_, row), report in zip(rows.iterrows(), texts, strict=True):
             image = prepare_image(table.folder / row["image_path"], size)
             sid = re.sub(r"[^A-Za-z0-9]+", "_", str(row["study_id"]))
-            info = explain_pictures(model, image, str(row["report"]), figs / "explain", prefix=f"{safe}_{sid}_",
-                                    title=f"{label} · {row['study_id']}")
-            text = " ".join(str(row["report"]).split())  # one line: reports hold newlines
+            info = explain_pictures(model, image, report, figs / "explain", prefix=f"{safe}_{sid}_",
+                                    title=f"{label} · {row['study_id']}", roles=roles.get(str(row["study_id"])))
+            text = " ".join(report.split())  # one line: reports hold newlines
             lines += [f"Study `{row['study_id']}`: {text}", ""]
             for name, fig in info["figures"].items():
                 lines += [f"![{label} {name}](figures/explain/{Path(fig).name})", ""]
