@@ -544,7 +544,7 @@ def run(args: argparse.Namespace) -> int:
         c = marker.get("learning", {})
         verdict = "loss fell" if c.get("learned") else "LOSS DID NOT FALL"
         _say(
-            f"pretrain [{i + 1}/{len(runs)}] {method} seed {seed}: {marker.get('seconds', 0):.0f} s, "
+            f"pretrain [{n_done}/{len(runs)}] {method} seed {seed}: {marker.get('seconds', 0):.0f} s, "
             f"loss {c.get('first_loss')} -> {c.get('last_loss')} ({verdict}) · {_clock(seconds)} elapsed"
         )
 
