@@ -273,3 +273,17 @@ def test_cache_file_round_trip_and_refusal_of_another_encoder(tmp_path: Path) ->
     other.pending_cache_file = str(path)
     other.encode(REPORTS)
     assert other.cache.hits == 0 and other.cache.misses == 3
+
+
+def test_max_pooling_is_the_max_over_real_pieces() -> None:
+    torch.manual_seed(0)
+    enc = build_text_encoder(
+        TextEncoderConfig(name="bert-tiny", hidden_size=32, num_layers=1, num_heads=2, pooling="max")
+    )
+    enc.eval()
+    tokens = enc.tokenizer(REPORTS)
+    out = enc(tokens)
+    hidden = enc.backbone(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
+    for i in range(len(REPORTS)):
+        n = int(tokens.attention_mask[i].sum())
+        assert torch.allclose(out.global_[i], hidden[i, :n].amax(dim=0), atol=1e-6)  # padding never wins

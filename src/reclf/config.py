@@ -65,7 +65,7 @@ class TextEncoderConfig:
     max_tokens: int = 128
     last_n_layers: int = 1  # sum of the last N hidden layers (GLoRIA uses 4)
     word_merge: str = "sum"  # sum | mean: WordPiece pieces to words
-    pooling: str = "cls"  # cls | mean: the global report vector ([CLS] as MGCA/ConVIRT, token mean as GLoRIA)
+    pooling: str = "cls"  # cls | mean | max: the report vector ([CLS] as MGCA, token mean as GLoRIA, max as ConVIRT)
     sections: list[str] = field(default_factory=lambda: ["findings", "impression"])
     freeze: bool = False  # freeze the whole backbone (its outputs are then cached per report: see cache_size)
     freeze_layers: int = 0  # freeze the embeddings and the first N transformer layers (ConVIRT: 6); 0 = none

@@ -194,8 +194,8 @@ class TextEncoder(nn.Module):
         cache_size: int = 0,
     ) -> None:
         super().__init__()
-        if pooling not in ("cls", "mean"):
-            raise TextEncoderError(f"text_encoder.pooling must be 'cls' or 'mean', got {pooling!r}")
+        if pooling not in ("cls", "mean", "max"):
+            raise TextEncoderError(f"text_encoder.pooling must be 'cls', 'mean' or 'max', got {pooling!r}")
         self.pooling = pooling
         n_layers = int(backbone.config.num_hidden_layers)
         if not 1 <= last_n_layers <= n_layers:
@@ -358,6 +358,9 @@ class TextEncoder(nn.Module):
         if self.pooling == "mean":  # mean over the real pieces ([CLS] and [SEP] included, padding not)
             keep = tokens.attention_mask.unsqueeze(-1).to(hidden.dtype)
             global_ = (hidden * keep).sum(1) / keep.sum(1).clamp_min(1.0)
+        elif self.pooling == "max":  # ConVIRT: element-wise max over the real pieces' output vectors
+            pad = tokens.attention_mask.unsqueeze(-1) == 0
+            global_ = hidden.masked_fill(pad, torch.finfo(hidden.dtype).min).amax(dim=1)
         else:
             global_ = hidden[:, 0]
         return TextEncoderOutput(
