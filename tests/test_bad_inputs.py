@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from reclf.data.sources.testing import write_dicom
 
+from helpers.image_files import write_dicom
 from reclf.cli import main
 
 ROOT_USER = hasattr(os, "geteuid") and os.geteuid() == 0
