@@ -44,7 +44,7 @@ def test_export_card_has_the_run_data_steps_seed_and_later_the_results(tmp_path)
         'study_id,report,split\ns1,"FINDINGS: a,\nb",train\ns2,x,train\ns3,y,train\ns4,z,valid\n'
     )
     cfg = load_config("demo_convirt", [f"data.root={data}", "seed=7", "image_encoder.image_size=64",
-                                       "text_encoder.max_tokens=32", "name=tiny"])
+                                       "text_encoder.max_tokens=32", "text_encoder.freeze=false", "name=tiny"])
     model = build_model(cfg)
     ckpt = tmp_path / "last.ckpt"
     torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "global_step": 12,
@@ -61,7 +61,7 @@ def test_export_card_has_the_run_data_steps_seed_and_later_the_results(tmp_path)
 
     cfg_json = json.loads((out / "config.json").read_text())
     cfg_json["text_encoder"]["freeze_layers"] = 1
-    assert "| text encoder frozen layers | embeddings + layers 1-1 of 2 frozen |" in render_model_card(out, cfg_json)
+    assert "| text encoder frozen layers | embeddings + layers 1-1 of 6 frozen |" in render_model_card(out, cfg_json)
 
     # an evaluation written under the folder appears when the card is refreshed; the run facts stay
     est = Estimate(0.8125, 0.75, 0.875, 100)

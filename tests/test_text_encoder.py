@@ -205,7 +205,7 @@ def test_mean_pooling_is_the_mean_over_real_pieces() -> None:
         n = int(tokens.attention_mask[b].sum())
         torch.testing.assert_close(out.global_[b], hidden[b, :n].mean(0), atol=1e-5, rtol=1e-5)
     with pytest.raises(TextEncoderError, match="pooling"):
-        build_text_encoder(TextEncoderConfig(name="bert-tiny", pooling="max"))
+        build_text_encoder(TextEncoderConfig(name="bert-tiny", pooling="attention"))
 
 
 def test_frozen_encoder_cache_returns_exactly_the_uncached_outputs() -> None:

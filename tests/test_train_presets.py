@@ -37,7 +37,8 @@ def test_demo_preset_builds_its_model(path):
     cfg = load_config(path)
     model = build_model(cfg)
     assert model.method == cfg.method["name"]
-    assert cfg.image_encoder.image_size == 128 and cfg.text_encoder.name == "bert-tiny"
+    assert cfg.image_encoder.image_size == 64 and cfg.text_encoder.name == "minilm" and cfg.text_encoder.freeze
+    assert model.text_encoder.cache is not None  # the frozen text side is computed once per report
 
 
 @pytest.mark.parametrize("path", FULL, ids=lambda p: p.stem)

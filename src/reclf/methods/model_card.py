@@ -117,6 +117,13 @@ def _text_layers(folder: Path, text: dict[str, Any]) -> int | None:
     if text.get("name") == "bert-tiny":
         return text.get("num_layers")
     hf = folder / str(text.get("name", "")) / "config.json"
+    if text.get("name") == "minilm":  # the offline MiniLM shipped in a PyPI package
+        from reclf.models.text import TextEncoderError, minilm_dir
+
+        try:
+            hf = minilm_dir() / "config.json"
+        except TextEncoderError:
+            return None
     if hf.is_file():
         try:
             return json.loads(hf.read_text()).get("num_hidden_layers")
