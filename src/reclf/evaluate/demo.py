@@ -238,6 +238,7 @@ def text_features(methods: list[str], s: DemoSettings, synth: Path, root: Path) 
     """Encode every report of the pretraining, retrieval and relations sets once with the demo's frozen
     text encoder (the same for every method, checked here) into one file that every run reads."""
     from reclf.config import to_dict
+    from reclf.methods.params import method_params
     from reclf.train.text_cache import build_text_cache, corpus_reports
 
     cfgs = [demo_config(m, 0, s, synth, root) for m in methods]
@@ -256,9 +257,7 @@ def text_features(methods: list[str], s: DemoSettings, synth: Path, root: Path) 
     try:
         with quiet(root / "logs" / "text-features.log"):
             # MGCA's word weights are the [CLS] attention: keep it only when an MGCA-like run needs it
-            need_attention = any(
-                float(c.method.get("token_weight", 0) or 0) > 0 or c.method["name"] == "mgca" for c in cfgs
-            )
+            need_attention = any(method_params(**c.method).token_weight > 0 for c in cfgs)
             result = build_text_cache(text, reports, path, cls_attention=need_attention)
     finally:
         torch.set_num_threads(threads)

@@ -130,9 +130,15 @@ def markdown_tables(task: str, by_label: dict[str, dict[str, Any]], max_cols: in
     return lines
 
 
+def method_or_global(values: dict[str, Any], key: str) -> Any:
+    """``values[key]``, or for a global-only method (no ``method/`` variant) its ``global/`` value."""
+    found = values.get(key)
+    return found if found is not None else values.get(key.replace("method/", "global/"))
+
+
 def _summary_cell(merged: dict[str, dict[str, dict[str, Any]]], task: str, key: str, label: str) -> str:
     metrics = merged[task].get(label) or {}
-    m = metrics.get(key) or metrics.get(key.replace("method/", "global/"))
+    m = method_or_global(metrics, key)
     if not m or m.get("value") is None or np.isnan(m["value"]):
         return "–"
     text = f"{m['value']:.3f}" + (f" ± {m['std']:.3f}" if m.get("std") else "")
@@ -207,13 +213,8 @@ def paired_differences(results: list[dict[str, Any]], reference: str = "reclf", 
     for other in others:
         cells = []
         for task, key, _ in cols:
-            a = runs[(task, reference)].get("extra", {}).get("per_item", {}).get(key)
-            b = (runs.get((task, other)) or {}).get("extra", {}).get("per_item", {}).get(key)
-            if a is None and key.startswith("method/"):
-                a = runs[(task, reference)].get("extra", {}).get("per_item", {}).get(key.replace("method/", "global/"))
-            if b is None and key.startswith("method/"):
-                b = (runs.get((task, other)) or {}).get("extra", {}).get("per_item", {}).get(
-                    key.replace("method/", "global/"))
+            a = method_or_global(runs[(task, reference)].get("extra", {}).get("per_item", {}), key)
+            b = method_or_global((runs.get((task, other)) or {}).get("extra", {}).get("per_item", {}), key)
             if not a or not b:
                 cells.append("–")
                 continue
