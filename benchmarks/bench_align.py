@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from reclf.align.aggregators import build_aggregator
-from reclf.align.losses import gloria_loss, reclf_local_loss
+from reclf.align.losses import local_contrastive_loss
 from reclf.align.matching import GLORIA_ATTN_TEMPERATURE, GLORIA_TEMP1, pairwise_local_scores
 
 # RECLF defaults measured here (also the defaults of AggregatorConfig / SRMConfig / matching)
@@ -147,17 +147,17 @@ def bench_b(batch: int, n_words: int, grid: int, dim: int, repeats: int, chunk: 
 
     def reclf_step() -> None:
         s = pairwise_local_scores(**x, aggregator=reclf, chunk_size=chunk)
-        reclf_local_loss(s, 0.1).backward()
+        local_contrastive_loss(s, 0.1).backward()
 
     def gloria_step() -> None:
         s = pairwise_local_scores(
             **x, aggregator=lse, temperature=GLORIA_ATTN_TEMPERATURE, mode="gloria", chunk_size=chunk
         )
-        gloria_loss(x["img_global"], x["txt_global"], s)["local"].backward()
+        local_contrastive_loss(s, 0.1, sum_directions=True).backward()
 
     def gloria_loop_step() -> None:
         s = gloria_loop_scores(x["words"], lengths, x["regions"], grid)
-        gloria_loss(x["img_global"], x["txt_global"], s)["local"].backward()
+        local_contrastive_loss(s, 0.1, sum_directions=True).backward()
 
     t = interleaved({"reclf": reclf_step, "gloria": gloria_step, "gloria_loop": gloria_loop_step}, repeats)
     return {
@@ -218,7 +218,7 @@ def memory_child(batch: int, n_words: int, grid: int, dim: int, chunk: int, mode
                 pairwise_local_scores(**x, aggregator=agg, chunk_size=chunk)
         else:
             s = pairwise_local_scores(**x, aggregator=agg, chunk_size=chunk, checkpoint=(mode == "checkpoint"))
-            reclf_local_loss(s, 0.1).backward()
+            local_contrastive_loss(s, 0.1).backward()
     print(json.dumps({"batch": batch, "mode": mode, "peak_mib": peak.peak - base}))
 
 

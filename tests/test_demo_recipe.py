@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from reclf import demo
 from reclf.config import list_presets, load_config, preset_path, to_dict
-from reclf.evaluate import demo
 
 
 def _decoy_folder(folder: Path, method: str) -> None:
@@ -48,7 +48,7 @@ def test_demo_config_is_its_shipped_preset_plus_the_demo_budget(tmp_path, method
 
 
 def test_a_missing_preset_is_an_error_not_a_recipe_made_up_in_code(tmp_path, monkeypatch):
-    monkeypatch.setattr(demo, "demo_preset", lambda method: f"demo_{method}_not_shipped")
+    monkeypatch.setattr(demo.settings, "demo_preset", lambda method: f"demo_{method}_not_shipped")
     with pytest.raises(ValueError, match="no shipped preset named 'demo_reclf_not_shipped'"):
         demo.demo_config("reclf", 0, demo.QUICK, tmp_path / "synth", tmp_path / "runs")
     assert preset_path("demo_reclf").is_file()

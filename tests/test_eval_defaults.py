@@ -5,9 +5,9 @@ import argparse
 import pytest
 
 from reclf.evaluate import cli as eval_cli
-from reclf.evaluate.linear import LinearConfig
-from reclf.evaluate.retrieve import RetrieveConfig
-from reclf.evaluate.segment import SegmentConfig, segment_preset
+from reclf.evaluate.tasks.linear import LinearConfig
+from reclf.evaluate.tasks.retrieve import RetrieveConfig
+from reclf.evaluate.tasks.segment import SegmentConfig, segment_preset
 
 REQUIRED = {"model", "data", "out", "task", "kind"}
 

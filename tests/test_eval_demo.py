@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from reclf.evaluate import demo
+from reclf import demo
 
 
 def test_demo_configs_are_valid_for_every_method(tmp_path):

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from reclf.evaluate import diagnostics as diag
-from reclf.evaluate.diagnostics import (
+from reclf.evaluate.loading import wrap_model
+from reclf.evaluate.results import read_results
+from reclf.evaluate.tasks import diagnostics as diag
+from reclf.evaluate.tasks.diagnostics import (
     BatchOutputs,
     DiagnosticsConfig,
     RoleRecord,
@@ -24,8 +26,6 @@ from reclf.evaluate.diagnostics import (
     relation_stats,
     run_diagnostics,
 )
-from reclf.evaluate.loading import wrap_model
-from reclf.evaluate.results import read_results
 
 IMAGE = {"name": "cnn-small", "image_size": 64}
 TEXT = {"name": "bert-tiny"}

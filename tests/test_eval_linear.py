@@ -6,8 +6,8 @@ import torch
 
 from helpers.eval_stub import StubModel, make_folder
 from reclf.evaluate.common import patient_subset
-from reclf.evaluate.linear import LinearConfig, run_linear
 from reclf.evaluate.loading import wrap_model
+from reclf.evaluate.tasks.linear import LinearConfig, run_linear
 
 
 def test_patient_subsets_are_patient_level_and_seeded():

@@ -17,8 +17,8 @@ from reclf.evaluate.metrics import (
     precision_at_k,
     recall_at_k,
 )
-from reclf.evaluate.retrieve import rank_targets, rank_targets_rerank
 from reclf.evaluate.stats import Estimate, bootstrap_ci, mean_ci, summarise_seeds
+from reclf.evaluate.tasks.retrieve import rank_targets, rank_targets_rerank
 
 
 def test_recall_and_precision_at_k_by_hand():

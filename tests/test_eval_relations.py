@@ -4,9 +4,9 @@ import pandas as pd
 import torch
 
 from helpers.eval_stub import StubModel, make_folder
-from reclf.evaluate.grounding import GroundingConfig, finding_phrases, locate, run_grounding
 from reclf.evaluate.loading import wrap_model
-from reclf.evaluate.relations import RelationsConfig, run_relations, wins
+from reclf.evaluate.tasks.grounding import GroundingConfig, finding_phrases, locate, run_grounding
+from reclf.evaluate.tasks.relations import RelationsConfig, run_relations, wins
 
 
 class SideLover(StubModel):
@@ -102,7 +102,7 @@ def test_relations_fused_scores_are_per_pair(tmp_path):
 
 
 def test_attention_entropy_reports_flat_and_sharp_attention(tmp_path):
-    from reclf.evaluate.grounding import attention_entropy
+    from reclf.evaluate.tasks.grounding import attention_entropy
 
     images = torch.rand(3, 1, 64, 64)
     reports = ["small left effusion.", "right lower lobe opacity.", "no pneumothorax."]

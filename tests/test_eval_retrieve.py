@@ -4,7 +4,7 @@ import torch
 
 from helpers.eval_stub import StubModel, make_folder
 from reclf.evaluate.loading import wrap_model
-from reclf.evaluate.retrieve import RetrieveConfig, run_retrieve
+from reclf.evaluate.tasks.retrieve import RetrieveConfig, run_retrieve
 
 
 def test_retrieve_end_to_end(tmp_path):

@@ -4,8 +4,8 @@ import torch
 
 from helpers.eval_stub import StubImageEncoder, StubModel, make_folder
 from reclf.evaluate.loading import wrap_model
-from reclf.evaluate.segment import SegmentConfig, run_segment
-from reclf.evaluate.unet import Segmenter, UNetDecoder
+from reclf.evaluate.tasks.segment import SegmentConfig, run_segment
+from reclf.models.unet import Segmenter, UNetDecoder
 
 
 def test_unet_output_matches_the_mask_shape():
@@ -44,8 +44,8 @@ def test_segment_end_to_end(tmp_path):
 def test_decoder_widths_losses_presets_and_balance(tmp_path):
     import numpy as np
 
-    from reclf.evaluate.segment import SEGMENT_PRESETS, balanced_rows, segment_preset
-    from reclf.evaluate.unet import SMP_CHANNELS, segmentation_loss
+    from reclf.evaluate.tasks.segment import SEGMENT_PRESETS, balanced_rows, segment_preset
+    from reclf.models.unet import SMP_CHANNELS, segmentation_loss
 
     enc = StubImageEncoder()
     dec = UNetDecoder(list(enc.pyramid_channels), channels=SMP_CHANNELS)

@@ -6,7 +6,7 @@ import torch
 from helpers.eval_stub import StubModel, make_folder
 from reclf.data.prompts import expand, load_prompts, sample_prompts
 from reclf.evaluate.loading import wrap_model
-from reclf.evaluate.zeroshot import ZeroShotConfig, class_scores, run_zeroshot
+from reclf.evaluate.tasks.zeroshot import ZeroShotConfig, class_scores, run_zeroshot
 
 
 def test_prompt_combinations_and_sampling():
@@ -42,7 +42,7 @@ def test_zeroshot_end_to_end(tmp_path):
 
 
 def test_auto_prompt_file_follows_the_table_source():
-    from reclf.evaluate.zeroshot import pick_prompt_file
+    from reclf.evaluate.tasks.zeroshot import pick_prompt_file
 
     classes = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]
     assert pick_prompt_file("auto", classes, "synthcxr").name != pick_prompt_file("auto", classes, "chexpert").name

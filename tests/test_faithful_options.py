@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
-from helpers.train_stub import make_table
+from helpers.train_stub import StubModel, make_table
 from reclf.config import Config, ImageEncoderConfig, TrainConfig, from_dict
 from reclf.data.datasets import StudyDataset, sample_sentences
 from reclf.data.reports import split_sentences
@@ -66,7 +65,7 @@ def test_resize_to_sets_the_region_grid():
 
 
 def test_gloria_optimiser_betas_and_plateau_schedule():
-    module = PretrainModule(nn.Linear(3, 2), TrainConfig(betas=[0.5, 0.999], scheduler="plateau"))
+    module = PretrainModule(StubModel(), TrainConfig(betas=[0.5, 0.999], scheduler="plateau"))
     out = module.configure_optimizers()
     assert out["optimizer"].param_groups[0]["betas"] == (0.5, 0.999)
     sched = out["lr_scheduler"]
@@ -74,7 +73,7 @@ def test_gloria_optimiser_betas_and_plateau_schedule():
     assert sched["monitor"] == "val/loss" and sched["interval"] == "epoch"
     assert sched["scheduler"].factor == 0.5 and sched["scheduler"].patience == 5
     with pytest.raises(ValueError, match="train.betas"):
-        PretrainModule(nn.Linear(3, 2), TrainConfig(betas=[0.5])).configure_optimizers()
+        PretrainModule(StubModel(), TrainConfig(betas=[0.5])).configure_optimizers()
 
 
 def test_mgca_projection_hidden_width():

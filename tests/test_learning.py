@@ -16,7 +16,7 @@ import pytest
 from reclf.config import load_config, preset_path
 from reclf.data.synthetic.generate import generate
 from reclf.evaluate.loading import load_model
-from reclf.evaluate.zeroshot import ZeroShotConfig, run_zeroshot
+from reclf.evaluate.tasks.zeroshot import ZeroShotConfig, run_zeroshot
 from reclf.train import pretrain
 from reclf.train.text_cache import build_text_cache, corpus_reports
 

@@ -6,7 +6,7 @@ import torch
 from helpers import eval_stub, train_stub
 from reclf.data.tokenization import Tokenizer
 from reclf.methods import create_model, list_methods
-from reclf.methods.interface import EvaluableModel, MethodModel, TrainableModel
+from reclf.methods.interface import EvaluableModel, MethodModel, TrainableModel, missing_members
 
 
 @pytest.mark.parametrize("method", ["convirt", "reclf"])
@@ -21,6 +21,21 @@ def test_every_method_model_implements_the_whole_interface(method):
 def test_a_model_without_the_interface_is_told_apart():
     assert not isinstance(torch.nn.Linear(2, 2), EvaluableModel)
     assert not isinstance(torch.nn.Linear(2, 2), TrainableModel)
+    missing = missing_members(torch.nn.Linear(2, 2), TrainableModel)
+    assert {"loss", "tokenizer", "method", "on_train_epoch_start", "save_pretrained"} <= set(missing)
+    assert "eval" not in missing_members(torch.nn.Linear(2, 2), EvaluableModel)  # nn.Module has it
+    assert missing_members(train_stub.StubModel(), TrainableModel) == []
+
+
+def test_training_refuses_a_model_without_the_interface_and_names_what_is_missing():
+    from reclf.config import TrainConfig
+    from reclf.train.module import PretrainModule
+
+    with pytest.raises(TypeError, match="Linear lacks .*loss.*TrainableModel"):
+        PretrainModule(torch.nn.Linear(2, 2), TrainConfig())
+    with pytest.raises(TypeError, match="is not a torch.nn.Module"):
+        PretrainModule(object(), TrainConfig())
+    assert PretrainModule(train_stub.StubModel(), TrainConfig()).model.method == "stub"
 
 
 def test_eval_stub_is_an_evaluable_model_and_follows_its_shapes():

@@ -8,10 +8,10 @@ import torch
 
 import reclf
 from reclf.config import load_config, to_dict
-from reclf.evaluate.results import TaskResult, write_results
+from reclf.evaluate.results import TaskResult, refresh_model_card, write_results
 from reclf.evaluate.stats import Estimate
 from reclf.methods import build_model, create_model, from_pretrained
-from reclf.methods.model_card import read_card_training, write_model_card
+from reclf.methods.model_card import read_card_training
 from reclf.train.export import export_checkpoint
 
 IMAGE = {"name": "cnn-small", "image_size": 64}
@@ -66,7 +66,7 @@ def test_export_card_has_the_run_data_steps_seed_and_later_the_results(tmp_path)
     # an evaluation written under the folder appears when the card is refreshed; the run facts stay
     est = Estimate(0.8125, 0.75, 0.875, 100)
     write_results(TaskResult("zeroshot", {"auroc": est}, {}, {}, {}, [0]), out / "eval" / "zeroshot")
-    write_model_card(out)
+    refresh_model_card(out)
     card = (out / "README.md").read_text()
     assert "| zeroshot | auroc | 0.812 [0.750, 0.875] | eval/zeroshot/results.json |" in card
     assert "| steps | 12 |" in card and read_card_training(out).data_rows == 4

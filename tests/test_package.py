@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 import reclf
+from reclf import demo
 from reclf.config import list_presets, to_dict
-from reclf.evaluate import demo
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -103,7 +103,7 @@ def test_pretrain_a_preset_by_name_dry_run_writes_nothing_here(installed, elsewh
 
 def test_the_demo_recipe_is_the_same_from_the_wheel(installed, elsewhere):
     probe = (
-        "import json; from pathlib import Path; from reclf.config import to_dict; from reclf.evaluate import demo; "
+        "import json; from pathlib import Path; from reclf.config import to_dict; from reclf import demo; "
         "print(json.dumps({m: to_dict(demo.demo_config(m, 0, demo.QUICK, Path('/d/synth'), Path('/d/runs'))) "
         "for m in demo.METHODS}))"
     )

@@ -29,7 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("reclf.methods.convert", "map released GLoRIA / MGCA checkpoints onto reclf model folders"),
     "report": ("reclf.evaluate.report", "collect results.json files into report.md with tables and figures"),
     "explain": ("reclf.evaluate.explain", "explain an image-report match: word attention, IRM weights, SRM relations"),
-    "demo": ("reclf.evaluate.demo", "SynthCXR -> pretrain every method -> every evaluation -> runs/demo/report.md"),
+    "demo": ("reclf.demo.cli", "SynthCXR -> pretrain every method -> every evaluation -> runs/demo/report.md"),
 }
 
 

@@ -16,13 +16,10 @@ from reclf.align.aggregators import (
 )
 from reclf.align.losses import (
     Temperature,
-    convirt_loss,
-    gloria_loss,
+    global_contrastive_loss,
     info_nce,
-    mgca_instance_loss,
+    local_contrastive_loss,
     mgca_token_loss,
-    reclf_local_loss,
-    reclf_loss,
     topk_candidates,
 )
 from reclf.align.matching import attend, attend_paired, pairwise_local_outputs, pairwise_local_scores
@@ -40,15 +37,12 @@ __all__ = [
     "attend",
     "attend_paired",
     "build_aggregator",
-    "convirt_loss",
-    "gloria_loss",
+    "global_contrastive_loss",
     "info_nce",
-    "mgca_instance_loss",
+    "local_contrastive_loss",
     "mgca_token_loss",
     "pairwise_local_outputs",
     "pairwise_local_scores",
-    "reclf_local_loss",
-    "reclf_loss",
     "sinkhorn",
     "topk_candidates",
 ]

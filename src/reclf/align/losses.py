@@ -1,4 +1,8 @@
-"""Contrastive losses of ConVIRT, GLoRIA, MGCA and RECLF, vectorised (no per-caption Python loops).
+"""Contrastive losses, vectorised (no per-caption Python loops): the terms every method is built from.
+
+Each formula lives here once; ``reclf.methods.VLModel.loss`` composes a method's loss from these terms
+with the weights and temperatures of its ``MethodParams`` preset, and ``tests/test_method_losses.py``
+pins every method's total against its paper's formula written out by hand.
 
 Convention: a logits matrix has images on the rows and reports on the columns; the positive of image
 ``i`` is report ``targets[i]`` (default ``i``).
@@ -7,15 +11,14 @@ Convention: a logits matrix has images on the rows and reports on the columns; t
   weighs the two (0.5: the symmetric mean; ConVIRT's ``lambda = 0.75``); ``sum_directions=True`` adds
   them instead (GLoRIA and MGCA both return ``loss0 + loss1``).
 - ``Temperature``: fixed or learnable, stored as ``log(1/tau)`` (CLIP's logit scale), clamped.
-- ConVIRT (Zhang et al. 2020): ``tau = 0.1``, ``loss = lambda * l(img->txt) + (1 - lambda) * l(txt->img)``.
-- GLoRIA (``gloria/loss/gloria_loss.py``): global ``cos(g, h) * temp3`` and local ``lse-score * temp3``
-  (``temp3 = 10``), each through CE in both directions summed; total ``w_g * global + w_l * local``.
-- MGCA (``mgca_module.py``): instance loss (``tau = 0.07``, directions summed), token-level loss
-  (``mgca_token_loss``), prototype loss (``reclf.align.prototypes.PrototypeLoss``).
-- RECLF (DESIGN §1): ``lambda_g * InfoNCE(cos(g, h) / tau_g) + lambda_l * InfoNCE(s / tau_l)`` over all
-  pairs, or over the positive + top-k hardest negatives by global similarity (``topk_candidates``).
+- ``global_contrastive_loss``: InfoNCE on ``cos(g, h) / tau`` (ConVIRT; GLoRIA's global term; MGCA's
+  instance loss; RECLF's global term).
+- ``local_contrastive_loss``: InfoNCE on aggregated word-region scores ``s / tau`` over all pairs or over
+  the positive + top-k hardest negatives by global similarity (``topk_candidates``): GLoRIA's local
+  term (``lse`` scores x ``temp3``) and RECLF's (SRM + IRM scores / ``tau_l``).
+- ``mgca_token_loss``: MGCA's token-level intra-pair loss; its prototype loss is
+  ``reclf.align.prototypes.PrototypeLoss``.
 """
-
 from __future__ import annotations
 
 import math
@@ -27,14 +30,8 @@ from torch import Tensor, nn
 from reclf.align.matching import attend_paired
 from reclf.align.prototypes import PrototypeLoss, sinkhorn
 
-CONVIRT_TAU = 0.1
-CONVIRT_LAMBDA = 0.75
-GLORIA_TEMP3 = 10.0
-MGCA_INSTANCE_TAU = 0.07
 MGCA_LOCAL_TAU = 0.1
 MGCA_CLIP = (0.1, 0.9)
-RECLF_GLOBAL_TAU = 0.07
-RECLF_LOCAL_TAU = 0.1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,37 +113,44 @@ def _scale(logits: Tensor, tau: float | Temperature) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# ConVIRT, GLoRIA, MGCA
+# the two contrastive terms every method is built from (``reclf.methods.VLModel.loss`` composes them)
 
 
-def convirt_loss(
-    img: Tensor, txt: Tensor, tau: float | Temperature = CONVIRT_TAU, lam: float = CONVIRT_LAMBDA
+def global_contrastive_loss(
+    img: Tensor,
+    txt: Tensor,
+    tau: float | Temperature,
+    i2t_weight: float = 0.5,
+    sum_directions: bool = False,
 ) -> Tensor:
-    """ConVIRT: ``lam * l(img->txt) + (1 - lam) * l(txt->img)`` on cosines / ``tau`` (0.1, 0.75)."""
-    return info_nce(_scale(cosine_logits(img, txt), tau), i2t_weight=lam)
+    """InfoNCE on the cosines of global embeddings divided by ``tau`` (every method's global term).
 
-
-def gloria_loss(
-    img_global: Tensor,
-    txt_global: Tensor,
-    local_scores: Tensor,
-    temp3: float = GLORIA_TEMP3,
-    global_weight: float = 1.0,
-    local_weight: float = 1.0,
-) -> dict[str, Tensor]:
-    """GLoRIA's global + local loss. ``local_scores[I, T]``: the ``lse`` aggregator's scores.
-
-    Returns ``{"global": ..., "local": ..., "loss": global_weight * global + local_weight * local}``;
-    each term is CE image->report + CE report->image (summed, as GLoRIA's ``loss0 + loss1``).
+    ConVIRT: ``tau 0.1``, ``i2t_weight 0.75``; GLoRIA: ``tau 0.1`` (``temp3 = 10``), directions summed;
+    MGCA's instance loss: ``tau 0.07``, directions summed; RECLF: ``tau_g 0.07``, the symmetric mean.
     """
-    g = info_nce(cosine_logits(img_global, txt_global) * temp3, sum_directions=True)
-    loc = info_nce(local_scores * temp3, sum_directions=True)
-    return {"global": g, "local": loc, "loss": global_weight * g + local_weight * loc}
+    return info_nce(_scale(cosine_logits(img, txt), tau), i2t_weight=i2t_weight, sum_directions=sum_directions)
 
 
-def mgca_instance_loss(img: Tensor, txt: Tensor, tau: float | Temperature = MGCA_INSTANCE_TAU) -> Tensor:
-    """MGCA's image-text alignment (ITA): symmetric InfoNCE at ``tau = 0.07``, directions summed."""
-    return info_nce(_scale(cosine_logits(img, txt), tau), sum_directions=True)
+def local_contrastive_loss(
+    scores: Tensor,
+    tau: float | Temperature,
+    pairs: Tensor | None = None,
+    n_txt: int | None = None,
+    i2t_weight: float = 0.5,
+    sum_directions: bool = False,
+) -> Tensor:
+    """InfoNCE on aggregated word-region scores divided by ``tau`` (GLoRIA's and RECLF's local term).
+
+    ``scores[I, T]`` for all pairs, or ``scores[I, K]`` for the candidates ``pairs[I, K]`` (positive first,
+    ``topk_candidates``): the unscored pairs are left out of both directions' softmax.
+    """
+    if pairs is not None:
+        scores = scatter_candidate_scores(scores, pairs, n_txt if n_txt is not None else scores.shape[0])
+    return info_nce(_scale(scores, tau), i2t_weight=i2t_weight, sum_directions=sum_directions)
+
+
+# ---------------------------------------------------------------------------------------------
+# MGCA's token-level loss
 
 
 def clip_percentile_weights(
@@ -247,7 +251,7 @@ def mgca_token_loss(
 
 
 # ---------------------------------------------------------------------------------------------
-# RECLF
+# hard negatives (RECLF's optional top-k candidates)
 
 
 @torch.no_grad()
@@ -271,55 +275,17 @@ def scatter_candidate_scores(scores: Tensor, pairs: Tensor, n_txt: int) -> Tenso
     return full.scatter(1, pairs, scores)
 
 
-def reclf_local_loss(
-    scores: Tensor, tau: float | Temperature = RECLF_LOCAL_TAU, pairs: Tensor | None = None, n_txt: int | None = None
-) -> Tensor:
-    """Symmetric InfoNCE on the relation scores ``s / tau_l``.
-
-    ``scores[I, T]`` for all pairs, or ``scores[I, K]`` for the candidates ``pairs[I, K]`` (positive first,
-    ``topk_candidates``): the unscored pairs are left out of both directions' softmax.
-    """
-    if pairs is not None:
-        scores = scatter_candidate_scores(scores, pairs, n_txt if n_txt is not None else scores.shape[0])
-    return info_nce(_scale(scores, tau))
-
-
-def reclf_loss(
-    img_global: Tensor,
-    txt_global: Tensor,
-    local_scores: Tensor,
-    tau_g: float | Temperature = RECLF_GLOBAL_TAU,
-    tau_l: float | Temperature = RECLF_LOCAL_TAU,
-    lambda_g: float = 1.0,
-    lambda_l: float = 1.0,
-    pairs: Tensor | None = None,
-) -> dict[str, Tensor]:
-    """RECLF: ``lambda_g * InfoNCE(cos(g, h) / tau_g) + lambda_l * InfoNCE(s / tau_l)``, both symmetric."""
-    g = info_nce(_scale(cosine_logits(img_global, txt_global), tau_g))
-    loc = reclf_local_loss(local_scores, tau_l, pairs, n_txt=txt_global.shape[0])
-    return {"global": g, "local": loc, "loss": lambda_g * g + lambda_l * loc}
-
-
 __all__ = [
-    "CONVIRT_LAMBDA",
-    "CONVIRT_TAU",
-    "GLORIA_TEMP3",
     "MGCA_CLIP",
-    "MGCA_INSTANCE_TAU",
     "MGCA_LOCAL_TAU",
-    "RECLF_GLOBAL_TAU",
-    "RECLF_LOCAL_TAU",
     "PrototypeLoss",
     "Temperature",
     "clip_percentile_weights",
-    "convirt_loss",
     "cosine_logits",
-    "gloria_loss",
+    "global_contrastive_loss",
     "info_nce",
-    "mgca_instance_loss",
+    "local_contrastive_loss",
     "mgca_token_loss",
-    "reclf_local_loss",
-    "reclf_loss",
     "scatter_candidate_scores",
     "sinkhorn",
     "topk_candidates",

@@ -162,33 +162,33 @@ def run_task(task: str, loaded, data: str | Path, out: Path | None, opts: dict, 
     keeps the task config's default. ``cache``: the feature cache folder (``None``: no cache).
     """
     if task == "zeroshot":
-        from reclf.evaluate.zeroshot import ZeroShotConfig, run_zeroshot
+        from reclf.evaluate.tasks.zeroshot import ZeroShotConfig, run_zeroshot
 
         return run_zeroshot(loaded, data, out, ZeroShotConfig(**given(ZeroShotConfig, opts, cache_dir=cache)))
     if task == "linear":
-        from reclf.evaluate.linear import LinearConfig, run_linear
+        from reclf.evaluate.tasks.linear import LinearConfig, run_linear
 
         return run_linear(loaded, data, out, LinearConfig(**given(LinearConfig, opts, cache_dir=cache)))
     if task == "segment":
-        from reclf.evaluate.segment import SegmentConfig, run_segment_tasks, segment_preset
+        from reclf.evaluate.tasks.segment import SegmentConfig, run_segment_tasks, segment_preset
 
         values = given(SegmentConfig, opts)
         cfg = segment_preset(values.pop("preset", None), **values)
         return run_segment_tasks(loaded, data, out, cfg, opts.get("seg_task"))
     if task == "retrieve":
-        from reclf.evaluate.retrieve import RetrieveConfig, run_retrieve
+        from reclf.evaluate.tasks.retrieve import RetrieveConfig, run_retrieve
 
         return run_retrieve(loaded, data, out, RetrieveConfig(**given(RetrieveConfig, opts, cache_dir=cache)))
     if task == "relations":
-        from reclf.evaluate.relations import RelationsConfig, run_relations
+        from reclf.evaluate.tasks.relations import RelationsConfig, run_relations
 
         return run_relations(loaded, data, out, RelationsConfig(**given(RelationsConfig, opts, cache_dir=cache)))
     if task == "grounding":
-        from reclf.evaluate.grounding import GroundingConfig, run_grounding
+        from reclf.evaluate.tasks.grounding import GroundingConfig, run_grounding
 
         return run_grounding(loaded, data, out, GroundingConfig(**given(GroundingConfig, opts)))
     if task == "diagnostics":
-        from reclf.evaluate.diagnostics import DiagnosticsConfig, run_diagnostics
+        from reclf.evaluate.tasks.diagnostics import DiagnosticsConfig, run_diagnostics
 
         return run_diagnostics(loaded, data, out, DiagnosticsConfig(**given(DiagnosticsConfig, opts)))
     raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")

@@ -32,7 +32,7 @@ def explain_pictures(model: EvaluableModel, image: np.ndarray, report: str, out:
 
     Words are shown in the order of the model's own weight (IRM importance, the implicit pooling weight),
     highest first, so the figure leads with the words that carry the score. ``roles``: SynthCXR's
-    word-role record of this report (``reclf.evaluate.diagnostics.read_word_roles``); each word is then
+    word-role record of this report (``reclf.evaluate.tasks.diagnostics.read_word_roles``); each word is then
     labelled with its role (finding, location, filler, ...).
     """
     import torch
@@ -47,7 +47,7 @@ def explain_pictures(model: EvaluableModel, image: np.ndarray, report: str, out:
     words = list(ex.words)
     labels = list(words)
     if roles is not None:
-        from reclf.evaluate.diagnostics import align_roles
+        from reclf.evaluate.tasks.diagnostics import align_roles
 
         word_roles, _ = align_roles(words, roles)
         labels = [w if r == "unknown" else f"{w} ({r})" for w, r in zip(words, word_roles, strict=True)]

@@ -151,7 +151,7 @@ def summary_rows(merged: dict[str, dict[str, dict[str, Any]]], verdicts: dict[st
                  markdown: bool = True) -> list[str]:
     """Models x the headline metric of every task (value [95 % CI], or mean ± std over pretraining seeds).
 
-    ``verdicts``: label -> reasons it did not learn (see ``reclf.evaluate.demo.learning_verdicts``); a
+    ``verdicts``: label -> reasons it did not learn (see ``reclf.demo.learning_verdicts``); a
     label with reasons is marked **did not learn**.
     """
     cols = [(t, k, h) for t, k, h in SUMMARY if t in merged]
@@ -293,7 +293,7 @@ def diagnostics_sections(results: list[dict[str, Any]], figs: Path) -> list[str]
     diag = [r for r in results if r.get("task") == "diagnostics"]
     if not diag:
         return []
-    from reclf.evaluate.diagnostics import diagnostics_table
+    from reclf.evaluate.tasks.diagnostics import diagnostics_table
     from reclf.viz.diagnostics import importance_by_role, relation_mass
 
     lines = ["## diagnostics: what IRM and SRM learned", "", diagnostics_table(diag), ""]
@@ -372,12 +372,12 @@ def _explanations(results: list[dict[str, Any]], figs: Path, data: str | None, s
     from reclf.evaluate.explain import explain_pictures
     from reclf.evaluate.features import prepare_image
     from reclf.evaluate.loading import image_size_of, load_model
-    from reclf.evaluate.retrieve import report_texts
+    from reclf.evaluate.tasks.retrieve import report_texts
 
     table = load_table(data)
     rows = table.df.head(samples)
     try:
-        from reclf.evaluate.diagnostics import read_word_roles
+        from reclf.evaluate.tasks.diagnostics import read_word_roles
 
         roles = read_word_roles(table.folder)
     except (FileNotFoundError, ValueError):  # real data: no word roles

@@ -135,3 +135,27 @@ def _estimate(m: dict[str, Any]) -> Estimate:
 
 def estimate_from_dict(m: dict[str, Any]) -> Estimate:
     return _estimate(m)
+
+
+def result_rows(folder: str | Path) -> list[tuple[str, str, str, str]]:
+    """``(task, metric, "value [95% CI]", file)`` of every ``results.json`` under ``folder`` (the model card's
+    evaluation table); an unreadable file is listed as such, never skipped silently."""
+    folder = Path(folder)
+    rows = []
+    for path in sorted(folder.rglob(RESULTS_NAME)):
+        try:
+            data = read_results(path)
+            for name, m in data["metrics"].items():
+                rows.append((data["task"], name, estimate_from_dict(m).fmt(3), str(path.relative_to(folder))))
+        except (ValueError, KeyError, TypeError, OSError):
+            rows.append(("?", "?", "unreadable results file", str(path.relative_to(folder))))
+    return rows
+
+
+def refresh_model_card(folder: str | Path) -> Path:
+    """Rewrite the model card (``README.md``) of a saved model folder with the evaluation results found
+    under it, keeping the card's training facts."""
+    from reclf.methods.model_card import write_model_card
+
+    return write_model_card(folder, results=result_rows(folder))
+

@@ -24,7 +24,15 @@ from torch import Tensor, nn
 
 from reclf.data.tokenization import Tokenizer
 
-__all__ = ["EvaluableModel", "Explanation", "Gather", "MethodModel", "Tokenizer", "TrainableModel"]
+__all__ = [
+    "EvaluableModel",
+    "Explanation",
+    "Gather",
+    "MethodModel",
+    "Tokenizer",
+    "TrainableModel",
+    "missing_members",
+]
 
 #: All-gather with autograd across DDP ranks (``reclf.train.distributed``); ``None`` in one process.
 Gather = Callable[[Tensor], Tensor]
@@ -95,8 +103,9 @@ class TrainableModel(Protocol):
 
     def similarity(self, img: Any, txt: Any) -> Tensor: ...
 
-    def loss(self, batch: dict[str, Any], gather: Gather | None = None) -> dict[str, Tensor]:
-        """Named loss terms and their weighted total ``"loss"``."""
+    def loss(self, batch: dict[str, Any], gather: Gather | None = None, **options: Any) -> dict[str, Tensor]:
+        """Named loss terms and their weighted total ``"loss"`` (``options``: ``gather_local`` when
+        ``train.gather_local`` asks for it)."""
         ...
 
     def on_train_epoch_start(self, epoch: int) -> None: ...
@@ -107,3 +116,16 @@ class TrainableModel(Protocol):
 @runtime_checkable
 class MethodModel(EvaluableModel, TrainableModel, Protocol):
     """The whole interface: what ``reclf.methods.VLModel`` implements for every method."""
+
+
+def missing_members(obj: Any, protocol: type) -> list[str]:
+    """The public names ``protocol`` declares (its methods, properties and annotated attributes, through its
+    base protocols) that ``obj`` lacks: what to name in an error when ``isinstance(obj, protocol)`` fails."""
+    names: set[str] = set()
+    for base in protocol.__mro__:
+        if base is object or base.__module__ == "typing":
+            continue
+        names |= {n for n in vars(base) if not n.startswith("_")}
+        names |= {n for n in getattr(base, "__annotations__", {}) if not n.startswith("_")}
+    return sorted(n for n in names if not hasattr(obj, n))
+

@@ -29,7 +29,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reclf.align.aggregators import build_aggregator
-from reclf.align.losses import Temperature, info_nce, mgca_token_loss, scatter_candidate_scores, topk_candidates
+from reclf.align.losses import (
+    Temperature,
+    global_contrastive_loss,
+    local_contrastive_loss,
+    mgca_token_loss,
+    topk_candidates,
+)
 from reclf.align.matching import attend_paired, pairwise_local_outputs, pairwise_local_scores
 from reclf.align.prototypes import PrototypeLoss
 from reclf.config import ImageEncoderConfig, TextEncoderConfig
@@ -259,8 +265,9 @@ class VLModel(nn.Module):
         g_img, g_txt = img.global_, txt.global_
         if gather is not None:
             g_img, g_txt = gather(g_img), gather(g_txt)
-        global_logits = self.global_tau(g_img @ g_txt.t())
-        terms["global"] = info_nce(global_logits, i2t_weight=p.i2t_weight, sum_directions=p.sum_directions)
+        terms["global"] = global_contrastive_loss(
+            g_img, g_txt, self.global_tau, i2t_weight=p.i2t_weight, sum_directions=p.sum_directions
+        )
         total = p.global_weight * terms["global"]
         if p.has_local:
             terms["local"] = self._local_loss(img, txt, gather if gather_local else None)
@@ -294,10 +301,14 @@ class VLModel(nn.Module):
         if p.hard_negatives > 0:
             with torch.no_grad():
                 pairs = topk_candidates(self.global_similarity(img, txt), p.hard_negatives)
-        scores = self._local(img, txt, pairs)
-        if pairs is not None:
-            scores = scatter_candidate_scores(scores, pairs, len(txt))
-        return info_nce(self.local_tau(scores), i2t_weight=p.i2t_weight, sum_directions=p.sum_directions)
+        return local_contrastive_loss(
+            self._local(img, txt, pairs),
+            self.local_tau,
+            pairs,
+            n_txt=len(txt),
+            i2t_weight=p.i2t_weight,
+            sum_directions=p.sum_directions,
+        )
 
     # ------------------------------------------------------------------------------------------
     # explanation

@@ -10,8 +10,8 @@ read back when the card is refreshed) followed by Markdown.
 The card is documentation only: ``from_pretrained`` never reads it, so a missing or edited card
 changes nothing about the model. ``save_pretrained`` writes a card from the model's own config;
 ``reclf export`` (and so ``reclf pretrain``) rewrites it with the training run's facts from the
-checkpoint. ``write_model_card(folder)`` refreshes it later, e.g. after evaluations were written
-under the folder, keeping the training facts of the existing card.
+checkpoint. ``reclf.evaluate.results.refresh_model_card(folder)`` rewrites it after evaluations were
+written under the folder, listing their results and keeping the training facts of the existing card.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ import yaml
 
 from reclf.utils.io import atomic_write_text
 
+#: One evaluation result in the card: ``(task, metric, "value [95% CI]", file relative to the folder)``.
+ResultRow = tuple[str, str, str, str]
 CARD_NAME = "README.md"
 
 
@@ -132,21 +134,6 @@ def _text_layers(folder: Path, text: dict[str, Any]) -> int | None:
     return None
 
 
-def _results(folder: Path) -> list[tuple[str, str, str, str]]:
-    """``(task, metric, value, file)`` rows of every ``results.json`` under the folder."""
-    rows = []
-    for path in sorted(folder.rglob("results.json")):
-        try:
-            from reclf.evaluate.results import estimate_from_dict, read_results
-
-            data = read_results(path)
-            for name, m in data["metrics"].items():
-                rows.append((data["task"], name, estimate_from_dict(m).fmt(3), str(path.relative_to(folder))))
-        except (ValueError, KeyError, TypeError, OSError):
-            rows.append(("?", "?", "unreadable results file", str(path.relative_to(folder))))
-    return rows
-
-
 def _section(config: dict[str, Any], key: str) -> dict[str, Any]:
     """``config[key]`` as a mapping (a bare name, as some custom models write, becomes ``{"name": ...}``)."""
     value = config.get(key)
@@ -160,7 +147,11 @@ def _fmt(value: Any, unknown: str = "not recorded") -> str:
 
 
 def render_model_card(
-    folder: str | Path, config: dict[str, Any], training: TrainingInfo | None = None, name: str | None = None
+    folder: str | Path,
+    config: dict[str, Any],
+    training: TrainingInfo | None = None,
+    name: str | None = None,
+    results: list[ResultRow] | None = None,
 ) -> str:
     """The card's text for a folder whose ``config.json`` is ``config`` (``name``: the folder's final name)."""
     folder = Path(folder)
@@ -250,23 +241,29 @@ def render_model_card(
             f"| checkpoint | {_fmt(training.checkpoint)} |",
         ]
     lines += ["", "## Evaluation", ""]
-    results = _results(folder)
     if results:
         lines += ["| task | metric | value ± std [95% CI] | file |", "|---|---|---|---|"]
         lines += [f"| {t} | {m} | {v} | {f} |" for t, m, v, f in results]
     else:
         lines.append(
-            "No evaluation results in this folder. `reclf evaluate TASK --model THIS --out THIS/eval/TASK` "
-            "writes them here; `reclf.methods.model_card.write_model_card(THIS)` then adds them to this card."
+            "No evaluation results listed. `reclf evaluate TASK --model THIS --out THIS/eval/TASK` writes them "
+            "here; `reclf.evaluate.results.refresh_model_card(THIS)` then adds them to this card."
         )
     return "\n".join(lines) + "\n"
 
 
-def write_model_card(folder: str | Path, training: TrainingInfo | None = None, name: str | None = None) -> Path:
+def write_model_card(
+    folder: str | Path,
+    training: TrainingInfo | None = None,
+    name: str | None = None,
+    results: list[ResultRow] | None = None,
+) -> Path:
     """Write ``folder/README.md`` (atomically) from ``folder/config.json``; returns its path.
 
     ``training``: the run's facts; by default those of the card already in the folder, if any.
     ``name``: the folder's final name when ``folder`` is a temporary one (atomic saves).
+    ``results``: the evaluation rows to list; evaluation owns the ``results.json`` format, so it passes
+    them (``reclf.evaluate.results.refresh_model_card``) and this layer never reads evaluation files.
     """
     folder = Path(folder)
     config_path = folder / "config.json"
@@ -276,5 +273,5 @@ def write_model_card(folder: str | Path, training: TrainingInfo | None = None, n
     if training is None:
         training = read_card_training(folder)
     path = folder / CARD_NAME
-    atomic_write_text(path, render_model_card(folder, config, training, name=name))
+    atomic_write_text(path, render_model_card(folder, config, training, name=name, results=results))
     return path

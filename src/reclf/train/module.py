@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from reclf.config import TrainConfig
+from reclf.methods.interface import TrainableModel, missing_members
 from reclf.train.distributed import all_gather_with_grad, world_size
 from reclf.train.schedule import WarmupCosine, warmup_steps
 
@@ -78,12 +79,27 @@ def retrieval_accuracy(similarity: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return i2t, t2i
 
 
+def check_trainable(model: Any) -> TrainableModel:
+    """``model`` if it is an ``nn.Module`` with the training interface (``reclf.methods.interface``); a
+    ``TypeError`` naming what is missing otherwise (before Lightning fails deep inside a step)."""
+    names = missing_members(model, TrainableModel)
+    if not isinstance(model, nn.Module) or names:
+        what = "is not a torch.nn.Module" if not isinstance(model, nn.Module) else f"lacks {', '.join(names)}"
+        raise TypeError(
+            f"{type(model).__name__} {what}: training needs a model with the TrainableModel interface "
+            "(reclf.methods.interface; every reclf.create_model(...) has it)"
+        )
+    return model
+
+
 class PretrainModule(L.LightningModule):
     """Wraps a method model (``VLModel``) for Lightning: steps, validation, optimiser, resume state."""
 
-    def __init__(self, model: nn.Module, train_cfg: TrainConfig, run_config: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, model: TrainableModel, train_cfg: TrainConfig, run_config: dict[str, Any] | None = None
+    ) -> None:
         super().__init__()
-        self.model = model
+        self.model: TrainableModel = check_trainable(model)
         self.train_cfg = train_cfg
         self.run_config = run_config or {}
         self.batches_in_epoch = 0
@@ -114,9 +130,7 @@ class PretrainModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         self.batches_in_epoch = 0
         self.bad_rows_train_epoch = 0
-        hook = getattr(self.model, "on_train_epoch_start", None)
-        if callable(hook):
-            hook(self.current_epoch)
+        self.model.on_train_epoch_start(self.current_epoch)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self._pending_rng is not None:  # restore exactly where the interrupted run was
@@ -246,8 +260,8 @@ class PretrainModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["reclf"] = {
             "config": self.run_config,
-            "model_config": getattr(self.model, "config", None),
-            "method": getattr(self.model, "method", None),
+            "model_config": self.model.config,
+            "method": self.model.method,
             "epoch": int(self.current_epoch),
             "batches_in_epoch": int(self.batches_in_epoch),
             "bad_rows_train": int(self.bad_rows_train),

@@ -1,4 +1,4 @@
-"""Figures of the diagnostics task (``reclf.evaluate.diagnostics``), drawn from results dicts.
+"""Figures of the diagnostics task (``reclf.evaluate.tasks.diagnostics``), drawn from results dicts.
 
 - ``importance_by_role``: per model, a box plot of each word's weight relative to uniform
   (weight x number of words; 1 = what uniform weights give) per word role, from the box statistics

@@ -36,8 +36,8 @@ from reclf.evaluate.metrics import dice_iou, positives
 from reclf.evaluate.optim import AdamW
 from reclf.evaluate.results import TaskResult, format_table, write_results
 from reclf.evaluate.stats import Estimate, mean_ci, summarise_seeds
-from reclf.evaluate.unet import Segmenter, segmentation_loss
 from reclf.methods.interface import EvaluableModel
+from reclf.models.unet import Segmenter, segmentation_loss
 
 
 @dataclass

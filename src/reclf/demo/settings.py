@@ -1,0 +1,131 @@
+"""The demo's recipe: which methods and tasks, how big the data and the evaluation sets, how long to train.
+
+The pretraining recipe itself (method, encoders, optimiser) is the shipped preset ``demo_<method>``;
+``demo_config`` adds only the demo's budget, folders and seed. ``QUICK`` and ``FULL`` are the two sizes
+(measured: docs/evaluation.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+METHODS = ("convirt", "gloria", "mgca", "reclf", "reclf-no-srm", "reclf-no-irm")
+TASKS = ("zeroshot", "linear", "segment", "retrieve", "relations", "grounding", "diagnostics")
+
+
+@dataclass
+class DemoSettings:
+    """Sizes of one demo; ``QUICK`` and ``FULL`` below are the two presets (measured: docs/evaluation.md).
+
+    The pretraining recipe (method, encoders, optimiser) is the shipped preset's; these are the
+    budget and the sizes of the data and of the evaluation sets.
+    """
+
+    synth_n: int  # pretraining studies (80 / 10 / 10 % by patient)
+    synth_per_class: int  # images per class of the zero-shot, retrieval, segmentation and relations sets
+    classification_n: int  # studies of the classification set (linear probe, supervised ceiling)
+    image_size: int
+    pretrain_steps: int
+    pretrain_batch: int
+    seeds: int
+    linear_fractions: list[float]
+    linear_seeds: list[int]
+    segment_fractions: list[float]
+    segment_seeds: list[int]
+    segment_epochs: int
+    segment_min_steps: int
+    segment_task: str | None
+    supervised_epochs: int
+    prompts_per_class: int
+    n_boot: int
+    methods: tuple[str, ...] = METHODS  # pretrained unless --methods says otherwise
+    method_overrides: dict[str, Any] = field(default_factory=dict)
+
+
+QUICK = DemoSettings(
+    synth_n=1500,
+    synth_per_class=60,
+    classification_n=1200,
+    image_size=64,
+    pretrain_steps=250,
+    pretrain_batch=32,
+    seeds=1,
+    linear_fractions=[0.1, 1.0],
+    linear_seeds=[0],
+    segment_fractions=[1.0],
+    segment_seeds=[0],
+    segment_epochs=3,
+    segment_min_steps=24,
+    segment_task="opacity",
+    supervised_epochs=8,
+    prompts_per_class=10,
+    n_boot=200,
+    methods=("reclf", "convirt"),  # a first look: the headline method and the simplest baseline
+)
+FULL = DemoSettings(
+    synth_n=6000,
+    synth_per_class=200,
+    classification_n=7000,
+    image_size=64,
+    pretrain_steps=500,
+    pretrain_batch=32,
+    seeds=1,
+    linear_fractions=[0.01, 0.1, 1.0],
+    linear_seeds=[0, 1, 2],
+    segment_fractions=[0.1, 1.0],
+    segment_seeds=[0],
+    segment_epochs=6,
+    segment_min_steps=60,
+    segment_task="opacity",
+    supervised_epochs=12,
+    prompts_per_class=20,
+    n_boot=500,
+)
+#: learning check: the mean loss of the last 100 steps must be at most this share of the first 100 steps'
+LOSS_DROP = 0.9
+
+
+def demo_preset(method: str) -> str:
+    """The name of the shipped preset a demo run of ``method`` starts from."""
+    return f"demo_{method}"
+
+
+def demo_config(method: str, seed: int, s: DemoSettings, synth: Path, runs: Path, text_cache: Path | None = None):
+    """The pretraining config of one demo run: the shipped preset ``demo_<method>`` + the demo's budget.
+
+    The preset is read from the installed package by name, so the recipe (method, encoders,
+    optimiser) is the same wherever the demo runs; only the budget, the data and output folders,
+    the seed and the shared text-feature file are the demo's. A missing preset is an error, never a
+    recipe made up here.
+    """
+    from reclf.config import load_config, preset_path
+
+    overrides = [
+        f"seed={seed}",
+        f"name={method}@seed{seed}",
+        f"data.root={synth / 'pretrain'}",
+        f"train.runs_dir={runs}",
+        "train.progress=false",
+        f"image_encoder.image_size={s.image_size}",
+        f"train.max_steps={s.pretrain_steps}",
+        f"data.batch_size={s.pretrain_batch}",
+        "train.max_epochs=1000",
+    ]
+    if text_cache is not None:
+        overrides.append(f"text_encoder.cache_file={text_cache}")
+    overrides += [f"method.{k}={v}" for k, v in s.method_overrides.items()]
+    return load_config(preset_path(demo_preset(method)), overrides)
+
+
+TASK_DATA = {
+    "zeroshot": "zeroshot_5x200",
+    "linear": "classification",
+    "segment": "segmentation",
+    "retrieve": "retrieval_8x200",
+    "relations": "relations",
+    "grounding": "relations",
+    "diagnostics": "relations",
+}
+IMAGE_ONLY = ("linear", "segment")
