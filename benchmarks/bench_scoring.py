@@ -64,10 +64,9 @@ def rerank_cost(model_dir: str, data: str, n: int, rerank_ks: list[int], chunk: 
     re-ranked, and the time of both scores on these features (encoding excluded)."""
     import numpy as np
 
-    from reclf.evaluate.common import load_table
+    from reclf.evaluate.common import load_table, report_texts
     from reclf.evaluate.features import encode_images, encode_texts, similarity_matrix
     from reclf.evaluate.loading import image_size_of, load_model
-    from reclf.evaluate.tasks.retrieve import report_texts
 
     loaded = load_model(model_dir)
     model = loaded.model.eval()

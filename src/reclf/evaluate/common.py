@@ -1,5 +1,6 @@
-"""What every task shares: reading its study table, describing the model and data, the out folder, and the
-label targets and patient-level label fractions of the trained probes (linear, segmentation, supervised ceiling)."""
+"""What every task shares: reading its study table, describing the model and data, the out folder, the report
+text as training built it (``report_texts``), and the label targets and patient-level label fractions of the
+trained probes (linear, segmentation, supervised ceiling)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pandas as pd
 
 from reclf.data.studies import CHEXPERT_LABELS
 from reclf.evaluate.loading import LoadedModel
+from reclf.methods.interface import EvaluableModel
 from reclf.utils.seed import rng
 
 
@@ -153,3 +155,21 @@ def resolve_label_set(df: pd.DataFrame, labels: list[str] | None = None, label_s
         return label_set
     sources = set(df["source"].astype(str)) if "source" in df.columns else set()
     return "competition" if sources == {"chexpert"} else "all"
+
+
+def model_sections(model: EvaluableModel) -> list[str]:
+    """The report sections the model was trained on (``text_encoder.sections``; findings + impression)."""
+    from reclf.data.reports import DEFAULT_SECTIONS
+
+    text = model.config.get("text_encoder")
+    sections = text.get("sections") if isinstance(text, dict) else None
+    return list(sections or DEFAULT_SECTIONS)
+
+
+def report_texts(df: Any, model: EvaluableModel) -> list[str]:
+    """Each row's report text exactly as training builds it (``reclf.data.datasets.study_report`` with the
+    model's sections): the one section rule for pretraining and every evaluation that reads reports."""
+    from reclf.data.datasets import study_report
+
+    sections = model_sections(model)
+    return [study_report(row, sections) for _, row in df.iterrows()]

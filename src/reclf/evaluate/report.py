@@ -368,11 +368,10 @@ def _explanations(results: list[dict[str, Any]], figs: Path, data: str | None, s
                      and r.get("data", {}).get("path")), None)
     if data is None or not Path(data).is_dir():
         return []
-    from reclf.evaluate.common import load_table
+    from reclf.evaluate.common import load_table, report_texts
     from reclf.evaluate.explain import explain_pictures
     from reclf.evaluate.features import prepare_image
     from reclf.evaluate.loading import image_size_of, load_model
-    from reclf.evaluate.tasks.retrieve import report_texts
 
     table = load_table(data)
     rows = table.df.head(samples)

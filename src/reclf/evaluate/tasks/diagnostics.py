@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from reclf.data.synthetic.vocab import CLINICAL_ROLES, ROLES
-from reclf.evaluate.common import data_info, load_table, model_info, report_bad
+from reclf.evaluate.common import data_info, load_table, model_info, model_sections, report_bad
 from reclf.evaluate.loading import LoadedModel, image_size_of
 from reclf.evaluate.metrics import auroc, mask_to_grid
 from reclf.evaluate.results import TaskResult, format_table, write_results
@@ -267,12 +267,12 @@ class BatchOutputs:
 
 def weight_kind(model: EvaluableModel) -> str | None:
     """The key of :data:`WEIGHT_KINDS` for ``model`` (None: the method has no word weights)."""
-    p = getattr(model, "params", None)
-    if p is None:
+    method = model.config.get("method")
+    if not isinstance(method, dict):
         return None
-    if p.has_local:
-        return p.aggregator
-    if p.token_weight > 0:
+    if model.has_local:
+        return method.get("aggregator")
+    if (method.get("token_weight") or 0) > 0:
         return "cls"
     return None
 
@@ -343,8 +343,7 @@ def run_diagnostics(loaded: LoadedModel, data: str | Path, out: str | Path | Non
     table = load_table(data, splits=(cfg.split,) if cfg.split else None)
     records = read_word_roles(table.folder)
     df = table.df if cfg.max_reports is None else table.df.iloc[: cfg.max_reports]
-    sections = list(cfg.sections or getattr(getattr(model, "text_cfg", None), "sections", None)
-                    or ["findings", "impression"])
+    sections = list(cfg.sections or model_sections(model))
     size = cfg.image_size or image_size_of(model)
     kind = weight_kind(model)
     config = asdict(cfg) | {"image_size": size, "sections": sections,

@@ -9,7 +9,7 @@ averaged. Metrics over (image, finding) pairs:
 - attention-mask IoU: the attention map min-max scaled and cut at 0.5, against the mask.
 Findings whose words are not in the report (a paraphrase the matcher misses) are counted and
 reported, never silently dropped. The report is read with the training section rule
-(:func:`reclf.evaluate.tasks.retrieve.report_texts`).
+(:func:`reclf.evaluate.common.report_texts`).
 
 The result also records how flat the maps are: ``attention_entropy`` is the mean over (image, word) of
 the normalised entropy of the word's map over the regions (1 = uniform, 0 = one region;
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from reclf.evaluate.common import data_info, load_table, model_info
+from reclf.evaluate.common import data_info, load_table, model_info, report_texts
 from reclf.evaluate.features import prepare_image, prepare_mask
 from reclf.evaluate.loading import LoadedModel, image_size_of
 from reclf.evaluate.metrics import attention_iou, pointing_game
@@ -144,7 +144,6 @@ def run_grounding(loaded: LoadedModel, data: str | Path, out: str | Path | None,
         print(f"grounding: not applicable: {reason}")
         return result
 
-    from reclf.evaluate.tasks.retrieve import report_texts
 
     hits, ious, kinds, bad, unmatched, samples = [], [], [], [], 0, []
     entropy_images: list[torch.Tensor] = []

@@ -6,7 +6,7 @@
 - Precision@5/10/50 on classes (8x200 style): the fraction of the top K of the query's class.
 - Median rank of the first right instance.
 
-Reports are read with the training section rule (:func:`report_texts`: the model's
+Reports are read with the training section rule (:func:`reclf.evaluate.common.report_texts`: the model's
 ``text_encoder.sections``, findings + impression by default, through the same function the training
 dataset uses), so retrieval never scores EXAMINATION / INDICATION / COMPARISON headers that training
 never saw. Scores are computed over chunks of queries (``chunk`` x all targets at a time), and only the top
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from reclf.evaluate.common import data_info, load_table, model_info, report_bad
+from reclf.evaluate.common import data_info, load_table, model_info, model_sections, report_bad, report_texts
 from reclf.evaluate.features import encode_images, encode_texts
 from reclf.evaluate.loading import LoadedModel, image_size_of
 from reclf.evaluate.metrics import hits_matrix, precision_at_k, recall_at_k
@@ -218,23 +218,6 @@ def run_retrieve(loaded: LoadedModel, data: str | Path, out: str | Path | None, 
         write_results(result, out)
     print(format_table(result))
     return result
-
-
-def model_sections(model: EvaluableModel) -> list[str]:
-    """The report sections the model was trained on (``text_encoder.sections``; findings + impression)."""
-    from reclf.data.reports import DEFAULT_SECTIONS
-
-    cfg = getattr(model, "text_cfg", None)
-    return list(getattr(cfg, "sections", None) or DEFAULT_SECTIONS)
-
-
-def report_texts(df: Any, model: EvaluableModel) -> list[str]:
-    """Each row's report text exactly as training builds it (``reclf.data.datasets.study_report`` with the
-    model's sections): the one section rule for pretraining and every evaluation that reads reports."""
-    from reclf.data.datasets import study_report
-
-    sections = model_sections(model)
-    return [study_report(row, sections) for _, row in df.iterrows()]
 
 
 def _none_hit(n: int, relevant: np.ndarray, k: int) -> np.ndarray:
