@@ -26,6 +26,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "reclf.evaluate.cli",
         "evaluate a model: zeroshot, linear, segment, retrieve, relations, grounding, baseline",
     ),
+    "tune": (
+        "reclf.tune",
+        "the same hyper-parameter grid for every method, chosen on the validation loss: tuning.md",
+    ),
     "convert": ("reclf.methods.convert", "map released GLoRIA / MGCA checkpoints onto reclf model folders"),
     "report": ("reclf.evaluate.report", "collect results.json files into report.md with tables and figures"),
     "explain": ("reclf.evaluate.explain", "explain an image-report match: word attention, IRM weights, SRM relations"),

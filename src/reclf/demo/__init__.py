@@ -4,7 +4,7 @@
 - ``settings``: the recipe (methods, tasks, sizes, budget; the shipped ``demo_<method>`` presets);
 - ``stages``: SynthCXR, shared text features, pretraining, floor and ceiling, evaluation (idempotent);
 - ``learning``: did a method learn (loss check, zero-shot above chance, linear probe above the floor);
-- ``jobs``: a process pool for independent runs; ``console``: one line per stage, the rest in logs.
+- process pool and console lines: ``reclf.utils.jobs``, ``reclf.utils.console``.
 """
 
 from reclf.demo.cli import add_arguments, run

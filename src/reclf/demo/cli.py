@@ -33,11 +33,11 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from reclf.demo.console import clock, say
-from reclf.demo.jobs import make_pool, map_jobs
 from reclf.demo.learning import learning_verdicts
 from reclf.demo.settings import FULL, METHODS, QUICK, TASK_DATA, TASKS, demo_config, demo_preset
 from reclf.demo.stages import baselines, ensure_synth, evaluate_all, pretrain_one, text_features
+from reclf.utils.console import clock, say
+from reclf.utils.jobs import make_pool, map_jobs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

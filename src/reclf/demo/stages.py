@@ -11,10 +11,10 @@ import os
 import time
 from pathlib import Path
 
-from reclf.demo.console import clock, quiet, say
-from reclf.demo.jobs import map_jobs
 from reclf.demo.learning import learning_check
 from reclf.demo.settings import IMAGE_ONLY, TASK_DATA, DemoSettings, demo_config
+from reclf.utils.console import clock, quiet, say
+from reclf.utils.jobs import map_jobs
 
 
 def ensure_synth(folder: Path, s: DemoSettings) -> Path:

@@ -1,4 +1,4 @@
-"""What the demo prints: one line per stage on the console, everything else in a log file."""
+"""Console hygiene for long applications (the demo, tuning): one line per stage, everything else in a log file."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-def say(text: str) -> None:
-    """One console line of the demo."""
-    print(f"[reclf demo] {text}", flush=True)
+def say(text: str, who: str = "demo") -> None:
+    """One console line of an application: ``[reclf WHO] text``."""
+    print(f"[reclf {who}] {text}", flush=True)
 
 
 def clock(seconds: float) -> str:
@@ -26,8 +26,8 @@ def quiet(log: Path) -> Iterator[None]:
     """Send everything this process prints (Python, Lightning, warnings, C libraries) to ``log``.
 
     File-descriptor level, so it catches what logging handlers and native code write too; the
-    console keeps one line per stage. Used inside the demo's worker processes (and around a job
-    in the main process when ``--jobs 1``).
+    console keeps one line per stage. Used inside worker processes (and around a job in the main
+    process when ``--jobs 1``).
     """
     log.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()

@@ -1,4 +1,4 @@
-"""Independent demo jobs (pretraining runs, model evaluations) in a pool of processes, one per core."""
+"""Independent jobs (pretraining runs, model evaluations) in a pool of processes, one per core (the demo, tuning)."""
 
 from __future__ import annotations
 
