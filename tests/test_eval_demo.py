@@ -35,3 +35,18 @@ def test_finished_pretraining_is_reused(tmp_path):
     marker.parent.mkdir(parents=True)
     marker.write_text(f'{{"export_dir": "{export}"}}')
     assert demo.pretrain_one("gloria", 0, demo.QUICK, tmp_path / "synth", tmp_path) == export
+
+
+def test_report_recipe_names_each_methods_learning_rate_when_they_differ(tmp_path):
+    from reclf.evaluate.report import demo_sections
+
+    def recipe(lr: float) -> dict:
+        return {"config": {"text_encoder": {"name": "minilm", "freeze": True, "pooling": "mean", "max_tokens": 128},
+                           "train": {"lr": lr, "max_steps": 500, "weight_decay": 0.05, "warmup_fraction": 0.1},
+                           "image_encoder": {"name": "cnn-small", "image_size": 64}, "data": {"batch_size": 32}}}
+
+    tuned = {"recipes": {"reclf@seed0": recipe(3e-3), "convirt@seed0": recipe(1e-3)}, "settings": {"seeds": 1}}
+    text = "\n".join(demo_sections(tuned, [], tmp_path))
+    assert "tuned learning rate (reclf 0.003, convirt 0.001" in text and "AdamW lr" not in text
+    same = {"recipes": {"reclf@seed0": recipe(1e-3), "convirt@seed0": recipe(1e-3)}, "settings": {"seeds": 1}}
+    assert "AdamW lr 0.001," in "\n".join(demo_sections(same, [], tmp_path))

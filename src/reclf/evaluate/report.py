@@ -256,11 +256,17 @@ def demo_sections(demo: dict[str, Any], results: list[dict[str, Any]], figs: Pat
     if recipes:
         cfg = next(iter(recipes.values()))["config"]
         te, tr, ie = cfg["text_encoder"], cfg["train"], cfg["image_encoder"]
+        lrs = {label.split("@seed")[0]: r["config"]["train"]["lr"] for label, r in recipes.items()}
+        if len(set(lrs.values())) == 1:
+            lr = f"AdamW lr {tr['lr']}"
+        else:  # tuned per method (`reclf tune`): say each one, never one method's as everyone's
+            lr = ("AdamW at each method's tuned learning rate (" + ", ".join(f"{m} {v:g}" for m, v in lrs.items())
+                  + "; `reclf tune`, docs/training.md)")
         lines += [
             f"Every method: the shipped preset `demo_<method>` (`reclf presets`), image encoder `{ie['name']}` at "
             f"{ie['image_size']} px from random init, text encoder `{te['name']}` "
             f"({'frozen' if te['freeze'] else 'trained'}, {te['pooling']} pooling, {te['max_tokens']} tokens), "
-            f"{tr['max_steps']} steps of batch {cfg['data']['batch_size']}, AdamW lr {tr['lr']}, "
+            f"{tr['max_steps']} steps of batch {cfg['data']['batch_size']}, {lr}, "
             f"weight decay {tr['weight_decay']}, warm-up {tr['warmup_fraction']} then cosine; seeds: "
             f"{demo.get('settings', {}).get('seeds')}. The resolved config of every run is in `demo.json`.", ""]
     text = demo.get("text_features") or {}
