@@ -181,8 +181,7 @@ def shared_text_cache(presets: list[str], overrides: list[str], root: Path) -> l
     """For frozen text encoders without a ``cache_file``: encode the pretraining reports once into a file
     every trial reads (one per distinct text setting); returns the extra overrides (empty otherwise)."""
     from reclf.config import load_config, to_dict
-    from reclf.methods.params import method_params
-    from reclf.train.text_cache import build_text_cache, corpus_reports
+    from reclf.train.text_cache import build_text_cache, corpus_reports, needs_cls_attention, shared_cache_file
 
     cfgs = [load_config(p, overrides) for p in presets]
     texts = {json.dumps(to_dict(c.text_encoder), sort_keys=True) for c in cfgs}
@@ -190,8 +189,8 @@ def shared_text_cache(presets: list[str], overrides: list[str], root: Path) -> l
     text = cfgs[0].text_encoder
     if len(texts) != 1 or len(roots) != 1 or not text.freeze or text.cache_file:
         return []  # nothing shared to precompute: each run encodes its own text
-    path = root / "cache" / f"text-{text.name}-{text.pooling}-{text.max_tokens}.safetensors"
-    need_attention = any(method_params(**c.method).token_weight > 0 for c in cfgs)
+    path = shared_cache_file(root / "cache", text)
+    need_attention = needs_cls_attention([c.method for c in cfgs])
     t = time.time()
     with quiet(root / "logs" / "text-features.log"):
         result = build_text_cache(

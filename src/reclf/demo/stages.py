@@ -44,8 +44,7 @@ def text_features(methods: list[str], s: DemoSettings, synth: Path, root: Path) 
     """Encode every report of the pretraining, retrieval and relations sets once with the demo's frozen
     text encoder (the same for every method, checked here) into one file that every run reads."""
     from reclf.config import to_dict
-    from reclf.methods.params import method_params
-    from reclf.train.text_cache import build_text_cache, corpus_reports
+    from reclf.train.text_cache import build_text_cache, corpus_reports, needs_cls_attention, shared_cache_file
 
     cfgs = [demo_config(m, 0, s, synth, root) for m in methods]
     text = cfgs[0].text_encoder
@@ -53,7 +52,7 @@ def text_features(methods: list[str], s: DemoSettings, synth: Path, root: Path) 
         raise ValueError("the demo presets disagree on text_encoder; every demo method must share one text side")
     if not text.freeze:
         return None, {"frozen": False}
-    path = root / "cache" / f"text-{text.name}-{text.pooling}-{text.max_tokens}.safetensors"
+    path = shared_cache_file(root / "cache", text)
     reports = corpus_reports([synth / n for n in ("pretrain", "retrieval_8x200", "relations")], text.sections)
     import torch
 
@@ -63,7 +62,7 @@ def text_features(methods: list[str], s: DemoSettings, synth: Path, root: Path) 
     try:
         with quiet(root / "logs" / "text-features.log"):
             # MGCA's word weights are the [CLS] attention: keep it only when an MGCA-like run needs it
-            need_attention = any(method_params(**c.method).token_weight > 0 for c in cfgs)
+            need_attention = needs_cls_attention([c.method for c in cfgs])
             result = build_text_cache(text, reports, path, cls_attention=need_attention)
     finally:
         torch.set_num_threads(threads)

@@ -30,6 +30,20 @@ class TextCacheResult:
     seconds: float
 
 
+def shared_cache_file(folder: str | Path, text: TextEncoderConfig) -> Path:
+    """Where runs that share the frozen text encoder ``text`` keep its features under ``folder``
+    (the demo, ``reclf tune``): one file per encoder, pooling and length."""
+    return Path(folder) / f"text-{text.name}-{text.pooling}-{text.max_tokens}.safetensors"
+
+
+def needs_cls_attention(methods: list[dict]) -> bool:
+    """Whether any of these ``method`` config sections weighs words by the [CLS] attention (MGCA's token
+    loss), which the cache must then hold (it needs the slower eager attention)."""
+    from reclf.methods.params import method_params
+
+    return any(method_params(**m).token_weight > 0 for m in methods)
+
+
 def corpus_reports(roots: list[str | Path], sections: list[str]) -> list[str]:
     """The training text of every study of the given study-table folders, in table order, deduplicated."""
     texts: list[str] = []
