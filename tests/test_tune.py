@@ -64,3 +64,6 @@ def test_tune_trains_every_point_writes_the_table_and_resumes(tiny_corpus, tmp_p
     again = tune(["demo_convirt"], parse_grid(["train.lr=1e-3,1e-2"]), common, out)
     assert [t.run_dir for t in again.trials] == [t.run_dir for t in tuning.trials]
     assert [t.seconds for t in again.trials] == [t.seconds for t in tuning.trials]
+    # a finished trial of another config (a changed --set) is refused before anything trains, never reused
+    with pytest.raises(ValueError, match="ran with another config"):
+        tune(["demo_convirt"], parse_grid(["train.lr=1e-3,1e-2"]), [*common[:-1], "train.max_steps=13"], out)

@@ -10,7 +10,8 @@ pretraining table's validation split only, never a test set, and it compares a m
 (losses of different methods are not on one scale).
 
 Output under ``--out`` (default ``runs/tune``): one pretraining run per (preset, point), a marker
-``trial.json`` beside each (a finished trial is skipped when the command runs again: resumable),
+``trial.json`` beside each (a finished trial is skipped when the command runs again with the same
+config: resumable; a marker of another config is refused, never reused),
 and ``tuning.json`` + ``tuning.md`` with every trial and the chosen point per preset. A trial that
 fails (a NaN loss, bad data) is recorded as failed and never chosen; the others go on.
 
@@ -50,6 +51,7 @@ class Trial:
     seconds: float
     run_dir: str | None = None
     export_dir: str | None = None
+    config: dict[str, Any] | None = None  # the resolved config it ran (a marker is reused only for the same)
 
     @property
     def usable(self) -> bool:
@@ -115,38 +117,59 @@ def point_name(point: dict[str, str]) -> str:
     return re.sub(r"[^A-Za-z0-9=.,+-]", "_", ",".join(parts))
 
 
+def trial_dir(preset: str, point: dict[str, str], root: Path) -> Path:
+    """The folder of one trial: its pretraining run(s) and its ``trial.json`` marker."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(preset).stem if preset.endswith((".yaml", ".yml")) else preset)
+    return root / safe / point_name(point)
+
+
 def trial_config(preset: str, point: dict[str, str], overrides: list[str], seed: int, root: Path):
     """The config of one trial: the preset, the common overrides, then the grid point (the point wins)."""
     from reclf.config import load_config
 
-    name = point_name(point)
+    folder = trial_dir(preset, point, root)
     return load_config(
         preset,
         [
             *overrides,
             *(f"{k}={v}" for k, v in point.items()),
             f"seed={seed}",
-            f"name={name}",
-            f"train.runs_dir={root / _safe(preset)}",
+            f"name={folder.name}",
+            f"train.runs_dir={folder.parent}",
             "train.progress=false",
         ],
     )
 
 
-def _safe(preset: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", Path(preset).stem if preset.endswith((".yaml", ".yml")) else preset)
+def finished_trial(preset: str, point: dict[str, str], overrides: list[str], seed: int, root: Path) -> Trial | None:
+    """The trial of ``trial.json`` when it ran this very config; ``None`` when it has not run. A marker of
+    another config (the preset or a common override changed) is an error, never silently reused."""
+    from reclf.config import to_dict
+
+    marker = trial_dir(preset, point, root) / TRIAL_FILE
+    if not marker.is_file():
+        return None
+    trial = Trial(**json.loads(marker.read_text()))
+    if trial.config != to_dict(trial_config(preset, point, overrides, seed, root)):
+        raise ValueError(
+            f"{marker}: this trial ran with another config (the preset or a --set changed since); "
+            f"choose another --out, or delete {marker.parent} to run it again"
+        )
+    return trial
 
 
 def run_trial(preset: str, point: dict[str, str], overrides: list[str], seed: int, root: Path) -> Trial:
     """Train one trial (or read its marker); a failure is recorded, not raised."""
-    marker = root / _safe(preset) / point_name(point) / TRIAL_FILE
-    if marker.is_file():
-        return Trial(**json.loads(marker.read_text()))
+    done = finished_trial(preset, point, overrides, seed, root)
+    if done is not None:
+        return done
+    from reclf.config import to_dict
     from reclf.train import pretrain
 
     cfg = trial_config(preset, point, overrides, seed, root)
+    folder = trial_dir(preset, point, root)
     start = time.time()
-    log = root / "logs" / f"{_safe(preset)}-{point_name(point)}.log"
+    log = root / "logs" / f"{folder.parent.name}-{folder.name}.log"
     try:
         with quiet(log):
             result = pretrain(cfg)
@@ -162,6 +185,7 @@ def run_trial(preset: str, point: dict[str, str], overrides: list[str], seed: in
             round(time.time() - start, 1),
             str(result.run_dir),
             str(result.export_dir) if result.export_dir else None,
+            to_dict(cfg),
         )
     except Exception as exc:  # noqa: BLE001 - one failed trial must not end the tuning of the others
         trial = Trial(
@@ -172,14 +196,15 @@ def run_trial(preset: str, point: dict[str, str], overrides: list[str], seed: in
             None,
             None,
             round(time.time() - start, 1),
+            config=to_dict(cfg),
         )
-    atomic_write_json(marker, asdict(trial))
+    atomic_write_json(folder / TRIAL_FILE, asdict(trial))
     return trial
 
 
 def shared_text_cache(presets: list[str], overrides: list[str], root: Path) -> list[str]:
-    """For frozen text encoders without a ``cache_file``: encode the pretraining reports once into a file
-    every trial reads (one per distinct text setting); returns the extra overrides (empty otherwise)."""
+    """When every preset shares one frozen text encoder (without a ``cache_file``) and one data root: encode
+    the pretraining reports once into a file every trial reads; returns the override naming it (else none)."""
     from reclf.config import load_config, to_dict
     from reclf.train.text_cache import build_text_cache, corpus_reports, needs_cls_attention, shared_cache_file
 
@@ -246,6 +271,8 @@ def tune(
     root.mkdir(parents=True, exist_ok=True)
     shared = overrides + shared_text_cache(presets, overrides, root)
     items = [(p, point, shared, seed, root) for p in presets for point in grid_points(grid)]
+    for item in items:  # a finished trial of another config stops the tuning before anything is trained
+        finished_trial(*item)
     say(
         f"{len(presets)} preset(s) × {len(items) // len(presets)} grid point(s), {min(jobs, len(items))} at a time; "
         f"logs in {root / 'logs'}",
