@@ -19,6 +19,7 @@ Convention: a logits matrix has images on the rows and reports on the columns; t
 - ``mgca_token_loss``: MGCA's token-level intra-pair loss; its prototype loss is
   ``reclf.align.prototypes.PrototypeLoss``.
 """
+
 from __future__ import annotations
 
 import math

@@ -158,4 +158,3 @@ def refresh_model_card(folder: str | Path) -> Path:
     from reclf.methods.model_card import write_model_card
 
     return write_model_card(folder, results=result_rows(folder))
-

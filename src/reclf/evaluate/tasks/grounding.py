@@ -144,7 +144,6 @@ def run_grounding(loaded: LoadedModel, data: str | Path, out: str | Path | None,
         print(f"grounding: not applicable: {reason}")
         return result
 
-
     hits, ious, kinds, bad, unmatched, samples = [], [], [], [], 0, []
     entropy_images: list[torch.Tensor] = []
     entropy_reports: list[str] = []
