@@ -67,6 +67,7 @@ class AggregateOutput:
     node_weights: Tensor | None = None
     relations: Tensor | None = None
     global_node: bool = False
+    head_relations: Tensor | None = None  # [I, T, H, N, N]: SRM's last-layer attention per head
 
 
 @dataclass
@@ -78,6 +79,12 @@ class SRMConfig:
     ffn_mult: float = 2.0
     dropout: float = 0.0
     sentence_edges: bool = False
+    # edges that know structure: a learned bias per head for each relative word distance within a
+    # sentence (0..7, 8+), for words of different sentences and for edges to the global node
+    structure_edges: bool = False
+    # edges that know grounding: per head, lambda_h * log(R * sum_r a_ir a_jr), the overlap of two words'
+    # region-attention maps (0 when either map is uniform); lambda_h learned, starting at 0
+    grounding_edges: bool = False
 
 
 @dataclass
@@ -85,6 +92,11 @@ class IRMConfig:
     """Importance-relation reasoning: the MLP that scores each node from ``[z_w ; mean(z)]``."""
 
     hidden: int | None = None  # default: d_z
+    # text prior: + MLP(e_w), an importance learned from the word alone (shared by every image it is
+    # matched with, so every pair's gradient agrees on it)
+    text_prior: bool = False
+    # + gamma * cos(e_w, c_w) (learned gamma, starting at GLoRIA's 5): IRM starts as log-sum-exp's weights
+    cos_prior: bool = False
 
 
 @dataclass
@@ -95,6 +107,9 @@ class AggregatorConfig:
     gamma: float = GLORIA_GAMMA  # lse only
     d_z: int = 64  # matching-vector width (RECLF)
     global_node: bool = True  # z_0 = W_0 (h ⊙ g) joins the graph (RECLF)
+    # nodes that carry *where*: z_w += W_p omega(a_w), the attention-weighted 2-D Fourier encoding of the
+    # region centres, the map's spread and its peak (``where_features``)
+    node_where: bool = False
     srm: SRMConfig = field(default_factory=SRMConfig)
     irm: IRMConfig = field(default_factory=IRMConfig)
 
@@ -110,6 +125,7 @@ class Aggregator(nn.Module):
     global_node: bool = False
     produces_node_weights: bool = True
     produces_relations: bool = False
+    needs_attention: bool = False
 
     def forward(
         self,
@@ -120,9 +136,12 @@ class Aggregator(nn.Module):
         img_global: Tensor,
         txt_global: Tensor,
         extras: bool = True,
+        attention: Tensor | None = None,
     ) -> AggregateOutput:
         """Score every pair; ``extras=False`` lets an aggregator skip what only explanations need (SRM's
-        attention matrices), which allows fused attention kernels in training."""
+        attention matrices), which allows fused attention kernels in training. ``attention[I, T, W, R]`` is
+        the word -> region attention behind ``context``; aggregators with ``needs_attention`` require it
+        (RECLF's where-nodes and grounding edges), the others ignore it."""
         n_img, n_txt, n_words, dim = context.shape
         if words.dim() == 3:
             words = words.unsqueeze(0)
@@ -144,7 +163,10 @@ class Aggregator(nn.Module):
                 f"img_global {tuple(img_global.shape)} / txt_global {tuple(txt_global.shape)} "
                 f"do not fit context {tuple(context.shape)}"
             )
-        return self._pool(words, context, word_mask.bool(), sentence_ids, img_global, txt_global, extras)
+        if self.needs_attention and (attention is None or attention.shape[:3] != context.shape[:3]):
+            got = None if attention is None else tuple(attention.shape)
+            raise ValueError(f"aggregator {self.name!r} needs the word-region attention [I, T, W, R]; got {got}")
+        return self._pool(words, context, word_mask.bool(), sentence_ids, img_global, txt_global, extras, attention)
 
     def _pool(
         self,
@@ -155,6 +177,7 @@ class Aggregator(nn.Module):
         img_global: Tensor,
         txt_global: Tensor,
         extras: bool = True,
+        attention: Tensor | None = None,
     ) -> AggregateOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -175,7 +198,9 @@ class PoolAggregator(Aggregator):
             raise ValueError(f"unknown pooling {kind!r}; choose mean, max or lse")
         self.name, self.kind, self.gamma = kind, kind, float(gamma)
 
-    def _pool(self, words, context, word_mask, sentence_ids, img_global, txt_global, extras=True) -> AggregateOutput:
+    def _pool(
+        self, words, context, word_mask, sentence_ids, img_global, txt_global, extras=True, attention=None
+    ) -> AggregateOutput:
         cos = word_cosines(words, context)  # [I, T, W]
         mask = word_mask.expand_as(cos)
         if self.kind == "mean":
@@ -198,18 +223,63 @@ class PoolAggregator(Aggregator):
 # RECLF: matching vectors, SRM, IRM
 
 
-class MatchingVectors(nn.Module):
-    """``z_w = W_z (e_w ⊙ c_w)`` and ``z_0 = W_0 (h ⊙ g)`` (DESIGN §1), flattened over pairs: ``[P, N, d_z]``."""
+def region_centres(n_regions: int, device: torch.device | None = None) -> Tensor:
+    """``[R, 2]`` (x, y) centres in [-1, 1] of a square grid of ``R`` cells in row-major order (the order of
+    ``ImageFeatures.local``); a grid that is not square is an error (where-features need its geometry)."""
+    side = int(round(math.sqrt(n_regions)))
+    if side * side != n_regions:
+        raise ValueError(f"where-features need a square region grid; got {n_regions} regions")
+    axis = (torch.arange(side, device=device, dtype=torch.float32) + 0.5) / side * 2 - 1
+    ys, xs = torch.meshgrid(axis, axis, indexing="ij")
+    return torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=-1)
 
-    def __init__(self, dim: int, d_z: int, global_node: bool = True) -> None:
+
+#: width of ``where_features``: 2-D Fourier encoding (2 + 8), spread (2), peak (1)
+WHERE_DIM = 13
+
+
+def where_features(attention: Tensor) -> Tensor:
+    """Where a word looks, as numbers a layer can compare: ``attention[..., R]`` -> ``[..., WHERE_DIM]``.
+
+    The attention-weighted mean of a fixed encoding of each region centre ``(x, y)`` — ``x, y``,
+    ``sin / cos(pi x)``, ``sin / cos(2 pi x)`` and the same of ``y`` (the centroid, and through the
+    non-linear terms, how the mass is spread) — plus the variance of ``x`` and of ``y`` and the peak
+    ``max_r a_r``. Independent of the grid size, so a model trained at one resolution reads another.
+    """
+    xy = region_centres(attention.shape[-1], attention.device).to(attention.dtype)  # [R, 2]
+    enc = [xy]
+    for k in (1.0, 2.0):
+        enc += [torch.sin(math.pi * k * xy), torch.cos(math.pi * k * xy)]
+    phi = torch.cat(enc, dim=-1)  # [R, 10]
+    mean = attention @ phi
+    var = (attention @ xy.square()) - mean[..., :2].square()
+    peak = attention.amax(dim=-1, keepdim=True)
+    return torch.cat([mean, var.clamp_min(0), peak], dim=-1)
+
+
+class MatchingVectors(nn.Module):
+    """``z_w = W_z (e_w ⊙ c_w)`` and ``z_0 = W_0 (h ⊙ g)`` (DESIGN §1), flattened over pairs: ``[P, N, d_z]``.
+
+    With ``where=True`` each word node also carries where its attention looks: ``+ W_p omega(a_w)``
+    (``where_features``; the global node carries none).
+    """
+
+    def __init__(self, dim: int, d_z: int, global_node: bool = True, where: bool = False) -> None:
         super().__init__()
         self.dim, self.d_z, self.global_node = dim, d_z, global_node
         self.scale = float(dim)  # sum(e ⊙ c) = cos, so d * (e ⊙ c) has mean cos: unit-scale z at init
         self.word = nn.Linear(dim, d_z, bias=False)
         self.glob = nn.Linear(dim, d_z, bias=False) if global_node else None
+        self.where = nn.Linear(WHERE_DIM, d_z) if where else None
 
     def forward(
-        self, words: Tensor, context: Tensor, word_mask: Tensor, img_global: Tensor, txt_global: Tensor
+        self,
+        words: Tensor,
+        context: Tensor,
+        word_mask: Tensor,
+        img_global: Tensor,
+        txt_global: Tensor,
+        attention: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         n_img, n_txt, n_words, dim = context.shape
         # mask and scale the words (small when shared by all images: [1, T, W, d]) and multiply once by the
@@ -217,7 +287,12 @@ class MatchingVectors(nn.Module):
         # ``where`` (so a non-finite padded word cannot leak); their contexts are always finite.
         scaled = torch.where(word_mask.unsqueeze(-1), words, words.new_zeros(())) * self.scale
         prod = scaled * context  # [I, T, W, d]
-        z = self.word(prod).reshape(n_img * n_txt, n_words, self.d_z)
+        z = self.word(prod)
+        if self.where is not None:
+            if attention is None:
+                raise ValueError("node_where needs the word-region attention")
+            z = z + self.where(where_features(attention))
+        z = z.reshape(n_img * n_txt, n_words, self.d_z)
         valid = word_mask.expand(n_img, n_txt, n_words).reshape(n_img * n_txt, n_words)
         if self.glob is not None:
             gprod = img_global[:, None, :] * txt_global * self.scale  # [I, T, d]
@@ -255,8 +330,41 @@ def key_padding_mask(valid: Tensor) -> Tensor:
     return (valid | ~valid.any(dim=1, keepdim=True)).unsqueeze(1)
 
 
+#: structure edges: relative distances 0..MAX_DISTANCE-1 within a sentence, then "farther", "other
+#: sentence" and "global node" — one learned bias per bucket and head
+MAX_DISTANCE = 8
+N_STRUCTURE_BUCKETS = MAX_DISTANCE + 3
+OVERLAP_EPS = 1e-4
+
+
+def structure_buckets(sentence_ids: Tensor, global_node: bool) -> Tensor:
+    """``[G, T, N, N]`` bucket of every edge of a report's graph (``sentence_ids[G, T, W]``; depends on the
+    text only, so it is built once per report, not per image-report pair)."""
+    n_words = sentence_ids.shape[-1]
+    pos = torch.arange(n_words, device=sentence_ids.device)
+    dist = (pos[:, None] - pos[None, :]).abs().clamp_max(MAX_DISTANCE)  # MAX_DISTANCE = "farther"
+    same = sentence_ids.unsqueeze(-1) == sentence_ids.unsqueeze(-2)
+    buckets = torch.where(same, dist, torch.full_like(dist, MAX_DISTANCE + 1))
+    if global_node:
+        buckets = F.pad(buckets, (1, 0, 1, 0), value=MAX_DISTANCE + 2)
+    return buckets
+
+
+def grounding_overlap(attention: Tensor, global_node: bool) -> Tensor:
+    """``[I, T, N, N]`` ``log(R * sum_r a_ir a_jr)``: how much two words look at the same place (0 when one
+    map is uniform, ``log R`` when both sit on the same region; clamped below at ``log(R * 1e-4)``).
+    Edges to the global node get 0."""
+    n_regions = attention.shape[-1]
+    overlap = torch.matmul(attention, attention.transpose(-1, -2))  # [I, T, W, W]
+    g = (overlap * n_regions).clamp_min(OVERLAP_EPS * n_regions).log()
+    return F.pad(g, (1, 0, 1, 0)) if global_node else g
+
+
 class SRMLayer(nn.Module):
-    """One post-norm transformer layer over the matching graph: masked MHA + FFN, residual, LayerNorm."""
+    """One post-norm transformer layer over the matching graph: masked MHA + FFN, residual, LayerNorm.
+
+    ``bias[P, H, N, N]`` (optional) is added to the attention logits: the structure and grounding edges.
+    """
 
     def __init__(self, d_z: int, heads: int = 4, ffn_mult: float = 2.0, dropout: float = 0.0) -> None:
         super().__init__()
@@ -270,22 +378,29 @@ class SRMLayer(nn.Module):
         self.norm1, self.norm2 = nn.LayerNorm(d_z), nn.LayerNorm(d_z)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, edges: Tensor, need_relations: bool = True) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        self, x: Tensor, edges: Tensor, need_relations: bool = True, bias: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
         """``edges``: allowed edges ``[P, N, N]`` (``build_edge_mask``) or allowed keys ``[P, 1, N]``
         (``key_padding_mask``). ``need_relations=False`` runs the fused attention kernel (about 2x faster on
-        CPU) and returns no attention matrix; the result is the same up to float rounding."""
+        CPU) and returns no attention matrix; the result is the same up to float rounding. The relations
+        returned are per head: ``[P, H, N, N]``."""
         p, n, d = x.shape
         # strided views [P, H, N, hd] (no copy): the attention kernels take them as they are
         q, k, v = (t.transpose(1, 2) for t in self.qkv(x).reshape(p, n, 3, self.heads, self.head_dim).unbind(2))
+        allowed = edges.unsqueeze(1)
         relations = None
         if need_relations:
             logits = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim)  # [P, H, N, N]
-            attn = masked_softmax(logits, edges.unsqueeze(1), dim=-1)
+            if bias is not None:
+                logits = logits + bias
+            attn = masked_softmax(logits, allowed, dim=-1)
             mixed = torch.matmul(self.drop(attn), v)
-            relations = attn.mean(dim=1)
+            relations = attn
         else:
             p_drop = self.drop.p if self.training else 0.0
-            mixed = F.scaled_dot_product_attention(q, k, v, attn_mask=edges.unsqueeze(1), dropout_p=p_drop)
+            mask = allowed if bias is None else bias.masked_fill(~allowed, float("-inf"))
+            mixed = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p_drop)
         mixed = mixed.transpose(1, 2).reshape(p, n, d)
         x = self.norm1(x + self.drop(self.out(mixed)))
         x = self.norm2(x + self.drop(self.ffn(x)))
@@ -293,7 +408,14 @@ class SRMLayer(nn.Module):
 
 
 class SRM(nn.Module):
-    """Semantic-relation reasoning: ``L`` ``SRMLayer`` s; returns the nodes and the last layer's relations."""
+    """Semantic-relation reasoning: ``L`` ``SRMLayer`` s; returns the nodes and the last layer's relations
+    per head ``[P, H, N, N]``.
+
+    Edge biases (shared by the layers, one value per head): ``structure_edges`` — a learned bias per
+    relative word distance / other sentence / global node bucket (``structure_buckets``);
+    ``grounding_edges`` — ``lambda_h * log(R sum_r a_ir a_jr)`` (``grounding_overlap``). Both start at 0,
+    so a new SRM is the plain content-only graph of DESIGN §1.
+    """
 
     def __init__(self, d_z: int, cfg: SRMConfig) -> None:
         super().__init__()
@@ -301,34 +423,73 @@ class SRM(nn.Module):
             raise ValueError(f"SRM needs layers >= 1, got {cfg.layers}")
         self.cfg = cfg
         self.layers = nn.ModuleList(SRMLayer(d_z, cfg.heads, cfg.ffn_mult, cfg.dropout) for _ in range(cfg.layers))
+        self.structure = nn.Parameter(torch.zeros(N_STRUCTURE_BUCKETS, cfg.heads)) if cfg.structure_edges else None
+        self.grounding = nn.Parameter(torch.zeros(cfg.heads)) if cfg.grounding_edges else None
 
-    def forward(self, z: Tensor, edges: Tensor, need_relations: bool = True) -> tuple[Tensor, Tensor | None]:
+    @property
+    def has_bias(self) -> bool:
+        return self.structure is not None or self.grounding is not None
+
+    def edge_bias(self, buckets: Tensor | None, overlap: Tensor | None, n_img: int, n_txt: int) -> Tensor | None:
+        """``[P, H, N, N]`` from the report's buckets ``[G, T, N, N]`` and the pairs' overlap ``[I, T, N, N]``."""
+        bias = None
+        if self.structure is not None and buckets is not None:
+            bias = self.structure[buckets].permute(0, 1, 4, 2, 3)  # [G, T, H, N, N]
+        if self.grounding is not None and overlap is not None:
+            g = overlap.unsqueeze(2) * self.grounding.view(1, 1, -1, 1, 1)  # [I, T, H, N, N]
+            bias = g if bias is None else bias + g
+        if bias is None:
+            return None
+        bias = bias.expand(n_img, n_txt, *bias.shape[2:])
+        return bias.reshape(n_img * n_txt, *bias.shape[2:])
+
+    def forward(
+        self, z: Tensor, edges: Tensor, need_relations: bool = True, bias: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
         rel = None
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            z, rel = layer(z, edges, need_relations=need_relations and i == last)
+            z, rel = layer(z, edges, need_relations=need_relations and i == last, bias=bias)
         return z, rel
 
 
 class IRM(nn.Module):
-    """Importance-relation reasoning: ``beta = softmax(MLP([z_w ; mean(z)]))``, ``s = w^T sum beta z + b``.
+    """Importance-relation reasoning: ``beta = softmax(u)``, ``s = w^T sum beta z + b``, with
+    ``u_w = MLP([z_w ; mean(z)])`` (DESIGN §1) plus, as options, ``text_prior`` ``+ MLP_t(e_w)`` and
+    ``cos_prior`` ``+ gamma * cos(e_w, c_w)`` (the global node: ``cos(g, h)``).
 
     The first MLP layer on the concatenation is split into a node part and a context part (the same
-    linear map), so the per-pair mean is projected once instead of being copied to every node.
+    linear map), so the per-pair mean is projected once instead of being copied to every node. The
+    standard deviation of ``u`` over each pair's valid nodes (mean over pairs) of the last forward pass
+    is kept in ``last_logit_std``: the number that says whether the weights have collapsed to uniform.
     """
 
-    def __init__(self, d_z: int, cfg: IRMConfig) -> None:
+    def __init__(self, d_z: int, cfg: IRMConfig, dim: int | None = None) -> None:
         super().__init__()
         hidden = cfg.hidden or d_z
         self.node = nn.Linear(d_z, hidden)
         self.ctx = nn.Linear(d_z, hidden, bias=False)
         self.importance = nn.Linear(hidden, 1)
         self.readout = nn.Linear(d_z, 1)
+        self.text_prior: nn.Module | None = None
+        if cfg.text_prior:
+            if dim is None:
+                raise ValueError("IRM text_prior needs the word width")
+            self.text_prior = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+        self.cos_gamma = nn.Parameter(torch.tensor(GLORIA_GAMMA)) if cfg.cos_prior else None
+        self.last_logit_std: Tensor | None = None
 
-    def forward(self, z: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, z: Tensor, valid: Tensor, prior: Tensor | None = None) -> tuple[Tensor, Tensor]:
         mean = masked_mean(z, valid, dim=1)  # [P, d_z]
         u = self.importance(torch.tanh(self.node(z) + self.ctx(mean).unsqueeze(1))).squeeze(-1)  # [P, N]
+        if prior is not None:
+            u = u + prior
         beta = masked_softmax(u, valid, dim=-1)
+        with torch.no_grad():
+            m = valid.to(u.dtype)
+            n = m.sum(-1).clamp_min(1)
+            mu = (u * m).sum(-1) / n
+            self.last_logit_std = (((u - mu.unsqueeze(-1)).square() * m).sum(-1) / n).sqrt().mean()
         z_hat = torch.einsum("pn,pnd->pd", beta, z)
         return self.readout(z_hat).squeeze(-1), beta
 
@@ -343,15 +504,36 @@ class RelationAggregator(Aggregator):
         self.name, self.cfg = cfg.name, cfg
         self.global_node = cfg.global_node
         self.produces_relations = cfg.name.startswith("srm")
-        self.matchings = MatchingVectors(dim, cfg.d_z, cfg.global_node)
+        self.matchings = MatchingVectors(dim, cfg.d_z, cfg.global_node, where=cfg.node_where)
         self.srm = SRM(cfg.d_z, cfg.srm) if self.produces_relations else None
-        self.irm = IRM(cfg.d_z, cfg.irm) if cfg.name.endswith("irm") else None
+        self.irm = IRM(cfg.d_z, cfg.irm, dim) if cfg.name.endswith("irm") else None
         self.node_readout = nn.Linear(cfg.d_z, 1) if cfg.name == "srm+lse" else None
+        self.needs_attention = cfg.node_where or (self.srm is not None and cfg.srm.grounding_edges)
 
-    def _pool(self, words, context, word_mask, sentence_ids, img_global, txt_global, extras=True) -> AggregateOutput:
+    def _irm_prior(self, words, context, word_mask, img_global, txt_global) -> Tensor | None:
+        """``[P, N]``: IRM's text and cosine priors (``None`` without either)."""
+        assert self.irm is not None
         n_img, n_txt, n_words, _ = context.shape
-        z, valid = self.matchings(words, context, word_mask, img_global, txt_global)
-        relations = None
+        prior = None
+        if self.irm.text_prior is not None:
+            prior = self.irm.text_prior(words).squeeze(-1).expand(n_img, n_txt, n_words)  # words: [G, T, W, d]
+        if self.irm.cos_gamma is not None:
+            c = self.irm.cos_gamma * word_cosines(words, context)
+            prior = c if prior is None else prior + c
+        if prior is None:
+            return None
+        if self.global_node:
+            g = img_global[:, None, :] * txt_global  # [I, T, d] (unit vectors: the sum is the cosine)
+            g0 = self.irm.cos_gamma * g.sum(-1) if self.irm.cos_gamma is not None else g.new_zeros(g.shape[:2])
+            prior = torch.cat([g0.unsqueeze(-1).expand(n_img, n_txt, 1), prior], dim=-1)
+        return prior.reshape(n_img * n_txt, -1)
+
+    def _pool(
+        self, words, context, word_mask, sentence_ids, img_global, txt_global, extras=True, attention=None
+    ) -> AggregateOutput:
+        n_img, n_txt, n_words, _ = context.shape
+        z, valid = self.matchings(words, context, word_mask, img_global, txt_global, attention)
+        relations = head_relations = None
         if self.srm is not None:
             node_sentence = None
             if self.cfg.srm.sentence_edges:
@@ -363,11 +545,19 @@ class RelationAggregator(Aggregator):
                 edges = key_padding_mask(valid)
             else:
                 edges = build_edge_mask(valid, node_sentence, self.global_node)
-            z, rel = self.srm(z, edges, need_relations=extras)
+            bias = None
+            if self.srm.has_bias:
+                buckets = structure_buckets(sentence_ids, self.global_node) if self.cfg.srm.structure_edges else None
+                overlap = grounding_overlap(attention, self.global_node) if self.cfg.srm.grounding_edges else None
+                bias = self.srm.edge_bias(buckets, overlap, n_img, n_txt)
+            z, rel = self.srm(z, edges, need_relations=extras, bias=bias)
             if rel is not None:
-                relations = (rel * (valid.unsqueeze(2) & valid.unsqueeze(1))).reshape(n_img, n_txt, *rel.shape[1:])
+                pair_valid = (valid.unsqueeze(2) & valid.unsqueeze(1)).unsqueeze(1)
+                rel = (rel * pair_valid).reshape(n_img, n_txt, *rel.shape[1:])
+                head_relations, relations = rel, rel.mean(dim=2)
         if self.irm is not None:
-            score, weights = self.irm(z, valid)
+            prior = self._irm_prior(words, context, word_mask, img_global, txt_global)
+            score, weights = self.irm(z, valid, prior)
         else:
             assert self.node_readout is not None
             r = self.node_readout(z).squeeze(-1)
@@ -375,7 +565,11 @@ class RelationAggregator(Aggregator):
             weights = masked_softmax(r, valid, dim=-1)
         n_nodes = z.shape[1]
         return AggregateOutput(
-            score.reshape(n_img, n_txt), weights.reshape(n_img, n_txt, n_nodes), relations, self.global_node
+            score.reshape(n_img, n_txt),
+            weights.reshape(n_img, n_txt, n_nodes),
+            relations,
+            self.global_node,
+            head_relations,
         )
 
 
@@ -383,7 +577,7 @@ class RelationAggregator(Aggregator):
 # factory
 
 _FLAT_SRM = {f.name for f in dataclasses.fields(SRMConfig)}
-_FLAT_IRM = {"irm_hidden": "hidden"}
+_FLAT_IRM = {"irm_hidden": "hidden", "irm_text_prior": "text_prior", "irm_cos_prior": "cos_prior"}
 
 
 def aggregator_config(name: str, **kwargs: Any) -> AggregatorConfig:

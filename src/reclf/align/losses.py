@@ -139,14 +139,22 @@ def local_contrastive_loss(
     n_txt: int | None = None,
     i2t_weight: float = 0.5,
     sum_directions: bool = False,
+    extra_negatives: Tensor | None = None,
 ) -> Tensor:
     """InfoNCE on aggregated word-region scores divided by ``tau`` (GLoRIA's and RECLF's local term).
 
     ``scores[I, T]`` for all pairs, or ``scores[I, K]`` for the candidates ``pairs[I, K]`` (positive first,
     ``topk_candidates``): the unscored pairs are left out of both directions' softmax.
+    ``extra_negatives[I, E]``: scores of reports that only image ``i`` is contrasted with (its own report
+    with the sides swapped: binding-aware negatives); they join the image->report softmax only, ``-inf``
+    where there is none.
     """
     if pairs is not None:
         scores = scatter_candidate_scores(scores, pairs, n_txt if n_txt is not None else scores.shape[0])
+    if extra_negatives is not None:
+        if extra_negatives.dim() != 2 or extra_negatives.shape[0] != scores.shape[0]:
+            raise ValueError(f"extra_negatives must be [{scores.shape[0]}, E]; got {tuple(extra_negatives.shape)}")
+        scores = torch.cat([scores, extra_negatives.to(scores.dtype)], dim=1)
     return info_nce(_scale(scores, tau), i2t_weight=i2t_weight, sum_directions=sum_directions)
 
 

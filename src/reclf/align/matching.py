@@ -206,6 +206,7 @@ def _concat_outputs(outs: list[AggregateOutput]) -> AggregateOutput:
         node_weights=cat([o.node_weights for o in outs]),
         relations=cat([o.relations for o in outs]),
         global_node=outs[0].global_node,
+        head_relations=cat([o.head_relations for o in outs]),
     )
 
 
@@ -229,11 +230,14 @@ def _chunk_fn(
     ) -> tuple[Tensor, ...]:
         grouped = words.unsqueeze(0) if shared else words
         gmask = word_mask.unsqueeze(0) if shared else word_mask
-        context, _ = _attend_grouped(grouped, regions, temperature, mode, gmask, True, scale, need_attention=False)
-        out = aggregator(words, context, word_mask, sentence_ids, img_global, txt_global, extras=keep_extras)
+        need = aggregator.needs_attention
+        context, attn = _attend_grouped(grouped, regions, temperature, mode, gmask, True, scale, need_attention=need)
+        out = aggregator(
+            words, context, word_mask, sentence_ids, img_global, txt_global, extras=keep_extras, attention=attn
+        )
         if not keep_extras:
             return (out.score,)
-        extras = [x for x in (out.node_weights, out.relations) if x is not None]
+        extras = [x for x in (out.node_weights, out.relations, out.head_relations) if x is not None]
         return (out.score, *extras)
 
     return run
@@ -297,9 +301,11 @@ def _pairwise(
             res = run(*args)
         if keep_extras:
             nw = res[1] if aggregator.produces_node_weights else None
-            rel = res[1 + int(aggregator.produces_node_weights)] if aggregator.produces_relations else None
+            k = 1 + int(aggregator.produces_node_weights)
+            rel = res[k] if aggregator.produces_relations else None
+            heads = res[k + 1] if aggregator.produces_relations else None
             global_node = aggregator.global_node
-            outs.append(AggregateOutput(res[0], nw, rel, global_node))
+            outs.append(AggregateOutput(res[0], nw, rel, global_node, heads))
         else:
             outs.append(AggregateOutput(res[0]))
     if not outs:

@@ -230,3 +230,38 @@ def augment_sentences(
     if max_sentences is not None:
         order = order[:max_sentences]
     return " ".join(_terminate(sentences[i]) for i in order)
+
+
+# ---------------------------------------------------------------------------------------------
+# binding-aware negatives
+
+_SIDE_SWAP = {"left": "right", "right": "left"}
+_ZONE_SWAP = {"upper": "lower", "lower": "upper"}
+
+
+def swap_laterality(text: str, zones: bool = False) -> str:
+    """The report with ``left`` <-> ``right`` exchanged (and with ``zones``, ``upper`` <-> ``lower``): the
+    same words bound to other places, a negative that only a model binding words to places can reject.
+
+    The rule is lexical and documented, the same for SynthCXR and real reports: whole words only, any
+    case (``Left`` -> ``Right``), other words untouched (``bilateral``, ``leftward`` stay). With two
+    findings on opposite sides it exchanges their sides; with one, it flips it. A report with none of
+    these words comes back unchanged (the caller then has no negative for it).
+    """
+    table = _SIDE_SWAP | (_ZONE_SWAP if zones else {})
+    pattern = _SWAP_PATTERNS[zones]
+
+    def repl(m: re.Match[str]) -> str:
+        word = m.group(0)
+        out = table[word.lower()]
+        if word.isupper():
+            return out.upper()
+        return out.capitalize() if word[0].isupper() else out
+
+    return pattern.sub(repl, text)
+
+
+_SWAP_PATTERNS = {
+    False: re.compile(r"\b(?:left|right)\b", re.IGNORECASE),
+    True: re.compile(r"\b(?:left|right|upper|lower)\b", re.IGNORECASE),
+}

@@ -52,6 +52,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, default=None, help="pretraining seeds per method")
     parser.add_argument("--steps", type=int, default=None, help="pretraining steps per run")
     parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a pretraining config override for every run (repeatable), e.g. --set method.node_where=false: "
+        "ablations with the demo's own recipe; use another --out",
+    )
+    parser.add_argument(
+        "--synth-seed", type=int, default=0, help="SynthCXR seed (0: the reported numbers; choose designs on another)"
+    )
     parser.add_argument("--no-baselines", action="store_true", help="skip the floor and ceiling")
     parser.add_argument("--fresh", action="store_true", help="delete the demo folder first (not SynthCXR)")
     parser.add_argument(
@@ -81,8 +93,16 @@ def run(args: argparse.Namespace) -> int:
         s.seeds = args.seeds
     if args.steps:
         s.pretrain_steps = args.steps
+    s.synth_seed = args.synth_seed
+    s.overrides = list(args.overrides)
+    for item in s.overrides:
+        if "=" not in item:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. --set method.node_where=false")
     root = Path(args.out or ("runs/demo-quick" if args.quick else "runs/demo"))
-    synth = Path(args.synth or ("out/synth-quick" if args.quick else "out/synth"))
+    default_synth = "out/synth-quick" if args.quick else "out/synth"
+    if s.synth_seed:
+        default_synth += f"-seed{s.synth_seed}"
+    synth = Path(args.synth or default_synth)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else list(s.methods)
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:

@@ -42,6 +42,8 @@ class DemoSettings:
     n_boot: int
     methods: tuple[str, ...] = METHODS  # pretrained unless --methods says otherwise
     method_overrides: dict[str, Any] = field(default_factory=dict)
+    synth_seed: int = 0  # SynthCXR's seed: 0 for the reported numbers, another for design choices
+    overrides: list[str] = field(default_factory=list)  # `key=value` applied to every pretraining run (--set)
 
 
 QUICK = DemoSettings(
@@ -116,6 +118,7 @@ def demo_config(method: str, seed: int, s: DemoSettings, synth: Path, runs: Path
     if text_cache is not None:
         overrides.append(f"text_encoder.cache_file={text_cache}")
     overrides += [f"method.{k}={v}" for k, v in s.method_overrides.items()]
+    overrides += list(s.overrides)
     return load_config(preset_path(demo_preset(method)), overrides)
 
 

@@ -20,6 +20,11 @@ from reclf.utils.jobs import map_jobs
 def ensure_synth(folder: Path, s: DemoSettings) -> Path:
     """Generate SynthCXR into ``folder`` unless a complete one (with manifest.json) is there."""
     if (folder / "manifest.json").is_file():
+        found = json.loads((folder / "manifest.json").read_text()).get("seed", 0)
+        if found != s.synth_seed:
+            raise ValueError(
+                f"{folder} holds SynthCXR seed {found}, not the asked {s.synth_seed}: pass another --synth folder"
+            )
         say(f"SynthCXR: using {folder}")
         return folder
     from reclf.data.synthetic.generate import generate
@@ -29,6 +34,7 @@ def ensure_synth(folder: Path, s: DemoSettings) -> Path:
     generate(
         folder,
         n=s.synth_n,
+        seed=s.synth_seed,
         size=max(s.image_size, 64),
         per_class=s.synth_per_class,
         classification_n=s.classification_n,
@@ -54,6 +60,7 @@ def text_features(methods: list[str], s: DemoSettings, synth: Path, root: Path) 
         return None, {"frozen": False}
     path = shared_cache_file(root / "cache", text)
     reports = corpus_reports([synth / n for n in ("pretrain", "retrieval_8x200", "relations")], text.sections)
+    reports += binding_negative_reports(cfgs, reports)
     import torch
 
     t = time.time()
@@ -83,6 +90,15 @@ def text_features(methods: list[str], s: DemoSettings, synth: Path, root: Path) 
         f"{100 * info['truncated_share']:.1f} % longer than {text.max_tokens} tokens (their tail is cut)"
     )
     return path, info
+
+
+def binding_negative_reports(cfgs: list, reports: list[str]) -> list[str]:
+    """The swapped reports that runs with ``method.binding_negatives`` will encode (so they are cached too)."""
+    from reclf.data.reports import swap_laterality
+
+    modes = {c.method.get("binding_negatives", "none") for c in cfgs} - {"none"}
+    swapped = {swap_laterality(r, zones=m == "side+zone") for m in modes for r in reports}
+    return sorted(swapped - set(reports))
 
 
 def pretrain_one(

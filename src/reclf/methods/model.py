@@ -39,6 +39,7 @@ from reclf.align.losses import (
 from reclf.align.matching import attend_paired, pairwise_local_outputs, pairwise_local_scores
 from reclf.align.prototypes import PrototypeLoss
 from reclf.config import ImageEncoderConfig, TextEncoderConfig
+from reclf.data.reports import swap_laterality
 from reclf.data.tokenization import WordTokens
 from reclf.methods.params import MethodParams
 from reclf.models.features import ImageFeatures, TextFeatures
@@ -94,6 +95,11 @@ class VLModel(nn.Module):
                 layers=params.srm_layers,
                 heads=params.srm_heads,
                 sentence_edges=params.sentence_edges,
+                structure_edges=params.structure_edges,
+                grounding_edges=params.grounding_edges,
+                node_where=params.node_where,
+                irm_text_prior=params.irm_text_prior,
+                irm_cos_prior=params.irm_cos_prior,
             )
             self.local_tau = Temperature(params.local_temperature, learnable=params.learn_temperature)
             if params.match_mode == "gloria":
@@ -270,8 +276,12 @@ class VLModel(nn.Module):
         )
         total = p.global_weight * terms["global"]
         if p.has_local:
-            terms["local"] = self._local_loss(img, txt, gather if gather_local else None)
+            swapped = self._binding_negative_texts(batch)
+            terms["local"] = self._local_loss(img, txt, gather if gather_local else None, swapped)
             total = total + p.local_weight * terms["local"]
+            irm = getattr(self.aggregator, "irm", None)
+            if irm is not None and irm.last_logit_std is not None:
+                terms["irm_logit_std"] = irm.last_logit_std
         if p.token_weight > 0:
             token = mgca_token_loss(
                 txt.words,
@@ -293,10 +303,38 @@ class VLModel(nn.Module):
             terms["global_tau"] = self.global_tau.tau.detach()
         return terms
 
-    def _local_loss(self, img: ImageFeatures, txt: TextFeatures, gather: Gather | None) -> Tensor:
+    def _binding_negative_texts(self, batch: dict[str, Any]) -> tuple[TextFeatures, Tensor] | None:
+        """Each report with its sides (and zones) swapped, encoded, and which of them differ from the
+        original (``method.binding_negatives``; ``None`` when off)."""
+        mode = self.params.binding_negatives
+        if mode == "none":
+            return None
+        reports = batch.get("reports")
+        if reports is None:
+            raise ValueError("method.binding_negatives needs the report strings in the batch (batch['reports'])")
+        swapped = [swap_laterality(r, zones=mode == "side+zone") for r in reports]
+        changed = torch.tensor([a != b for a, b in zip(swapped, reports)], device=self.device)
+        return self.encode_text(swapped), changed
+
+    def _local_loss(
+        self,
+        img: ImageFeatures,
+        txt: TextFeatures,
+        gather: Gather | None,
+        swapped: tuple[TextFeatures, Tensor] | None = None,
+    ) -> Tensor:
         p = self.params
+        extra = None
+        if swapped is not None:
+            # image i against its own report with the places swapped (same words, other binding), before
+            # any gathering: a rank's own images and swapped reports
+            sw_txt, changed = swapped
+            own = torch.arange(len(sw_txt), device=changed.device).unsqueeze(1)
+            extra = self._local(img, sw_txt, own).masked_fill(~changed.unsqueeze(1), float("-inf"))
         if gather is not None:
             img, txt = _gather_features(img, txt, gather, self.tokenizer.max_tokens)
+            if extra is not None:
+                extra = gather(extra)
         pairs = None
         if p.hard_negatives > 0:
             with torch.no_grad():
@@ -308,6 +346,7 @@ class VLModel(nn.Module):
             n_txt=len(txt),
             i2t_weight=p.i2t_weight,
             sum_directions=p.sum_directions,
+            extra_negatives=extra,
         )
 
     # ------------------------------------------------------------------------------------------

@@ -48,6 +48,16 @@ class MethodParams:
     srm_layers: int = 1
     srm_heads: int = 4
     sentence_edges: bool = False
+    # RECLF's binding design (docs/methods.md, "SRM that binds"): each a switch with its own ablation
+    structure_edges: bool = False  # SRM edges biased by relative word distance / same sentence
+    grounding_edges: bool = False  # SRM edges biased by the overlap of the two words' region-attention maps
+    node_where: bool = False  # matching nodes carry where their word looks (attention centroid, spread, peak)
+    irm_text_prior: bool = False  # IRM: + MLP(e_w), an importance learned from the word itself
+    irm_cos_prior: bool = False  # IRM: + gamma * cos(e_w, c_w) (starts as log-sum-exp's weights)
+    # binding-aware negatives in the local loss: each image also scores its own report with the sides
+    # ("side": left <-> right) or sides and zones ("side+zone": also upper <-> lower) swapped
+    # (reclf.data.reports.swap_laterality); any local method can use it (GLoRIA's "+trick" rows)
+    binding_negatives: str = "none"  # none | side | side+zone
     hard_negatives: int = 0  # >0: score only the positive + this many hardest negatives (by global sim)
     chunk_size: int = 8  # images per chunk in the all-pairs matcher (bounds peak memory)
     checkpoint_chunks: bool = False  # recompute chunks in backward (memory bounded by the chunk)
@@ -111,6 +121,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 METHODS: tuple[str, ...] = tuple(PRESETS)
+BINDING_NEGATIVES: tuple[str, ...] = ("none", "side", "side+zone")
 
 
 def list_methods() -> list[str]:
@@ -144,6 +155,14 @@ def _validate(p: MethodParams) -> None:
         (0.0 <= p.i2t_weight <= 1.0, "method.i2t_weight must be in [0, 1]"),
         (p.global_temperature > 0 and p.local_temperature > 0, "temperatures must be positive"),
         (p.hard_negatives >= 0, "method.hard_negatives must be >= 0"),
+        (
+            p.binding_negatives in BINDING_NEGATIVES,
+            f"method.binding_negatives must be one of {BINDING_NEGATIVES}, got {p.binding_negatives!r}",
+        ),
+        (
+            p.binding_negatives == "none" or p.has_local,
+            "method.binding_negatives needs a local matcher (method.local_weight > 0)",
+        ),
         (1.0 <= p.match_scale <= 100.0, f"method.match_scale must be in [1, 100], got {p.match_scale}"),
         (
             p.projection_hidden is None or p.projection_hidden > 0,

@@ -1,0 +1,190 @@
+"""RECLF's binding design (docs/methods.md): swapped-report negatives, where-nodes, structure and grounding
+edges, IRM priors — each a switch, each checked against a statement written out here."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from reclf.align.aggregators import (
+    MAX_DISTANCE,
+    build_aggregator,
+    grounding_overlap,
+    region_centres,
+    structure_buckets,
+    where_features,
+)
+from reclf.align.matching import attend
+from reclf.data.reports import swap_laterality
+from reclf.methods import create_model
+from reclf.models.features import ImageFeatures, TextFeatures
+
+D = 16
+ALL_SWITCHES = dict(structure_edges=True, grounding_edges=True, node_where=True, irm_text_prior=True,
+                    irm_cos_prior=True)
+
+
+def test_swap_laterality_is_a_whole_word_case_keeping_exchange():
+    text = "Small LEFT effusion. Right upper lobe nodule; bilateral, leftward opacity in the left lower lobe."
+    assert swap_laterality(text) == (
+        "Small RIGHT effusion. Left upper lobe nodule; bilateral, leftward opacity in the right lower lobe."
+    )
+    assert swap_laterality(text, zones=True) == (
+        "Small RIGHT effusion. Left lower lobe nodule; bilateral, leftward opacity in the right upper lobe."
+    )
+    assert swap_laterality("No acute process.") == "No acute process."
+    assert sorted(swap_laterality("left effusion. right nodule.").split()) == sorted(
+        "left effusion. right nodule.".split()
+    )
+
+
+def test_region_centres_and_where_features_locate_a_peaked_map():
+    xy = region_centres(16)
+    assert xy.shape == (16, 2) and float(xy[0, 0]) == pytest.approx(-0.75) and float(xy[3, 0]) == pytest.approx(0.75)
+    assert float(xy[4, 1]) == pytest.approx(-0.25)  # row-major: index 4 is the second row
+    one_hot = F.one_hot(torch.tensor([3]), 16).float()
+    w = where_features(one_hot)[0]
+    assert float(w[0]) == pytest.approx(0.75) and float(w[1]) == pytest.approx(-0.75)
+    assert float(w[10]) == pytest.approx(0.0, abs=1e-6) and float(w[11]) == pytest.approx(0.0, abs=1e-6)
+    assert float(w[12]) == pytest.approx(1.0)
+    uniform = where_features(torch.full((1, 16), 1 / 16))[0]
+    assert float(uniform[0]) == pytest.approx(0.0, abs=1e-6) and float(uniform[12]) == pytest.approx(1 / 16)
+    with pytest.raises(ValueError, match="square"):
+        region_centres(6)
+
+
+def test_structure_buckets_distance_sentence_and_global():
+    sid = torch.tensor([[[0, 0, 0, 1, 1] + [1] * 10]])  # [G=1, T=1, W=15]
+    b = structure_buckets(sid, global_node=True)[0, 0]
+    assert b.shape == (16, 16)
+    assert int(b[1, 1]) == 0 and int(b[1, 3]) == 2  # words 0 and 2 of sentence 0
+    assert int(b[1, 4]) == MAX_DISTANCE + 1  # other sentence
+    assert int(b[4, 15]) == MAX_DISTANCE  # same sentence, 11 apart: "farther"
+    assert (b[0] == MAX_DISTANCE + 2).all() and (b[:, 0] == MAX_DISTANCE + 2).all()
+
+
+def test_grounding_overlap_is_log_r_times_the_map_product():
+    attn = torch.softmax(torch.randn(2, 3, 4, 9), dim=-1)
+    g = grounding_overlap(attn, global_node=True)
+    assert g.shape == (2, 3, 5, 5) and (g[..., 0, :] == 0).all()
+    ref = math.log(9 * float((attn[1, 2, 0] * attn[1, 2, 3]).sum()))
+    assert float(g[1, 2, 1, 4]) == pytest.approx(ref, rel=1e-5)
+    uniform = torch.full((1, 1, 2, 9), 1 / 9)
+    assert grounding_overlap(uniform, False).abs().max() < 1e-5
+
+
+def inputs(n_img=3, n_txt=4, n_words=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    words = F.normalize(torch.randn(n_txt, n_words, D, generator=g), dim=-1)
+    regions = F.normalize(torch.randn(n_img, 16, D, generator=g), dim=-1)
+    mask = torch.ones(n_txt, n_words, dtype=torch.bool)
+    mask[1, 5:] = False
+    sent = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2]).repeat(n_txt, 1).masked_fill(~mask, -1)
+    ctx, attn = attend(words, regions, 0.1)
+    img_g = F.normalize(torch.randn(n_img, D, generator=g), dim=-1)
+    txt_g = F.normalize(torch.randn(n_txt, D, generator=g), dim=-1)
+    return words, ctx, mask, sent, img_g, txt_g, attn
+
+
+def test_new_edges_start_as_the_plain_graph_and_then_change_it():
+    words, ctx, mask, sent, img_g, txt_g, attn = inputs()
+    torch.manual_seed(0)
+    plain = build_aggregator("srm+irm", D, d_z=8, heads=2)
+    torch.manual_seed(0)
+    biased = build_aggregator("srm+irm", D, d_z=8, heads=2, structure_edges=True, grounding_edges=True)
+    a = plain(words, ctx, mask, sent, img_g, txt_g).score
+    b = biased(words, ctx, mask, sent, img_g, txt_g, attention=attn).score
+    torch.testing.assert_close(a, b)  # both biases start at 0
+    with torch.no_grad():
+        biased.srm.structure.normal_()
+        biased.srm.grounding.fill_(1.0)
+    c = biased(words, ctx, mask, sent, img_g, txt_g, attention=attn)
+    assert not torch.allclose(a, c.score)
+    # fused (training) and explicit (explanations) attention agree with the biases on
+    fused = biased(words, ctx, mask, sent, img_g, txt_g, extras=False, attention=attn).score
+    torch.testing.assert_close(fused, c.score, atol=1e-5, rtol=0)
+    torch.testing.assert_close(c.head_relations.mean(dim=2), c.relations)
+    assert c.head_relations.shape == (3, 4, 2, 9, 9)
+
+
+def test_masked_words_never_change_a_score_with_every_switch_on():
+    words, ctx, mask, sent, img_g, txt_g, attn = inputs()
+    torch.manual_seed(0)
+    agg = build_aggregator("srm+irm", D, d_z=8, heads=2, **ALL_SWITCHES)
+    a = agg(words, ctx, mask, sent, img_g, txt_g, attention=attn).score
+    words2, ctx2, attn2 = words.clone(), ctx.clone(), attn.clone()
+    words2[1, 5:] = 7.0
+    ctx2[:, 1, 5:] = 3.0
+    attn2[:, 1, 5:] = torch.softmax(torch.randn(3, 3, 16), -1)
+    b = agg(words2, ctx2, mask, sent, img_g, txt_g, attention=attn2).score
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_an_aggregator_that_needs_attention_says_so():
+    words, ctx, mask, sent, img_g, txt_g, _ = inputs()
+    agg = build_aggregator("irm", D, d_z=8, node_where=True)
+    with pytest.raises(ValueError, match="needs the word-region attention"):
+        agg(words, ctx, mask, sent, img_g, txt_g)
+
+
+def test_irm_cos_prior_starts_as_log_sum_exp_weights():
+    """With the learned MLP's output zeroed, IRM's weights are exactly softmax(5 cos) (GLoRIA's implied weights)."""
+    words, ctx, mask, sent, img_g, txt_g, attn = inputs()
+    agg = build_aggregator("irm", D, d_z=8, global_node=False, irm_cos_prior=True)
+    with torch.no_grad():
+        agg.irm.importance.weight.zero_()
+        agg.irm.importance.bias.zero_()
+    w = agg(words, ctx, mask, sent, img_g, txt_g).node_weights
+    cos = F.cosine_similarity(words.unsqueeze(0).expand_as(ctx), ctx, dim=-1)
+    ref = torch.softmax((5.0 * cos).masked_fill(~mask, float("-inf")), dim=-1)
+    torch.testing.assert_close(w, ref, atol=1e-6, rtol=0)
+
+
+# --------------------------------------------------------------------------- the loss
+
+
+B, WORDS, GRID = 4, 5, (4, 4)
+IMAGE = {"name": "cnn-small", "image_size": 64}
+TEXT = {"name": "bert-tiny", "max_tokens": 32}
+REPORTS = ["left effusion. right nodule.", "no acute process.", "right pneumothorax.", "heart is normal."]
+
+
+def unit(*shape: int, seed: int) -> torch.Tensor:
+    return F.normalize(torch.randn(*shape, generator=torch.Generator().manual_seed(seed)), dim=-1)
+
+
+@pytest.mark.parametrize("method", ["reclf", "gloria"])
+def test_binding_negatives_join_the_image_to_report_softmax_only(method):
+    mask = torch.ones(B, WORDS, dtype=torch.bool)
+    sentences = torch.tensor([0, 0, 1, 1, 1]).repeat(B, 1)
+    img = ImageFeatures(unit(B, 128, seed=1), unit(B, 16, 128, seed=2), GRID)
+    txt = TextFeatures(unit(B, 128, seed=4), unit(B, WORDS, 128, seed=3), mask, sentences)
+    sw = TextFeatures(unit(B, 128, seed=6), unit(B, WORDS, 128, seed=5), mask, sentences)
+    torch.manual_seed(0)
+    model = create_model(method, image_encoder=IMAGE, text_encoder=TEXT, binding_negatives="side", **(
+        ALL_SWITCHES if method == "reclf" else {})).eval()
+    model.encode_image = lambda images: img
+    model.encode_text = lambda reports: sw if reports[0] != REPORTS[0] else txt
+    with torch.no_grad():
+        terms = model.loss({"images": torch.zeros(B, 1, 64, 64), "reports": REPORTS})
+        s = model.local_similarity(img, txt)
+        s_sw = model.local_similarity(img, sw).diagonal()
+    changed = torch.tensor([True, False, True, False])  # reports 0 and 2 have a side word
+    tau = float(model.local_tau.tau)
+    i2t = torch.cat([s, s_sw.masked_fill(~changed, float("-inf")).unsqueeze(1)], dim=1) / tau
+    l_i2t = F.cross_entropy(i2t, torch.arange(B))
+    l_t2i = F.cross_entropy(s.t() / tau, torch.arange(B))
+    ref = l_i2t + l_t2i if method == "gloria" else (l_i2t + l_t2i) / 2
+    torch.testing.assert_close(terms["local"], ref, atol=1e-5, rtol=1e-5)
+
+
+def test_binding_negatives_need_a_local_matcher():
+    from reclf.config import ConfigError
+
+    with pytest.raises(ConfigError, match="binding_negatives"):
+        create_model("convirt", image_encoder=IMAGE, text_encoder=TEXT, binding_negatives="side")
+    with pytest.raises(ConfigError, match="binding_negatives"):
+        create_model("reclf", image_encoder=IMAGE, text_encoder=TEXT, binding_negatives="sides")
