@@ -87,7 +87,7 @@ def synth(tmp_path_factory):
     from reclf.data.synthetic.generate import generate
 
     out = tmp_path_factory.mktemp("diag") / "synth"
-    generate(out, n=20, size=64, seed=1, per_class=12, sets=("relations",))
+    generate(out, n=20, size=64, seed=1, per_class=6, sets=("relations",))  # 6 single + 6 binding
     return out / "relations"
 
 
@@ -153,7 +153,17 @@ def test_every_method_on_tiny_models(synth, tmp_path):
     assert "relations/own_mass" not in by["reclf-no-srm"]["metrics"]
     assert "IRM" in by["reclf"]["config"]["word_weights"] and "implicit" in by["reclf-no-irm"]["config"]["word_weights"]
     assert "CLS" in by["mgca"]["config"]["word_weights"] and "importance/auroc" in by["mgca"]["metrics"]
-    assert set(by["convirt"]["extra"]["not_applicable"]) == {"importance", "relations", "grounding"}
+    assert set(by["convirt"]["extra"]["not_applicable"]) == {"importance", "relations", "binding", "grounding"}
+    # binding control on the multi-finding reports: own vs another finding's location words, head mean and
+    # per SRM head (the aggregator's head_relations)
+    m = by["reclf"]["metrics"]
+    assert {"binding/own_mass", "binding/other_mass", "binding/own_minus_other", "binding/own_other_ratio",
+            "binding/head_max/own_mass", "binding/head_max/other_mass"} <= set(m)
+    heads = by["reclf"]["extra"]["binding_heads"]
+    assert heads["heads"] >= 1 and heads["own_mass"][heads["selected"]] == max(heads["own_mass"])
+    assert m["binding/head_max/own_mass"]["value"] >= m["binding/own_mass"]["value"] - 1e-6 or heads["heads"] == 1
+    assert by["reclf"]["data"]["binding_reports"] == m["binding/own_mass"]["n"] > 0
+    assert "binding/own_mass" in by["reclf-no-irm"]["metrics"]
     for r in results:
         m = r["metrics"]
         for v in m.values():
@@ -185,3 +195,107 @@ def test_missing_roles_file_is_a_clear_error(tmp_path):
     (tmp_path / "word_roles.jsonl").write_text(json.dumps(line) + "\n")
     with pytest.raises(ValueError, match="line 1 .*unknown role"):
         read_word_roles(tmp_path)
+
+
+def test_binding_stats_by_hand():
+    """Finding 0 ("effusion") and finding 1 ("nodule") with their own location words: own vs other mass."""
+    roles = ["severity", "location", "finding", "filler", "finding", "filler", "location", "location"]
+    links = [0, 0, 0, -1, 1, -1, 1, 1]
+    n = len(roles)
+    rel = np.ones((n, n))
+    rel[2, 1] = 5.0  # effusion -> its own side word
+    rel[4, 1] = 5.0  # nodule -> the OTHER finding's side word (a binding error)
+    b = diag.binding_stats(rel, roles, links)
+    # row 2 over 7 other words: total 11; own {1}: 5/11, other {6, 7}: 2/11
+    # row 4: total 11; own {6, 7}: 2/11, other {1}: 5/11
+    assert b["own_mass"][0] == pytest.approx((5 / 11 + 2 / 11) / 2)
+    assert b["other_mass"][0] == pytest.approx((2 / 11 + 5 / 11) / 2)
+    assert b["own_per_word"][0] == pytest.approx((5 / 11 + 1 / 11) / 2)
+    assert b["other_per_word"][0] == pytest.approx((1 / 11 + 5 / 11) / 2)
+    assert float(b["finding_words"]) == 2
+    # per head: head 1 binds (each finding word -> only its own location words), head 0 is uniform
+    good = np.zeros((n, n))
+    good[2, 1] = 1.0
+    good[4, [6, 7]] = 1.0
+    heads = np.stack([np.ones((n, n)), good])
+    bh = diag.binding_stats(heads, roles, links)
+    assert bh["own_mass"].shape == (2,) and bh["own_mass"][1] == 1.0 and bh["other_mass"][1] == 0.0
+    assert bh["own_mass"][0] == pytest.approx((1 / 7 + 2 / 7) / 2)
+    # a single-finding report has no other finding: not applicable
+    assert diag.binding_stats(rel, roles, [0, 0, 0, -1, 0, -1, 0, 0]) is None
+    own, other, info = diag.select_head([bh["own_mass"], None], [bh["other_mass"], None])
+    assert info["selected"] == 1 and own[0] == 1.0 and other[0] == 0.0 and np.isnan(own[1])
+    r = diag.ratio_ci(np.array([0.4, 0.6, np.nan]), np.array([0.2, 0.2, 0.5]), n_boot=50)
+    assert r.value == pytest.approx(2.5) and r.n == 2
+
+
+def test_oracle_binding_heads_and_head_mean(synth, monkeypatch):
+    """Per-head relations from a fake aggregator: head 1 binds perfectly, head 0 looks at the other
+    finding's location words. The head mean mixes them; head_max picks head 1 with other mass 0."""
+    records = read_word_roles(synth)
+    torch.manual_seed(0)
+    model = __import__("reclf").create_model("reclf", image_encoder=IMAGE, text_encoder=TEXT)
+    real = diag.model_outputs
+
+    def fake(m, images, texts):
+        o = real(m, images, texts)
+        heads, rels = [], []
+        for words in o.words:
+            rec = next(r for r in records.values()
+                       if [w.lower() for w, s in zip(r.words, r.section, strict=True)
+                           if s in ("findings", "impression") and w not in ("FINDINGS", "IMPRESSION")
+                           ][: len(words) - 1] == words[:-1])
+            roles, links = align_roles(words, rec)
+            n = len(words)
+            h = np.zeros((2, n, n)) + np.eye(n)[None]
+            for i in range(n):
+                if roles[i] == "finding" and links[i] >= 0:
+                    own = [j for j in range(n) if roles[j] == "location" and links[j] == links[i]]
+                    other = [j for j in range(n) if roles[j] == "location" and links[j] >= 0 and links[j] != links[i]]
+                    h[:, i] = 0.0
+                    h[1, i, own] = 1.0
+                    h[0, i, other or own] = 1.0
+            heads.append(h)
+            rels.append(h.mean(axis=0))
+        return BatchOutputs(o.words, o.pieces, o.weights, rels, o.argmax, o.grid, heads)
+
+    monkeypatch.setattr(diag, "model_outputs", fake)
+    res = run_diagnostics(wrap_model(model), synth, None, DiagnosticsConfig(n_boot=50))
+    m = res.metrics
+    assert 0.3 < m["binding/own_mass"].value < 0.7 and 0.2 < m["binding/other_mass"].value < 0.7  # mixed heads
+    assert m["binding/head_max/own_mass"].value == 1.0 and m["binding/head_max/other_mass"].value == 0.0
+    assert res.extra["binding_heads"]["selected"] == 1 and "head_relations" in res.extra["binding_heads"]["source"]
+    assert m["binding/own_mass"].n == res.data["binding_reports"] == 6  # the 6 binding studies
+
+    # without per-head relations the head mean stands in
+    def no_heads(m_, images, texts):
+        o = fake(m_, images, texts)
+        return BatchOutputs(o.words, o.pieces, o.weights, o.relations, o.argmax, o.grid, None)
+
+    monkeypatch.setattr(diag, "model_outputs", no_heads)
+    res = run_diagnostics(wrap_model(model), synth, None, DiagnosticsConfig(n_boot=20))
+    assert res.extra["binding_heads"]["heads"] == 1 and "head mean" in res.extra["binding_heads"]["source"]
+    assert res.metrics["binding/head_max/own_mass"].value == pytest.approx(m["binding/own_mass"].value)
+
+
+def test_grounding_uses_the_models_word_region_attention(synth, monkeypatch):
+    """Diagnostics' word -> region argmax is model.word_region_attention's (GLoRIA's learned scale included),
+    not a recomputation."""
+    from reclf.methods import create_model
+
+    torch.manual_seed(0)
+    model = create_model("gloria", image_encoder=IMAGE, text_encoder=TEXT)
+    calls = []
+    real = type(model).word_region_attention
+
+    def spy(self, img, txt):
+        out = real(self, img, txt)
+        calls.append(out.shape)
+        flipped = torch.zeros_like(out)
+        flipped[..., -1] = 1.0  # every word points at the last region
+        return flipped
+
+    monkeypatch.setattr(type(model), "word_region_attention", spy)
+    images = torch.rand(2, 1, 64, 64)
+    outs = diag.model_outputs(model, images, ["Small left pleural effusion.", "Right upper lobe nodule."])
+    assert calls and all((a == calls[0][-1] - 1).all() for a in outs.argmax)

@@ -23,7 +23,7 @@ def test_wins_counts_ties_as_half():
 
 def test_relations_picks_the_higher_scored_caption(tmp_path):
     data = make_folder(tmp_path / "data", n=8)
-    res = run_relations(wrap_model(SideLover()), data, tmp_path / "out", RelationsConfig(n_boot=20))
+    res = run_relations(wrap_model(SideLover()), data, tmp_path / "out", RelationsConfig(n_boot=20, split=None))
     cands = pd.read_csv(data / "candidates.csv")
     studies = pd.read_csv(data / "studies.csv")
     # by hand: a study's side foil loses iff the true caption says "left" and the foil does not
@@ -63,9 +63,10 @@ def test_relations_and_grounding_read_real_synthcxr(tmp_path):
     generate(tmp_path / "synth", n=20, size=64, per_class=6, sets=("relations",))
     data = tmp_path / "synth" / "relations"
     torch.manual_seed(0)
-    res = run_relations(wrap_model(StubModel()), data, None, RelationsConfig(n_boot=20))
-    assert {"side", "negation", "all_foils"} <= set(res.metrics)
-    assert res.data["used"] == 6
+    res = run_relations(wrap_model(StubModel()), data, None, RelationsConfig(n_boot=20, split=None))
+    assert {"side", "negation", "all_foils", "all_foils_single", "all_foils_binding", "swap_side",
+            "flip_sides"} <= set(res.metrics)
+    assert res.data["used"] == 12 and res.data["studies_by_task"] == {"binding": 6, "single": 6}
     res = run_grounding(wrap_model(StubModel()), data, None, GroundingConfig(n_boot=20))
     assert res.data["pairs"] >= 4  # most relational findings are named by a synonym in their report
 
@@ -85,7 +86,7 @@ def test_relations_fused_scores_are_per_pair(tmp_path):
 
     data = make_folder(tmp_path / "data", n=6)
     model = _tiny("gloria")
-    res = run_relations(wrap_model(model), data, tmp_path / "out", RelationsConfig(n_boot=5))
+    res = run_relations(wrap_model(model), data, tmp_path / "out", RelationsConfig(n_boot=5, split=None))
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert set(saved["metrics"]) >= {"side", "all_foils"} and res.metrics["all_foils"].n == 6
     cands = pd.read_csv(data / "candidates.csv")
@@ -116,3 +117,36 @@ def test_attention_entropy_reports_flat_and_sharp_attention(tmp_path):
     saved = json.loads((tmp_path / "g" / "results.json").read_text())
     assert 0 <= saved["metrics"]["attention_entropy"]["value"] <= 1
     assert res.extra["attention_entropy"]["n_images"] == 3  # the 3 images with a finding
+
+
+def test_relations_split_and_binding_contrasts(tmp_path):
+    """--split keeps one split (default test); binding contrasts and all_foils per study kind are reported."""
+    from reclf.data.synthetic.generate import generate
+
+    generate(tmp_path / "synth", n=20, size=64, per_class=4, sets=("relations",))
+    data = tmp_path / "synth" / "relations"
+    studies = pd.read_csv(data / "studies.csv")
+    assert set(studies["split"]) == {"valid", "test"}
+    model = wrap_model(SideLover())
+    test = run_relations(model, data, None, RelationsConfig(n_boot=20))
+    valid = run_relations(model, data, None, RelationsConfig(n_boot=20, split="valid"))
+    both = run_relations(model, data, None, RelationsConfig(n_boot=20, split="all"))
+    assert test.data["used"] == (studies["split"] == "test").sum() == 4
+    assert valid.data["used"] == 4 and both.data["used"] == 8 and test.data["split"] == "test"
+    assert test.metrics["all_foils_single"].n + test.metrics["all_foils_binding"].n == test.metrics["all_foils"].n
+    cands = pd.read_csv(data / "candidates.csv")
+    binding = set(studies.loc[studies["task"] == "binding", "study_id"])
+    assert set(cands.loc[cands["contrast"].isin(["swap_side", "swap_zone", "flip_sides"]), "study_id"]) <= binding
+    # a side-word counter cannot tell a swap_side foil from its caption (same words): a tie, 0.5
+    if "swap_side" in both.metrics:
+        assert both.metrics["swap_side"].value == 0.5
+    # the --split option reaches the config
+    import argparse
+
+    from reclf.evaluate import cli as eval_cli
+
+    parser = argparse.ArgumentParser()
+    eval_cli.add_arguments(parser)
+    args = parser.parse_args(["relations", "--model", "m", "--data", str(data), "--split", "valid"])
+    assert eval_cli.given(RelationsConfig, vars(args))["split"] == "valid"
+    assert RelationsConfig().split == "test"

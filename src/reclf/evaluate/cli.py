@@ -102,9 +102,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="score local/method only on each query's global top K (two-stage; 0: all pairs)")
     p.add_argument("--split", default=None)
 
-    p = sub.add_parser("relations", help="true caption vs side/zone/severity/negation foils")
+    p = sub.add_parser("relations", help="true caption vs side/zone/severity/negation and binding (swap) foils")
     _common(p)
     p.add_argument("--score", choices=("method", "global", "local"), default=None, help="default method")
+    p.add_argument("--split", default=None,
+                   help="rows of this split (SynthCXR relations: valid | test; default test; 'all': every row)")
 
     p = sub.add_parser("grounding", help="word-region attention vs the true masks (pointing game, IoU)")
     _common(p)

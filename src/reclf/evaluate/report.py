@@ -25,7 +25,10 @@ HEADLINE = {
     "linear": ["1%/auroc", "10%/auroc", "100%/auroc", "1%/accuracy", "10%/accuracy", "100%/accuracy"],
     "segment": ["100%/dice", "pneumothorax/100%/dice", "opacity/100%/dice", "10%/dice"],
     "retrieve": ["method/i2t/R@5", "method/t2i/R@5", "global/i2t/R@5", "global/t2i/R@5", "method/i2t/P@10"],
-    "relations": ["side", "zone", "severity", "negation", "all_foils"],
+    "relations": [
+        "side", "zone", "severity", "negation", "swap_side", "swap_zone", "all_foils_single", "all_foils_binding",
+        "all_foils",
+    ],
     "grounding": ["pointing_game", "attention_iou"],
 }
 TASK_ORDER = ("zeroshot", "linear", "segment", "retrieve", "relations", "grounding")
@@ -37,6 +40,8 @@ SUMMARY = (
     ("retrieve", "method/t2i/R@10", "report→img R@10"),
     ("relations", "negation", "binding: negation"),
     ("relations", "side", "binding: side"),
+    ("relations", "swap_side", "binding: swap sides"),
+    ("relations", "swap_zone", "binding: swap zones"),
     ("relations", "all_foils", "binding: all foils"),
     ("grounding", "pointing_game", "pointing game"),
     ("grounding", "attention_entropy", "attention entropy"),
@@ -50,6 +55,8 @@ PAIRED = (
     ("retrieve", "method/t2i/R@10", "report→img R@10"),
     ("retrieve", "method/i2t/P@10", "img→report P@10"),
     ("relations", "side", "binding: side"),
+    ("relations", "swap_side", "binding: swap sides"),
+    ("relations", "swap_zone", "binding: swap zones"),
     ("relations", "all_foils", "binding: all foils"),
 )
 DID_NOT_LEARN = "**did not learn**"
@@ -237,7 +244,7 @@ def _references(task: str, metric: str, by_label: dict[str, dict[str, Any]]) -> 
     if task == "retrieve" and "/R@" in metric:
         chance_key = "chance/R@" + metric.rsplit("/R@", 1)[1]
     if task == "relations":
-        refs["chance"] = 0.5 if metric != "all_foils" else float("nan")
+        refs["chance"] = 0.5 if not metric.startswith("all_foils") else float("nan")
     for lab, metrics in by_label.items():
         if chance_key and chance_key in metrics and metrics[chance_key].get("value") is not None:
             refs["chance"] = float(metrics[chance_key]["value"])

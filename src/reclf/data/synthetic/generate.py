@@ -9,7 +9,8 @@ Layout of ``out/`` (each set is a canonical study table folder, paths relative t
     retrieval_8x200/         8 classes x per_class (incl. No Finding, Pneumothorax), `class` column
     segmentation/            pneumothorax / opacity targets (`task`), positives = negatives, splits
     classification/          multi-label set for linear probing, splits by patient
-    relations/               one finding per image + candidates.csv (true caption and foils)
+    relations/               per_class one-finding studies + per_class binding studies (2-3 findings),
+                             candidates.csv (true caption and foils), caption_roles.jsonl; valid/test
 
 Determinism: every study's randomness comes from ``reclf.utils.seed.rng(seed, set, index)``;
 specs are drawn in the main process and rendered by ``imap`` in order, so the bytes written do
@@ -45,7 +46,15 @@ from reclf.data.synthetic.anatomy import (
     with_cardiomegaly,
 )
 from reclf.data.synthetic.findings import FindingSpec, render_finding
-from reclf.data.synthetic.report_text import Report, compose_report, relation_candidates
+from reclf.data.synthetic.report_text import (
+    Report,
+    binding_candidates,
+    binding_caption,
+    caption_tagged,
+    compose_report,
+    relation_candidates,
+    word_roles,
+)
 from reclf.data.synthetic.vocab import (
     CHEXPERT_LABEL,
     DEVICE_KINDS,
@@ -61,7 +70,7 @@ from reclf.data.synthetic.vocab import (
 from reclf.utils.io import atomic_dir, atomic_write_json
 from reclf.utils.seed import rng as derive_rng
 
-GENERATOR_VERSION = "synthcxr-1.1"
+GENERATOR_VERSION = "synthcxr-1.2"
 SIZE_RANGE = (64, 512)
 N_RANGE = (20, 1_000_000)
 PER_CLASS_RANGE = (2, 10_000)
@@ -236,6 +245,45 @@ def sample_findings(
     return tuple(out)
 
 
+#: Share of binding studies with three findings (the rest have two).
+P_THREE_FINDINGS = 0.25
+#: Zone a zone-less finding occupies on its side (binding studies keep other findings out of it).
+_ZONELESS_ZONE = {"pleural_effusion": "lower", "pneumothorax": "upper"}
+
+
+def binding_ok(findings: tuple[FindingSpec, ...] | list[FindingSpec]) -> bool:
+    """A valid binding study: left/right only, no pneumothorax + effusion on one side, every two
+    findings apart (other side, or other zone; an effusion holds its side's lower zone and a
+    pneumothorax its upper zone), and at least one swap foil (two sides or two zones that differ)."""
+    fs = list(findings)
+    if any(f.side not in ("left", "right") for f in fs):
+        return False
+    for a_i, a in enumerate(fs):
+        for b in fs[a_i + 1 :]:
+            if a.side != b.side:
+                continue
+            if {a.finding, b.finding} == {"pneumothorax", "pleural_effusion"}:
+                return False
+            za, zb = _ZONELESS_ZONE.get(a.finding, a.zone), _ZONELESS_ZONE.get(b.finding, b.zone)
+            if za == zb:
+                return False
+    sides_differ = len({f.side for f in fs}) > 1
+    zones = [f.zone for f in fs if f.zone != "none"]
+    return sides_differ or len(set(zones)) > 1
+
+
+def sample_binding(rng: np.random.Generator, attempts: int = 200) -> tuple[FindingSpec, ...]:
+    """2 (or, with probability :data:`P_THREE_FINDINGS`, 3) relational findings of distinct kinds that
+    pass :func:`binding_ok` (rejection sampling from ``rng``; deterministic)."""
+    k = 3 if rng.random() < P_THREE_FINDINGS else 2
+    for _ in range(attempts):
+        kinds = rng.choice(len(RELATIONAL_FINDINGS), size=k, replace=False)
+        findings = tuple(sample_finding(RELATIONAL_FINDINGS[int(j)], rng, sides=("left", "right")) for j in kinds)
+        if binding_ok(findings):
+            return findings
+    raise RuntimeError(f"no valid binding study in {attempts} draws")  # a bug guard: most draws pass
+
+
 def _ids(rng: np.random.Generator) -> tuple[int, int]:
     return int(rng.integers(2**62)), int(rng.integers(2**62))
 
@@ -323,15 +371,29 @@ def build_specs(
             r = derive_rng(seed, key, "findings", i)
             kind = RELATIONAL_FINDINGS[i % len(RELATIONAL_FINDINGS)]
             finding = sample_finding(kind, r, sides=("left", "right"))
-            specs.append(one(i, f"rel-p{i:06d}", (finding,), cls=CHEXPERT_LABEL[kind]))
+            specs.append(one(i, f"rel-p{i:06d}", (finding,), cls=CHEXPERT_LABEL[kind], task="single"))
+        for i in range(per_class, 2 * per_class):  # binding studies: ids continue after the single ones
+            findings = sample_binding(derive_rng(seed, key, "binding", i))
+            specs.append(one(i, f"rel-p{i:06d}", findings, cls="binding", task="binding"))
     else:
         raise ValueError(f"unknown set {set_name!r}; known: {', '.join(SET_KEYS)}")
     return specs
 
 
 def assign_splits(specs: list[StudySpec], set_name: str, seed: int) -> list[StudySpec]:
-    """Patient-level train/valid/test for pretrain, classification and segmentation; others are test."""
+    """Patient-level train/valid/test for pretrain, classification and segmentation; relations: valid /
+    test, half each, by study (one patient per study), seeded, within single and within binding
+    studies (choose designs on valid, report test); others are test."""
     fractions = {"pretrain": (0.8, 0.1, 0.1), "classification": (0.7, 0.15, 0.15), "segmentation": (0.7, 0.15, 0.15)}
+    if set_name == "relations":
+        split_of: dict[str, str] = {}
+        for task in sorted({s.task for s in specs}):
+            ids = [s.study_id for s in specs if s.task == task]
+            order = derive_rng(seed, SET_KEYS[set_name], "split", task).permutation(len(ids))
+            n_valid = len(ids) // 2
+            for rank, idx in enumerate(order):
+                split_of[ids[idx]] = "valid" if rank < n_valid else "test"
+        return [replace(s, split=split_of[s.study_id]) for s in specs]
     if set_name not in fractions:
         return [replace(s, split="test") for s in specs]
     split_seed = int(derive_rng(seed, SET_KEYS[set_name], "split").integers(2**31))
@@ -428,6 +490,7 @@ def build_row(task: tuple[StudySpec, int, str, str]) -> dict[str, object]:
         row["class"] = spec.cls
     if set_name == "relations":
         row["mask_path"] = annotations[0]["mask"]
+        row["task"] = spec.task
     if set_name == "segmentation":
         for target, kinds in (("pneumothorax", ("pneumothorax",)), ("opacity", OPACITY_FINDINGS)):
             union = np.zeros((size, size), dtype=bool)
@@ -488,7 +551,7 @@ def _counts(df: pd.DataFrame) -> dict[str, object]:
     }
     if "class" in df.columns:
         info["class"] = dict(sorted(Counter(df["class"]).items()))
-    if "task" in df.columns:
+    if "task" in df.columns and set(df["task"]) <= {"pneumothorax", "opacity"}:
         info["task_positive"] = {
             t: int(
                 sum(
@@ -502,7 +565,15 @@ def _counts(df: pd.DataFrame) -> dict[str, object]:
             )
             for t in ("pneumothorax", "opacity")
         }
+    if "task" in df.columns:
         info["task"] = dict(sorted(Counter(df["task"]).items()))
+        if "binding" in set(df["task"]):
+            info["split_by_task"] = {
+                t: dict(sorted(Counter(df.loc[df["task"] == t, "split"]).items())) for t in sorted(set(df["task"]))
+            }
+            info["findings_per_study"] = dict(
+                sorted(Counter(str(len(json.loads(a))) for a in df["annotations"]).items())
+            )
     return info
 
 
@@ -620,21 +691,48 @@ def generate(
     return manifest
 
 
+def study_candidates(spec: StudySpec) -> list[tuple[str, bool, str]]:
+    """The candidate captions of one relations study (single-finding or binding)."""
+    if spec.task == "binding":
+        return binding_candidates(spec.findings, spec.seed)
+    return relation_candidates(spec.findings[0], spec.seed)
+
+
+def caption_record(spec: StudySpec) -> dict[str, object]:
+    """One line of ``caption_roles.jsonl``: the words of a relations study's TRUE caption, their roles and
+    the finding (annotation index) each describes (as ``word_roles.jsonl`` does for reports)."""
+    if spec.task == "binding":
+        tagged = binding_caption(spec.findings, spec.seed, tagged=True)
+    else:
+        tagged = caption_tagged(spec.findings[0], spec.seed)
+    roles = word_roles(tagged)
+    return {
+        "study_id": spec.study_id,
+        "words": [r.word for r in roles],
+        "roles": [r.role for r in roles],
+        "finding": [r.finding for r in roles],
+        "section": [r.section for r in roles],
+    }
+
+
 def _write_candidates(specs: list[StudySpec], folder: Path) -> None:
     rows = []
     for s in specs:
-        for text, correct, contrast in relation_candidates(s.findings[0], s.seed):
+        for text, correct, contrast in study_candidates(s):
             rows.append({"study_id": s.study_id, "text": text, "is_correct": int(correct), "contrast": contrast})
     from reclf.utils.io import atomic_path
 
     with atomic_path(folder / "candidates.csv") as tmp:
         pd.DataFrame(rows, columns=["study_id", "text", "is_correct", "contrast"]).to_csv(tmp, index=False)
+    _write_roles([caption_record(s) for s in specs], folder, CAPTION_ROLES_FILE)
 
 
 #: Row key that carries a study's word roles from the worker to the side file (not a table column).
 ROLES_KEY = "_word_roles"
 #: The side file of every set: one JSON line per study, in table order (``docs/synthcxr.md``).
 ROLES_FILE = "word_roles.jsonl"
+#: The relations set's side file of the true captions' word roles (same format as :data:`ROLES_FILE`).
+CAPTION_ROLES_FILE = "caption_roles.jsonl"
 
 
 def roles_record(study_id: str, report: Report) -> dict[str, object]:
@@ -648,10 +746,10 @@ def roles_record(study_id: str, report: Report) -> dict[str, object]:
     }
 
 
-def _write_roles(records: list[dict[str, object]], folder: Path) -> None:
+def _write_roles(records: list[dict[str, object]], folder: Path, name: str = ROLES_FILE) -> None:
     from reclf.utils.io import atomic_path
 
-    with atomic_path(folder / ROLES_FILE) as tmp:
+    with atomic_path(folder / name) as tmp:
         with open(tmp, "w", encoding="utf-8") as fh:
             for rec in records:
                 fh.write(json.dumps(rec, separators=(",", ":")) + "\n")
@@ -670,10 +768,12 @@ __all__ = [
     "RenderedStudy",
     "StudySpec",
     "SynthManifest",
+    "binding_ok",
     "build_specs",
     "generate",
     "render_study",
     "render_study_checked",
+    "sample_binding",
     "sample_finding",
     "sample_findings",
 ]

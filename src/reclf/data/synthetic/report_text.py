@@ -642,3 +642,132 @@ def relation_candidates(spec: FindingSpec, seed: int) -> list[tuple[str, bool, s
             if text != rows[0][0]:
                 rows.append((text, False, contrast))
     return rows
+
+
+# --------------------------------------------------------------------------------------------- binding captions
+# A binding caption names two or three findings, one sentence each. Its foils keep every word and
+# move one attribute *between* findings (``swap_side``, ``swap_zone``), so a bag of words cannot
+# tell them apart; only which location word goes with which finding word differs.
+
+#: Zone phrases of binding captions: ``(preposition, phrase with {side})``. No phrase depends on the
+#: side (no "lingula", no "right middle lobe"), so a side can move between findings without changing
+#: any other word, and a zone phrase moves with its zone (preposition included).
+BINDING_ZONE_PHRASES: dict[str, list[tuple[str, str]]] = {
+    "upper": [("in the", "{side} upper lobe"), ("in the", "{side} upper lung"), ("at the", "{side} lung apex"),
+              ("in the", "{side} upper zone")],
+    "middle": [("in the", "{side} mid lung"), ("in the", "{side} midlung zone"), ("in the", "{side} perihilar region")],
+    "lower": [("in the", "{side} lower lobe"), ("at the", "{side} lung base"), ("at the", "{side} base"),
+              ("in the", "{side} lower lung")],
+}
+#: Foils of binding studies: sides exchanged between two findings, zones exchanged between two
+#: findings (same bag of words as the true caption), and every side flipped (``flip_sides``).
+BINDING_CONTRASTS: tuple[str, ...] = ("swap_side", "swap_zone", "flip_sides")
+
+
+@dataclass(frozen=True)
+class BindingSlot:
+    """The fixed phrasing of one finding of a binding caption (tagged words, drawn once per caption)."""
+
+    severity: str
+    noun: str
+    form: float
+    zone_phrase: dict[str, tuple[str, str]]  # zone -> (preposition, phrase with {side})
+
+
+def binding_slots(specs: list[FindingSpec] | tuple[FindingSpec, ...], seed: int) -> list[BindingSlot]:
+    """One :class:`BindingSlot` per finding, from ``seed`` (a fixed number of draws per finding).
+
+    A zone phrase is drawn for every zone, so a finding that receives another finding's zone (a
+    ``swap_zone`` foil) uses the phrase that finding used: the foil's words are the caption's words.
+    """
+    rng = np.random.default_rng([seed, 5])
+    out = []
+    for spec in specs:
+        sev = severity_word(spec, rng)
+        u = rng.random()
+        phrases = {z: opts[min(int(u * len(opts)), len(opts) - 1)] for z, opts in BINDING_ZONE_PHRASES.items()}
+        out.append(BindingSlot(sev, _noun(spec), float(rng.random()), phrases))
+    return out
+
+
+def _binding_phrase(spec: FindingSpec, slot: BindingSlot, zone_phrase: tuple[str, str] | None) -> str:
+    """One finding's phrase; every word but the side and zone words is the slot's (the form too), and the
+    preposition travels with the zone phrase, so moving a side or a zone keeps the bag of words."""
+    f, sev, noun = spec.finding, slot.severity, slot.noun
+    if f in ("pleural_effusion", "pneumothorax"):
+        phrase = f"{sev} {L(spec.side)} {noun}"
+    else:
+        if zone_phrase is None:
+            raise ValueError(f"{f}: a binding caption needs a zone for a zoned finding")
+        prep, loc = zone_phrase
+        phrase = f"{sev} {noun} {prep} {L(loc.format(side=spec.side))}"
+    return phrase if slot.form < 0.5 else f"there is {article(sev)} {phrase}"
+
+
+def _binding_text(specs, slots, zone_phrases, tagged: bool) -> str:
+    sentences = [cap(link(_binding_phrase(s, slot, zp), k)) + "."
+                 for k, (s, slot, zp) in enumerate(zip(specs, slots, zone_phrases, strict=True))]
+    text = " ".join(sentences)
+    return text if tagged else plain(text)
+
+
+def binding_caption(specs: list[FindingSpec] | tuple[FindingSpec, ...], seed: int, tagged: bool = False) -> str:
+    """The caption of a binding study: one short sentence per finding, in annotation order
+    ("Moderate consolidation in the right upper lobe. Small left pleural effusion."); ``tagged``:
+    with role tags linked to each finding's index (:func:`word_roles`)."""
+    slots = binding_slots(specs, seed)
+    zps = [slot.zone_phrase.get(s.zone) for s, slot in zip(specs, slots, strict=True)]
+    return _binding_text(specs, slots, zps, tagged)
+
+
+def _swap_pairs(specs, attr: str) -> list[tuple[int, int]]:
+    pairs = []
+    for i in range(len(specs)):
+        for j in range(i + 1, len(specs)):
+            a, b = getattr(specs[i], attr), getattr(specs[j], attr)
+            if attr == "zone" and "none" in (a, b):
+                continue
+            if a != b:
+                pairs.append((i, j))
+    return pairs
+
+
+def binding_candidates(specs: list[FindingSpec] | tuple[FindingSpec, ...], seed: int) -> list[tuple[str, bool, str]]:
+    """``(text, is_correct, contrast)`` rows of a binding study: the true caption (contrast "none"),
+    ``swap_side`` (the sides of two findings exchanged; when some two sides differ), ``swap_zone``
+    (the zones, with their phrases, of two zoned findings exchanged; when some two zones differ) and
+    ``flip_sides`` (every side flipped). Swap foils have exactly the caption's words. With three
+    findings the swapped pair is drawn (seeded) among the pairs that qualify."""
+    specs = list(specs)
+    slots = binding_slots(specs, seed)
+    zps = [slot.zone_phrase.get(s.zone) for s, slot in zip(specs, slots, strict=True)]
+    true = _binding_text(specs, slots, zps, tagged=False)
+    rows = [(true, True, "none")]
+    rng = np.random.default_rng([seed, 6])
+    for contrast, attr in (("swap_side", "side"), ("swap_zone", "zone")):
+        pairs = _swap_pairs(specs, attr)
+        u = rng.random()  # always drawn: the other contrast's pair does not depend on this one's
+        if not pairs:
+            continue
+        i, j = pairs[min(int(u * len(pairs)), len(pairs) - 1)]
+        foil = list(specs)
+        foil_zps = list(zps)
+        if attr == "side":
+            foil[i], foil[j] = replace(specs[i], side=specs[j].side), replace(specs[j], side=specs[i].side)
+        else:
+            foil[i], foil[j] = replace(specs[i], zone=specs[j].zone), replace(specs[j], zone=specs[i].zone)
+            foil_zps[i], foil_zps[j] = zps[j], zps[i]
+        text = _binding_text(foil, slots, foil_zps, tagged=False)
+        if text != true:
+            rows.append((text, False, contrast))
+    flip = {"left": "right", "right": "left"}
+    flipped = [replace(s, side=flip.get(s.side, s.side)) for s in specs]
+    text = _binding_text(flipped, slots, zps, tagged=False)
+    if text != true:
+        rows.append((text, False, "flip_sides"))
+    return rows
+
+
+def caption_tagged(spec: FindingSpec, seed: int) -> str:
+    """:func:`caption` with role tags linked to finding 0 (``plain`` of it is the caption)."""
+    return cap(link(short_phrase(spec, np.random.default_rng(seed)), 0)) + "."

@@ -18,6 +18,18 @@ questions get numbers instead of pictures, each with a chance level:
   global node and self left out) on its own location words, the reciprocal rank of the best of them,
   and the same statistics for random word sets of the same size (shuffled roles: chance) and for
   the mass filler words give to the same location words (are location words just attractors?).
+- **binding** (methods with SRM, reports with two or more findings: SynthCXR's relations set has
+  binding studies): for every finding word whose report also has location words of *another*
+  finding, the share of its relation row on its *own* finding's location words vs on another
+  finding's location words (mean over the other findings), their difference and ratio, and the same
+  per location word (the two phrases differ in length). Random word sets are a weak control (
+  location words may simply be attractors); another finding's location words are the control that
+  matters: a model that binds puts more mass on its own. Computed on the head mean and per SRM head
+  (``AggregateOutput.head_relations``, the last layer's attention per head): the head with the
+  largest mean own-location mass on these reports and that same head's other-location mass
+  (``binding/head_max/*``; the head is selected on the reports it is scored on, so its own mass is
+  optimistic, and the other mass of the same head keeps the comparison fair). Without per-head
+  relations the head mean stands in (``extra.binding_heads.source``).
 - **grounding by role**: the pointing game per word role: a finding / location / severity / cue
   word linked to finding k should point into k's mask; anatomy and filler words are scored against
   the union of the study's masks for contrast. Chance per word: the share of regions in the mask.
@@ -31,6 +43,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -225,6 +238,56 @@ def relation_stats(rel: np.ndarray, roles: list[str], links: list[int], rng: np.
         "finding_words": float(len(acc["own_mass"]))}
 
 
+def binding_stats(rel: np.ndarray, roles: list[str], links: list[int]) -> dict[str, np.ndarray] | None:
+    """Finding word -> own vs another finding's location words in one report's relations.
+
+    ``rel``: ``[n, n]`` (head mean) or ``[H, n, n]`` (per head; row = query word). For every finding
+    word linked to finding k whose report has location words of k AND of some other finding, over
+    the row without the word itself (renormalised per head): ``own_mass`` (share on k's location
+    words), ``other_mass`` (share on one other finding's location words, mean over the other
+    findings), ``own_per_word`` / ``other_per_word`` (the same divided by the number of those words).
+    Returns each as an array ``[H]`` (``H = 1`` for a 2-D input; the mean over the report's finding
+    words, NaN for a head whose rows are all zero) and ``finding_words``; None if no word qualifies.
+    """
+    rel = np.asarray(rel, dtype=float)
+    if rel.ndim == 2:
+        rel = rel[None]
+    n = len(roles)
+    r = np.asarray(roles)
+    k_of = np.asarray(links)
+    loc = (r == "location") & (k_of >= 0)
+    acc: dict[str, list[np.ndarray]] = {k: [] for k in ("own_mass", "other_mass", "own_per_word", "other_per_word")}
+    for i in np.flatnonzero((r == "finding") & (k_of >= 0)):
+        k = k_of[i]
+        others = np.delete(np.arange(n), i)
+        own = loc[others] & (k_of[others] == k)
+        other_ks = sorted(set(k_of[others][loc[others]].tolist()) - {int(k)})
+        if not own.any() or not other_ks:
+            continue
+        rows = rel[:, i, others]  # [H, n - 1]
+        total = rows.sum(axis=-1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            share = rows / np.where(total > 0, total, np.nan)[:, None]
+        acc["own_mass"].append(share[:, own].sum(axis=-1))
+        acc["own_per_word"].append(share[:, own].sum(axis=-1) / own.sum())
+        om, opw = [], []
+        for k2 in other_ks:
+            sel = loc[others] & (k_of[others] == k2)
+            om.append(share[:, sel].sum(axis=-1))
+            opw.append(share[:, sel].sum(axis=-1) / sel.sum())
+        acc["other_mass"].append(np.mean(om, axis=0))
+        acc["other_per_word"].append(np.mean(opw, axis=0))
+    if not acc["own_mass"]:
+        return None
+    out: dict[str, np.ndarray] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a head whose rows are all zero stays NaN
+        for key, vals in acc.items():
+            out[key] = np.nanmean(np.stack(vals), axis=0)
+    out["finding_words"] = np.asarray(float(len(acc["own_mass"])))
+    return out
+
+
 def grounding_stats(argmax: np.ndarray, roles: list[str], links: list[int], masks: list[np.ndarray],
                     union: np.ndarray) -> dict[str, tuple[float, float]]:
     """Per role: (hit rate, chance) of one report's words. ``argmax[n]``: each word's most attended
@@ -255,7 +318,8 @@ def grounding_stats(argmax: np.ndarray, roles: list[str], links: list[int], mask
 
 @dataclass
 class BatchOutputs:
-    """Per report of a batch: words, word weights, word-word relations, word -> region attention argmax."""
+    """Per report of a batch: words, word weights, word-word relations (head mean), word -> region attention
+    argmax, and the relations per SRM head (``[H, n, n]``; None when the aggregator gives none)."""
 
     words: list[list[str]]
     pieces: list[np.ndarray]
@@ -263,6 +327,7 @@ class BatchOutputs:
     relations: list[np.ndarray] | None
     argmax: list[np.ndarray] | None
     grid: tuple[int, int]
+    head_relations: list[np.ndarray] | None = None
 
 
 def weight_kind(model: EvaluableModel) -> str | None:
@@ -280,9 +345,8 @@ def weight_kind(model: EvaluableModel) -> str | None:
 @torch.no_grad()
 def model_outputs(model: EvaluableModel, images: torch.Tensor, texts: list[str]) -> BatchOutputs:
     """Encode a batch of (image, report) pairs and read the word weights, relations and attention of
-    each pair (only the pairs themselves are scored: ``pairs = [[0], [1], ...]``)."""
-    from reclf.align.matching import attend_paired
-
+    each pair (only the pairs themselves are scored: ``pairs = [[0], [1], ...]``). Word -> region attention
+    is the method's own (``model.word_region_attention``: GLoRIA's learned match scale included)."""
     tokens = model.tokenizer(texts)
     img = model.encode_image(images)
     txt = model.encode_text(tokens)
@@ -291,7 +355,7 @@ def model_outputs(model: EvaluableModel, images: torch.Tensor, texts: list[str])
     b = len(texts)
     p2w = tokens.piece_to_word.numpy()
     pieces = [np.bincount(p2w[i][p2w[i] >= 0], minlength=n[i])[: n[i]] for i in range(b)]
-    weights = relations = argmax = None
+    weights = relations = argmax = head_relations = None
     kind = weight_kind(model)
     if p.has_local:
         pairs = torch.arange(b, device=img.global_.device)[:, None]
@@ -306,21 +370,57 @@ def model_outputs(model: EvaluableModel, images: torch.Tensor, texts: list[str])
         if out.relations is not None:
             rel = out.relations[:, 0].float().cpu().numpy()
             relations = [rel[i, off : off + n[i], off : off + n[i]] for i in range(b)]
+        hr = out.head_relations
+        if hr is not None:
+            hr = hr[:, 0].float().cpu().numpy()  # [B, H, N, N]
+            head_relations = [hr[i, :, off : off + n[i], off : off + n[i]] for i in range(b)]
     elif kind == "cls":
         enc = model.text_encoder(tokens.to(model.device), need_cls_attention=True)
         cls = enc.cls_attention.float().cpu().numpy()
         weights = [cls[i, : n[i]] / max(float(cls[i, : n[i]].sum()), 1e-12) for i in range(b)]
     if p.needs_local_features:
-        mode = p.match_mode if p.has_local else "softmax"
-        temp = p.match_temperature if p.has_local else p.token_temperature
-        _, attn = attend_paired(txt.words, img.local, temp, mode, word_mask=txt.word_mask)
+        attn = model.word_region_attention(img, txt)  # [B, W, R], each report over its own image
         am = attn.argmax(dim=-1).cpu().numpy()
         argmax = [am[i, : n[i]] for i in range(b)]
-    return BatchOutputs(tokens.words, pieces, weights, relations, argmax, tuple(img.grid))
+    return BatchOutputs(tokens.words, pieces, weights, relations, argmax, tuple(img.grid), head_relations)
 
 
 # ---------------------------------------------------------------------------------------------
 # the task
+
+
+def ratio_ci(num: np.ndarray, den: np.ndarray, n_boot: int = 1000, seed: int = 0) -> Estimate:
+    """``mean(num) / mean(den)`` over the items where both are defined, with a percentile bootstrap
+    interval (items resampled together; NaN where a resample's ``mean(den)`` is 0)."""
+    from reclf.evaluate.stats import bootstrap_ci
+
+    a, b = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
+    ok = ~(np.isnan(a) | np.isnan(b))
+
+    def ratio(x: np.ndarray, y: np.ndarray) -> float:
+        return float(x.mean() / y.mean()) if len(y) and y.mean() > 0 else float("nan")
+
+    return bootstrap_ci(ratio, a[ok], b[ok], n_boot=n_boot, seed=seed)
+
+
+def select_head(own: list[np.ndarray | None], other: list[np.ndarray | None]
+                ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """The head with the largest mean own-location mass over the reports, and per report that head's own
+    and other mass (NaN for reports without the statistic). ``own``/``other``: per report ``[H]`` or None."""
+    heads = max((len(x) for x in own if x is not None), default=0)
+    if heads == 0:
+        return np.asarray([]), np.asarray([]), {}
+    nan = np.full(heads, np.nan)
+    o = np.stack([x if x is not None else nan for x in own])
+    t = np.stack([x if x is not None else nan for x in other])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean_own, mean_other = np.nanmean(o, axis=0), np.nanmean(t, axis=0)
+    h = int(np.nanargmax(np.where(np.isnan(mean_own), -np.inf, mean_own)))
+    info = {"heads": heads, "selected": h, "own_mass": [float(v) for v in mean_own],
+            "other_mass": [float(v) for v in mean_other],
+            "selection": "argmax over heads of the mean own-location mass on these reports"}
+    return o[:, h], t[:, h], info
 
 
 def _box(values: np.ndarray) -> dict[str, float]:
@@ -350,6 +450,7 @@ def run_diagnostics(loaded: LoadedModel, data: str | Path, out: str | Path | Non
                             "word_weights": WEIGHT_KINDS.get(kind, None) if kind else None,
                             "chance": {"importance/auroc": 0.5, "importance/clinical_share": "uniform_share",
                                        "relations": "shuffled (random word sets of the same size)",
+                                       "binding": "another finding's location words (same report, same head)",
                                        "grounding": "share of regions inside the mask"}}
     if not hasattr(model, "tokenizer") or not hasattr(model, "params"):
         raise TypeError(f"diagnostics needs a reclf.methods model (tokenizer, params); got {type(model).__name__}")
@@ -365,6 +466,11 @@ def run_diagnostics(loaded: LoadedModel, data: str | Path, out: str | Path | Non
     per_role_pg: dict[str, list[float]] = {r: [] for r in GROUNDING_ROLES}
     per_role_chance: dict[str, list[float]] = {r: [] for r in GROUNDING_ROLES}
     rel_words = 0
+    bind_words = 0
+    #: per report: binding statistics on the head mean (scalars) and per head (arrays [H], NaN if none)
+    bind: dict[str, list[float]] = {k: [] for k in ("own_mass", "other_mass", "own_per_word", "other_per_word")}
+    bind_heads: dict[str, list[np.ndarray | None]] = {"own_mass": [], "other_mass": []}
+    has_heads = False
     role_weights: dict[str, list[float]] = {}
     study_ids: list[str] = []
     samples: list[dict[str, Any]] = []
@@ -405,6 +511,18 @@ def run_diagnostics(loaded: LoadedModel, data: str | Path, out: str | Path | Non
                             "nearest_rr", "top1"):
                     per[key].append(stats[key] if stats else float("nan"))
                 rel_words += int(stats["finding_words"]) if stats else 0
+                b_mean = binding_stats(outs.relations[j], roles, links) if outs.relations is not None else None
+                for key in bind:
+                    bind[key].append(float(b_mean[key][0]) if b_mean else float("nan"))
+                bind_words += int(b_mean["finding_words"]) if b_mean else 0
+                b_heads = None
+                if outs.head_relations is not None:
+                    has_heads = True
+                    b_heads = binding_stats(outs.head_relations[j], roles, links)
+                elif b_mean is not None:  # no per-head relations: the head mean is the only "head"
+                    b_heads = b_mean
+                for key in bind_heads:
+                    bind_heads[key].append(b_heads[key] if b_heads else None)
                 if outs.argmax is not None:
                     anns = json.loads(row.get("annotations") or "[]") if "annotations" in row else []
                     masks = []
@@ -454,6 +572,31 @@ def run_diagnostics(loaded: LoadedModel, data: str | Path, out: str | Path | Non
         not_applicable["relations"] = f"method {method} has no relation matrix (no SRM)"
     else:
         not_applicable["relations"] = "no finding word with location words of its own in these reports"
+    binding_heads: dict[str, Any] = {}
+    if has_rel and bind_words:
+        own, other = np.asarray(bind["own_mass"]), np.asarray(bind["other_mass"])
+        metrics["binding/own_mass"] = est(bind["own_mass"])
+        metrics["binding/other_mass"] = est(bind["other_mass"])
+        metrics["binding/own_minus_other"] = est(list(own - other))
+        metrics["binding/own_other_ratio"] = ratio_ci(own, other, cfg.n_boot, cfg.seed)
+        metrics["binding/own_per_word"] = est(bind["own_per_word"])
+        metrics["binding/other_per_word"] = est(bind["other_per_word"])
+        h_own, h_other, binding_heads = select_head(bind_heads["own_mass"], bind_heads["other_mass"])
+        binding_heads["source"] = ("head_relations (SRM's last layer, per head)" if has_heads
+                                   else "head mean (the aggregator gave no per-head relations)")
+        per["bind_head_own_mass"] = [float(x) for x in h_own]
+        per["bind_head_other_mass"] = [float(x) for x in h_other]
+        metrics["binding/head_max/own_mass"] = est(list(h_own))
+        metrics["binding/head_max/other_mass"] = est(list(h_other))
+        metrics["binding/head_max/own_minus_other"] = est(list(h_own - h_other))
+        metrics["binding/head_max/own_other_ratio"] = ratio_ci(h_own, h_other, cfg.n_boot, cfg.seed)
+        per["bind_own_mass"], per["bind_other_mass"] = [float(x) for x in own], [float(x) for x in other]
+        per["bind_own_minus_other"] = [float(x) for x in own - other]
+    elif not has_rel:
+        not_applicable["binding"] = f"method {method} has no relation matrix (no SRM)"
+    else:
+        not_applicable["binding"] = ("no finding word with location words of its own and of another finding "
+                                     "(needs reports with two or more findings)")
     if has_attn:
         for role in GROUNDING_ROLES:
             if not np.all(np.isnan(per_role_pg[role])):
@@ -462,6 +605,9 @@ def run_diagnostics(loaded: LoadedModel, data: str | Path, out: str | Path | Non
     else:
         not_applicable["grounding"] = f"method {method} has no word-region attention"
     info = data_info(table, None, bad) | {"used": len(study_ids), "relation_finding_words": rel_words,
+                                          "binding_finding_words": bind_words,
+                                          "binding_reports": int(np.sum(~np.isnan(bind["own_mass"])))
+                                          if bind["own_mass"] else 0,
                                           "unknown_word_share": float(np.mean(per["unknown_words"]))}
     extra: dict[str, Any] = {
         "not_applicable": not_applicable,
@@ -469,6 +615,7 @@ def run_diagnostics(loaded: LoadedModel, data: str | Path, out: str | Path | Non
         "role_boxes": {r: _box(np.asarray(v)) for r, v in sorted(role_weights.items())},
         "per_report": {"study_id": study_ids, **{k: v for k, v in per.items() if v}},
         "grounding_per_report": {r: v for r, v in per_role_pg.items() if v},
+        "binding_heads": binding_heads,
         "samples": samples,
     }
     result = TaskResult("diagnostics", metrics, config, model_info(loaded), info, [cfg.seed], extra)
@@ -489,6 +636,7 @@ PAIRED_KEYS: dict[str, str] = {
     "clinical_share": "clinical weight share",
     "own_mass": "relation mass finding->own location",
     "own_rr": "relation MRR own location",
+    "bind_own_minus_other": "own − other-finding location mass",
 }
 
 
@@ -532,6 +680,10 @@ def diagnostics_table(results: list[dict[str, Any]], reference: str = "reclf",
             ("relations/own_mrr", "own-location MRR"),
             ("relations/shuffled_mrr", "shuffled MRR"),
             ("relations/nearest_mrr", "nearest-words MRR"),
+            ("binding/own_mass", "binding: own-location mass"),
+            ("binding/other_mass", "other-finding location mass"),
+            ("binding/head_max/own_mass", "best head: own"),
+            ("binding/head_max/other_mass", "best head: other"),
             ("grounding/finding", "pointing: finding"),
             ("grounding/filler", "pointing: filler")]
     lines = ["| model | word weights | " + " | ".join(c[1] for c in cols) + " |",
@@ -568,14 +720,17 @@ __all__ = [
     "DiagnosticsConfig",
     "RoleRecord",
     "align_roles",
+    "binding_stats",
     "diagnostics_table",
     "grounding_stats",
     "importance_stats",
     "model_outputs",
     "paired_difference",
+    "ratio_ci",
     "ranked_words",
     "read_word_roles",
     "relation_stats",
     "run_diagnostics",
+    "select_head",
     "weight_kind",
 ]

@@ -1,11 +1,17 @@
 """Relations: does the model bind a finding to its place, size and polarity?
 
-SynthCXR's ``relations/`` set has one finding per image and ``candidates.csv`` with, per study,
-the true caption (``is_correct`` = 1) and foils that differ from it in exactly one attribute
-(``contrast``: side, zone, severity or negation). With ``model.similarity`` as the score, the
-metric per contrast type is the fraction of (image, foil) pairs whose true caption scores
+SynthCXR's ``relations/`` set has single-finding studies (``task`` = single) and binding studies
+with two or three findings (``task`` = binding), and ``candidates.csv`` with, per study, the true
+caption (``is_correct`` = 1) and foils (``contrast``): single studies get foils that differ in
+exactly one attribute (side, zone, severity, negation); binding studies get foils that exchange
+the sides (``swap_side``) or zones (``swap_zone``) of two findings (the same words, another
+binding) and one that flips every side (``flip_sides``). With ``model.similarity`` as the score,
+the metric per contrast type is the fraction of (image, foil) pairs whose true caption scores
 strictly higher than the foil (a tie counts as half: a constant scorer gets 0.5, chance).
-``all`` is the fraction of images whose true caption beats every one of its foils.
+``all_foils`` is the fraction of images whose true caption beats every one of its foils;
+``all_foils_single`` and ``all_foils_binding`` the same over each kind of study (when the table
+has a ``task`` column). ``split`` (default ``test``) keeps the rows of one split: SynthCXR
+splits the relations set half valid, half test, so designs are chosen on valid; ``None``: all.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ class RelationsConfig:
     n_boot: int = 1000
     seed: int = 0
     cache_dir: str | None = None
+    split: str | None = "test"  # rows of this split only (SynthCXR: valid | test); None: all rows
 
 
 def read_candidates(path: Path) -> pd.DataFrame:
@@ -60,13 +67,15 @@ def wins(true_score: float, foil_score: float) -> float:
 
 def run_relations(loaded: LoadedModel, data: str | Path, out: str | Path | None, cfg: RelationsConfig) -> TaskResult:
     model = loaded.model
-    table = load_table(data)
+    split = None if cfg.split in (None, "", "all") else cfg.split
+    table = load_table(data, splits=(split,) if split else None)
     cands = read_candidates(table.folder / cfg.candidates)
     size = cfg.image_size or image_size_of(model)
     img, enc = encode_images(model, table.paths(), size, cfg.batch_size, cache_dir=cfg.cache_dir,
                              model_hash=loaded.sha256)
     report_bad(enc.bad, table)
     df = table.df.iloc[enc.kept].reset_index(drop=True)
+    cands = cands[cands["study_id"].isin(set(df["study_id"].astype(str)))]  # only this split's captions
     texts = sorted(set(cands["text"]))
     text_index = {t: i for i, t in enumerate(texts)}
     txt = encode_texts(model, texts)
@@ -78,6 +87,9 @@ def run_relations(loaded: LoadedModel, data: str | Path, out: str | Path | None,
     per_contrast: dict[str, list[float]] = {}
     all_beaten: list[float] = []
     beaten_ids: list[str] = []
+    task_of = dict(zip(df["study_id"].astype(str), df["task"].astype(str))) if "task" in df.columns else {}
+    beaten_by_task: dict[str, list[float]] = {}
+    ids_by_task: dict[str, list[str]] = {}
     rows: list[dict[str, Any]] = []
     no_true = missing = 0
     with torch.no_grad():
@@ -99,6 +111,9 @@ def run_relations(loaded: LoadedModel, data: str | Path, out: str | Path | None,
                 rows.append({"study_id": sid, "contrast": contrast, "true": float(s[0]), "foil": float(fs), "win": w})
             all_beaten.append(float(all(w == 1.0 for w in results)))
             beaten_ids.append(sid)
+            if sid in task_of:
+                beaten_by_task.setdefault(task_of[sid], []).append(all_beaten[-1])
+                ids_by_task.setdefault(task_of[sid], []).append(sid)
     if not all_beaten:
         raise ValueError(f"{table.folder}: no study has a true caption and at least one foil in {cfg.candidates}")
     if missing or no_true:
@@ -112,6 +127,10 @@ def run_relations(loaded: LoadedModel, data: str | Path, out: str | Path | None,
         items[contrast] = per_item(ids, per_contrast[contrast])
     metrics["all_foils"] = mean_ci(np.asarray(all_beaten), cfg.n_boot, cfg.seed)
     items["all_foils"] = per_item(beaten_ids, all_beaten)
+    for task in sorted(beaten_by_task):
+        if task in ("single", "binding"):
+            metrics[f"all_foils_{task}"] = mean_ci(np.asarray(beaten_by_task[task]), cfg.n_boot, cfg.seed)
+            items[f"all_foils_{task}"] = per_item(ids_by_task[task], beaten_by_task[task])
     by_class: dict[str, dict[str, float]] = {}
     if "class" in df.columns:
         cls_of = dict(zip(df["study_id"].astype(str), df["class"].astype(str)))
@@ -119,7 +138,10 @@ def run_relations(loaded: LoadedModel, data: str | Path, out: str | Path | None,
         frame["class"] = frame["study_id"].map(cls_of)
         by_class = {f"{c}/{k}": float(v) for (c, k), v in frame.groupby(["class", "contrast"])["win"].mean().items()}
     config = asdict(cfg) | {"image_size": size, "chance": 0.5}
-    info = data_info(table, enc.kept, enc.bad) | {"skipped_no_candidates": missing, "skipped_incomplete": no_true}
+    info = data_info(table, enc.kept, enc.bad) | {"skipped_no_candidates": missing, "skipped_incomplete": no_true,
+                                                  "split": split or "all"}
+    if task_of:
+        info["studies_by_task"] = {t: len(v) for t, v in sorted(ids_by_task.items())}
     result = TaskResult("relations", metrics, config, model_info(loaded), info, [cfg.seed],
                         {"by_class_contrast": by_class, "per_item": items})
     if out is not None:
