@@ -188,3 +188,35 @@ def test_binding_negatives_need_a_local_matcher():
         create_model("convirt", image_encoder=IMAGE, text_encoder=TEXT, binding_negatives="side")
     with pytest.raises(ConfigError, match="binding_negatives"):
         create_model("reclf", image_encoder=IMAGE, text_encoder=TEXT, binding_negatives="sides")
+
+
+def test_region_positions_start_as_the_plain_matcher_and_reach_every_attention():
+    mask = torch.ones(B, WORDS, dtype=torch.bool)
+    sentences = torch.tensor([0, 0, 1, 1, 1]).repeat(B, 1)
+    img = ImageFeatures(unit(B, 128, seed=1), unit(B, 16, 128, seed=2), GRID)
+    txt = TextFeatures(unit(B, 128, seed=4), unit(B, WORDS, 128, seed=3), mask, sentences)
+    torch.manual_seed(0)
+    plain = create_model("reclf", image_encoder=IMAGE, text_encoder=TEXT).eval()
+    torch.manual_seed(0)
+    model = create_model("reclf", image_encoder=IMAGE, text_encoder=TEXT, region_positions=True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model.local_similarity(img, txt), plain.local_similarity(img, txt))
+        model.region_position.normal_()
+        a = model.word_region_attention(img, txt)
+        assert not torch.allclose(a, plain.word_region_attention(img, txt))
+        # training (fused kernel) and explanations (explicit attention) use the same logits
+        fused = model.local_similarity(img, txt)
+        explicit = model._local(img, txt, extras=True).score
+        torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=0)
+    with pytest.raises(Exception, match="region_positions"):
+        create_model("gloria", image_encoder=IMAGE, text_encoder=TEXT, region_positions=True)
+
+
+def test_irm_before_srm_scores_importance_from_the_matchings_before_srm():
+    words, ctx, mask, sent, img_g, txt_g, attn = inputs()
+    torch.manual_seed(0)
+    agg = build_aggregator("srm+irm", D, d_z=8, heads=2, irm_before_srm=True)
+    out = agg(words, ctx, mask, sent, img_g, txt_g)
+    z, valid = agg.matchings(words, ctx, mask, img_g, txt_g)
+    _, beta = agg.irm(z, valid)  # scored from the same vectors as before SRM
+    torch.testing.assert_close(out.node_weights.reshape(beta.shape), beta)

@@ -38,7 +38,7 @@ def test_demo_config_is_its_shipped_preset_plus_the_demo_budget(tmp_path, method
     preset = load_config(demo.demo_preset(method))
     assert demo.demo_preset(method) in {p.name for p in list_presets()}
     # the recipe is the preset's ...
-    assert cfg.method["name"] == preset.method["name"] == method
+    assert cfg.method["name"] == preset.method["name"] == demo.settings.base_method(method)
     assert cfg.image_encoder.name == preset.image_encoder.name
     assert cfg.text_encoder == preset.text_encoder
     assert (cfg.train.lr, cfg.train.weight_decay) == (preset.train.lr, preset.train.weight_decay)

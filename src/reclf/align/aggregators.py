@@ -97,6 +97,9 @@ class IRMConfig:
     text_prior: bool = False
     # + gamma * cos(e_w, c_w) (learned gamma, starting at GLoRIA's 5): IRM starts as log-sum-exp's weights
     cos_prior: bool = False
+    # score importance from the matching vectors *before* SRM (pool the vectors after it): after SRM,
+    # filler nodes can hold a mix of the others (attention sinks), and IRM then weighs the filler
+    before_srm: bool = False
 
 
 @dataclass
@@ -234,6 +237,16 @@ def region_centres(n_regions: int, device: torch.device | None = None) -> Tensor
     return torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=-1)
 
 
+#: width of ``region_encoding``
+REGION_ENCODING_DIM = 10
+
+
+def region_encoding(xy: Tensor) -> Tensor:
+    """A fixed 2-D Fourier encoding of region centres ``xy[R, 2]`` -> ``[R, 10]``: ``x, y``,
+    ``sin / cos(pi x)``, ``sin / cos(2 pi x)`` and the same of ``y``."""
+    return torch.cat([xy] + [f(math.pi * k * xy) for k in (1.0, 2.0) for f in (torch.sin, torch.cos)], dim=-1)
+
+
 #: width of ``where_features``: 2-D Fourier encoding (2 + 8), spread (2), peak (1)
 WHERE_DIM = 13
 
@@ -247,11 +260,7 @@ def where_features(attention: Tensor) -> Tensor:
     ``max_r a_r``. Independent of the grid size, so a model trained at one resolution reads another.
     """
     xy = region_centres(attention.shape[-1], attention.device).to(attention.dtype)  # [R, 2]
-    enc = [xy]
-    for k in (1.0, 2.0):
-        enc += [torch.sin(math.pi * k * xy), torch.cos(math.pi * k * xy)]
-    phi = torch.cat(enc, dim=-1)  # [R, 10]
-    mean = attention @ phi
+    mean = attention @ region_encoding(xy)
     var = (attention @ xy.square()) - mean[..., :2].square()
     peak = attention.amax(dim=-1, keepdim=True)
     return torch.cat([mean, var.clamp_min(0), peak], dim=-1)
@@ -479,9 +488,13 @@ class IRM(nn.Module):
         self.cos_gamma = nn.Parameter(torch.tensor(GLORIA_GAMMA)) if cfg.cos_prior else None
         self.last_logit_std: Tensor | None = None
 
-    def forward(self, z: Tensor, valid: Tensor, prior: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        mean = masked_mean(z, valid, dim=1)  # [P, d_z]
-        u = self.importance(torch.tanh(self.node(z) + self.ctx(mean).unsqueeze(1))).squeeze(-1)  # [P, N]
+    def forward(
+        self, z: Tensor, valid: Tensor, prior: Tensor | None = None, score_from: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``z[P, N, d_z]`` is pooled; importance is scored from ``score_from`` (default ``z``)."""
+        zs = z if score_from is None else score_from
+        mean = masked_mean(zs, valid, dim=1)  # [P, d_z]
+        u = self.importance(torch.tanh(self.node(zs) + self.ctx(mean).unsqueeze(1))).squeeze(-1)  # [P, N]
         if prior is not None:
             u = u + prior
         beta = masked_softmax(u, valid, dim=-1)
@@ -533,6 +546,7 @@ class RelationAggregator(Aggregator):
     ) -> AggregateOutput:
         n_img, n_txt, n_words, _ = context.shape
         z, valid = self.matchings(words, context, word_mask, img_global, txt_global, attention)
+        z_before = z
         relations = head_relations = None
         if self.srm is not None:
             node_sentence = None
@@ -557,7 +571,7 @@ class RelationAggregator(Aggregator):
                 head_relations, relations = rel, rel.mean(dim=2)
         if self.irm is not None:
             prior = self._irm_prior(words, context, word_mask, img_global, txt_global)
-            score, weights = self.irm(z, valid, prior)
+            score, weights = self.irm(z, valid, prior, z_before if self.cfg.irm.before_srm else None)
         else:
             assert self.node_readout is not None
             r = self.node_readout(z).squeeze(-1)
@@ -577,7 +591,12 @@ class RelationAggregator(Aggregator):
 # factory
 
 _FLAT_SRM = {f.name for f in dataclasses.fields(SRMConfig)}
-_FLAT_IRM = {"irm_hidden": "hidden", "irm_text_prior": "text_prior", "irm_cos_prior": "cos_prior"}
+_FLAT_IRM = {
+    "irm_hidden": "hidden",
+    "irm_text_prior": "text_prior",
+    "irm_cos_prior": "cos_prior",
+    "irm_before_srm": "before_srm",
+}
 
 
 def aggregator_config(name: str, **kwargs: Any) -> AggregatorConfig:

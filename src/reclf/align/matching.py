@@ -39,7 +39,13 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
-from reclf.align.aggregators import AggregateOutput, Aggregator
+from reclf.align.aggregators import (
+    REGION_ENCODING_DIM,
+    AggregateOutput,
+    Aggregator,
+    region_centres,
+    region_encoding,
+)
 from reclf.align.masking import masked_softmax
 
 AttentionMode = Literal["softmax", "gloria"]
@@ -68,8 +74,12 @@ def _attend_grouped(
     normalize_context: bool,
     scale: float | Tensor = 1.0,
     need_attention: bool = True,
+    position: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Core: ``words[G, T, W, d]`` with ``G`` 1 (shared by all images) or ``I`` (one report set per image).
+
+    ``position[G, T, W, R]`` (softmax mode only): logits added to each word's attention over the regions
+    (``region_position_logits``: where a word looks by its meaning, whatever the regions hold).
 
     Returns ``context[I, T, W, d]`` and ``attention[I, T, W, R]`` (``None`` with ``need_attention=False``).
 
@@ -86,10 +96,13 @@ def _attend_grouped(
     if g not in (1, n_img):
         raise ValueError(f"words must be shared ([1, T, W, d]) or one set per image ([{n_img}, T, W, d]); got {g}")
     q = words.reshape(g, t * w, dim)
+    if position is not None and mode != "softmax":
+        raise ValueError("region position logits need the softmax attention mode")
     if mode == "softmax" and not need_attention:
         q = q.expand(n_img, t * w, dim) if g == 1 else q
         kv = regions.unsqueeze(1)  # 4-D [I, 1 head, R, d]: only 4-D inputs reach the fused CPU kernel
-        context = F.scaled_dot_product_attention(q.unsqueeze(1), kv, kv, scale=1.0 / temperature)
+        bias = None if position is None else position.reshape(g, 1, t * w, n_reg).to(q.dtype)
+        context = F.scaled_dot_product_attention(q.unsqueeze(1), kv, kv, attn_mask=bias, scale=1.0 / temperature)
         context = context.reshape(n_img, t, w, dim)
         if normalize_context:
             context = F.normalize(context, dim=-1, eps=NORM_EPS)
@@ -102,7 +115,7 @@ def _attend_grouped(
     sim = torch.matmul(q[0], regions.transpose(1, 2)) if g == 1 else torch.bmm(q, regions.transpose(1, 2))
     sim = sim.reshape(n_img, t, w, n_reg)
     if mode == "softmax":
-        attn = torch.softmax(sim, dim=-1)
+        attn = torch.softmax(sim if position is None else sim + position, dim=-1)
     else:  # GLoRIA: softmax over the report's valid words for each region, then over regions
         if word_mask is not None:
             # in place (the product is not needed for backward); masked words get exactly zero weight, and
@@ -158,8 +171,10 @@ def attend_paired(
     region_mask: Tensor | None = None,
     normalize_context: bool = True,
     scale: float | Tensor = 1.0,
+    position: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Attention within each pair only (the diagonal of ``attend``): ``words[B, W, d]``, ``regions[B, R, d]``.
+    ``position[B, W, R]``: region position logits (softmax mode; see ``_attend_grouped``).
 
     Returns ``(context[B, W, d], attention[B, W, R])``. For per-pair uses: MGCA's token loss,
     explanations. ``region_mask[B, R]`` masks the *keys*, so the same function runs MGCA's mirror
@@ -187,6 +202,10 @@ def attend_paired(
         logits = over_words / temperature
     else:
         logits = sim / temperature
+    if position is not None:
+        if mode != "softmax":
+            raise ValueError("region position logits need the softmax attention mode")
+        logits = logits + position
     if region_mask is None:
         attn = torch.softmax(logits, dim=-1)
     else:
@@ -227,11 +246,15 @@ def _chunk_fn(
         img_global: Tensor,
         txt_global: Tensor,
         scale: Tensor,
+        position: Tensor | None = None,
     ) -> tuple[Tensor, ...]:
         grouped = words.unsqueeze(0) if shared else words
         gmask = word_mask.unsqueeze(0) if shared else word_mask
+        gpos = None if position is None else (position.unsqueeze(0) if shared else position)
         need = aggregator.needs_attention
-        context, attn = _attend_grouped(grouped, regions, temperature, mode, gmask, True, scale, need_attention=need)
+        context, attn = _attend_grouped(
+            grouped, regions, temperature, mode, gmask, True, scale, need_attention=need, position=gpos
+        )
         out = aggregator(
             words, context, word_mask, sentence_ids, img_global, txt_global, extras=keep_extras, attention=attn
         )
@@ -258,6 +281,7 @@ def _pairwise(
     checkpoint: bool,
     keep_extras: bool,
     scale: float | Tensor = 1.0,
+    position: Tensor | None = None,
 ) -> AggregateOutput:
     _check(mode, temperature)
     if chunk_size < 1:
@@ -289,11 +313,18 @@ def _pairwise(
     for start in range(0, n_img, chunk_size):
         sl = slice(start, start + chunk_size)
         if pairs is None:
-            args = (words, word_mask, sentence_ids, regions[sl], img_global[sl], txt_global, scale_t)
+            args = (words, word_mask, sentence_ids, regions[sl], img_global[sl], txt_global, scale_t, position)
         else:
             idx = pairs[sl]
             args = (
-                words[idx], word_mask[idx], sentence_ids[idx], regions[sl], img_global[sl], txt_global[idx], scale_t
+                words[idx],
+                word_mask[idx],
+                sentence_ids[idx],
+                regions[sl],
+                img_global[sl],
+                txt_global[idx],
+                scale_t,
+                None if position is None else position[idx],
             )
         if checkpoint and torch.is_grad_enabled():
             res = _checkpoint(run, *args, use_reentrant=False)
@@ -330,6 +361,7 @@ def pairwise_local_outputs(
     checkpoint: bool = False,
     keep_extras: bool = True,
     scale: float | Tensor = 1.0,
+    position: Tensor | None = None,
 ) -> AggregateOutput:
     """The aggregated local matching of every image x report pair: ``score[I, T]`` (or ``[I, K]`` with
     ``pairs``) and, with ``keep_extras``, the aggregator's node weights and relations for every pair.
@@ -347,6 +379,8 @@ def pairwise_local_outputs(
             memory held for backward is bounded by the chunk as well; costs one extra forward.
         keep_extras: also return node weights / relations (explanations); without them SRM can use a
             fused attention kernel.
+        position: ``[T, W, R]`` region position logits of the reports' words (softmax mode), added to the
+            attention of every image; ``region_position_logits`` builds them.
     """
     return _pairwise(
         words,
@@ -363,7 +397,24 @@ def pairwise_local_outputs(
         checkpoint,
         keep_extras=keep_extras,
         scale=scale,
+        position=position,
     )
+
+
+def region_position_logits(words: Tensor, projection: Tensor, n_regions: int) -> Tensor:
+    """``[..., W, R]`` logits of where each word looks by its meaning alone: ``(U e_w) · phi(r)``.
+
+    ``phi(r)`` is the fixed 2-D Fourier encoding of region ``r``'s centre (``region_encoding`` of
+    ``region_centres``: a row-major square grid) and ``U`` = ``projection[POSITION_DIM, d]`` is learned.
+    Content attention alone (``e_w · v_r``) lets "left" find the left lung only if the region features
+    happen to encode their position; with these logits a location word can look at its place whatever
+    is there, and a finding word keeps looking by content (``U`` starts at 0: the plain matcher).
+    """
+    phi = region_encoding(region_centres(n_regions, words.device).to(words.dtype))
+    return (words @ projection.t()) @ phi.t()
+
+
+POSITION_DIM = REGION_ENCODING_DIM
 
 
 def normalized_entropy(attention: Tensor, eps: float = 1e-12) -> Tensor:
@@ -395,6 +446,8 @@ __all__ = [
     "attend",
     "attend_paired",
     "normalized_entropy",
+    "region_position_logits",
+    "POSITION_DIM",
     "pairwise_local_outputs",
     "pairwise_local_scores",
 ]

@@ -11,7 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-METHODS = ("convirt", "gloria", "mgca", "reclf", "reclf-no-srm", "reclf-no-irm")
+#: Demo runs by label: a registered method, or ``<method>+<trick>`` — a baseline given a training trick that
+#: RECLF uses and any method could (``gloria+bind``: binding-aware negatives), so that a gain is credited to
+#: RECLF's modules only when they earn it. Each label has its shipped preset ``demo_<label>``.
+METHODS = ("convirt", "gloria", "gloria+bind", "mgca", "reclf", "reclf-no-srm", "reclf-no-irm")
 TASKS = ("zeroshot", "linear", "segment", "retrieve", "relations", "grounding", "diagnostics")
 
 
@@ -92,6 +95,11 @@ LOSS_DROP = 0.9
 def demo_preset(method: str) -> str:
     """The name of the shipped preset a demo run of ``method`` starts from."""
     return f"demo_{method}"
+
+
+def base_method(label: str) -> str:
+    """The registered method behind a demo label (``gloria+bind`` -> ``gloria``)."""
+    return label.split("+", 1)[0]
 
 
 def demo_config(method: str, seed: int, s: DemoSettings, synth: Path, runs: Path, text_cache: Path | None = None):

@@ -36,7 +36,13 @@ from reclf.align.losses import (
     mgca_token_loss,
     topk_candidates,
 )
-from reclf.align.matching import attend_paired, pairwise_local_outputs, pairwise_local_scores
+from reclf.align.matching import (
+    POSITION_DIM,
+    attend_paired,
+    pairwise_local_outputs,
+    pairwise_local_scores,
+    region_position_logits,
+)
 from reclf.align.prototypes import PrototypeLoss
 from reclf.config import ImageEncoderConfig, TextEncoderConfig
 from reclf.data.reports import swap_laterality
@@ -100,8 +106,11 @@ class VLModel(nn.Module):
                 node_where=params.node_where,
                 irm_text_prior=params.irm_text_prior,
                 irm_cos_prior=params.irm_cos_prior,
+                irm_before_srm=params.irm_before_srm,
             )
             self.local_tau = Temperature(params.local_temperature, learnable=params.learn_temperature)
+            if params.region_positions:  # U in (U e_w) . phi(r); 0 at the start: the plain matcher
+                self.region_position = nn.Parameter(torch.zeros(POSITION_DIM, d))
             if params.match_mode == "gloria":
                 # the scale of the cosines before GLoRIA's softmax over words, stored as a temperature 1/scale
                 self.match_scale = Temperature(
@@ -200,7 +209,14 @@ class VLModel(nn.Module):
             pairs=pairs,
             checkpoint=p.checkpoint_chunks and self.training,
             scale=self._match_scale(),
+            position=self._position_logits(txt.words, img.local.shape[1]),
         )
+
+    def _position_logits(self, words: Tensor, n_regions: int) -> Tensor | None:
+        """``[..., W, R]``: where each word looks by its meaning (``method.region_positions``), or None."""
+        if not self.params.region_positions:
+            return None
+        return region_position_logits(words, self.region_position, n_regions)
 
     def _match_scale(self) -> Tensor | float:
         """The gloria mode's scale of the cosines (learned); 1 for the softmax mode (its temperature rules)."""
@@ -220,7 +236,10 @@ class VLModel(nn.Module):
         mode = p.match_mode if p.has_local else "softmax"
         temp = p.match_temperature if p.has_local else p.token_temperature
         scale = self._match_scale() if p.has_local else 1.0
-        _, attn = attend_paired(txt.words, img.local, temp, mode, word_mask=txt.word_mask, scale=scale)
+        position = self._position_logits(txt.words, img.local.shape[1]) if p.has_local else None
+        _, attn = attend_paired(
+            txt.words, img.local, temp, mode, word_mask=txt.word_mask, scale=scale, position=position
+        )
         return attn
 
     def local_similarity(self, img: ImageFeatures, txt: TextFeatures) -> Tensor:

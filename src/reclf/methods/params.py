@@ -54,6 +54,10 @@ class MethodParams:
     node_where: bool = False  # matching nodes carry where their word looks (attention centroid, spread, peak)
     irm_text_prior: bool = False  # IRM: + MLP(e_w), an importance learned from the word itself
     irm_cos_prior: bool = False  # IRM: + gamma * cos(e_w, c_w) (starts as log-sum-exp's weights)
+    irm_before_srm: bool = False  # IRM scores importance from the matchings before SRM (pools those after)
+    # the matcher: each word's attention also gets (U e_w) . phi(r), a learned look at a *place* by the word's
+    # meaning (softmax mode; any local method can use it)
+    region_positions: bool = False
     # binding-aware negatives in the local loss: each image also scores its own report with the sides
     # ("side": left <-> right) or sides and zones ("side+zone": also upper <-> lower) swapped
     # (reclf.data.reports.swap_laterality); any local method can use it (GLoRIA's "+trick" rows)
@@ -155,6 +159,10 @@ def _validate(p: MethodParams) -> None:
         (0.0 <= p.i2t_weight <= 1.0, "method.i2t_weight must be in [0, 1]"),
         (p.global_temperature > 0 and p.local_temperature > 0, "temperatures must be positive"),
         (p.hard_negatives >= 0, "method.hard_negatives must be >= 0"),
+        (
+            not p.region_positions or (p.has_local and p.match_mode == "softmax"),
+            "method.region_positions needs a local matcher in softmax mode",
+        ),
         (
             p.binding_negatives in BINDING_NEGATIVES,
             f"method.binding_negatives must be one of {BINDING_NEGATIVES}, got {p.binding_negatives!r}",
