@@ -62,6 +62,9 @@ class MethodParams:
     # ("side": left <-> right) or sides and zones ("side+zone": also upper <-> lower) swapped
     # (reclf.data.reports.swap_laterality); any local method can use it (GLoRIA's "+trick" rows)
     binding_negatives: str = "none"  # none | side | side+zone
+    # weight of the pairwise binding term (own report vs its swapped twin alone); 0: the twins only join
+    # the local InfoNCE as extra negatives
+    binding_weight: float = 0.0
     hard_negatives: int = 0  # >0: score only the positive + this many hardest negatives (by global sim)
     chunk_size: int = 8  # images per chunk in the all-pairs matcher (bounds peak memory)
     checkpoint_chunks: bool = False  # recompute chunks in backward (memory bounded by the chunk)
@@ -166,6 +169,10 @@ def _validate(p: MethodParams) -> None:
         (
             p.binding_negatives in BINDING_NEGATIVES,
             f"method.binding_negatives must be one of {BINDING_NEGATIVES}, got {p.binding_negatives!r}",
+        ),
+        (
+            p.binding_weight >= 0 and (p.binding_weight == 0 or p.binding_negatives != "none"),
+            "method.binding_weight must be >= 0 and needs method.binding_negatives",
         ),
         (
             p.binding_negatives == "none" or p.has_local,
