@@ -220,3 +220,14 @@ def test_irm_before_srm_scores_importance_from_the_matchings_before_srm():
     z, valid = agg.matchings(words, ctx, mask, img_g, txt_g)
     _, beta = agg.irm(z, valid)  # scored from the same vectors as before SRM
     torch.testing.assert_close(out.node_weights.reshape(beta.shape), beta)
+
+
+def test_prenorm_srm_starts_as_the_identity_so_reclf_starts_as_reclf_no_srm():
+    words, ctx, mask, sent, img_g, txt_g, attn = inputs()
+    torch.manual_seed(0)
+    full = build_aggregator("srm+irm", D, d_z=8, heads=2, prenorm=True, structure_edges=True)
+    no_srm = build_aggregator("irm", D, d_z=8)
+    no_srm.load_state_dict({k: v for k, v in full.state_dict().items() if not k.startswith("srm.")})
+    torch.testing.assert_close(
+        full(words, ctx, mask, sent, img_g, txt_g).score, no_srm(words, ctx, mask, sent, img_g, txt_g).score
+    )

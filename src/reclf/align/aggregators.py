@@ -82,6 +82,10 @@ class SRMConfig:
     # edges that know structure: a learned bias per head for each relative word distance within a
     # sentence (0..7, 8+), for words of different sentences and for edges to the global node
     structure_edges: bool = False
+    # pre-norm residual layers whose output maps start at 0: SRM starts as the identity on the matching
+    # vectors (RECLF = reclf-no-srm at step 0) and keeps their magnitudes; post-norm (False, DESIGN §1)
+    # layer-normalises every node, which erases how strongly each word matched
+    prenorm: bool = False
     # edges that know grounding: per head, lambda_h * log(R * sum_r a_ir a_jr), the overlap of two words'
     # region-attention maps (0 when either map is uniform); lambda_h learned, starting at 0
     grounding_edges: bool = False
@@ -375,10 +379,13 @@ class SRMLayer(nn.Module):
     ``bias[P, H, N, N]`` (optional) is added to the attention logits: the structure and grounding edges.
     """
 
-    def __init__(self, d_z: int, heads: int = 4, ffn_mult: float = 2.0, dropout: float = 0.0) -> None:
+    def __init__(
+        self, d_z: int, heads: int = 4, ffn_mult: float = 2.0, dropout: float = 0.0, prenorm: bool = False
+    ) -> None:
         super().__init__()
         if d_z % heads:
             raise ValueError(f"SRM: d_z={d_z} must be divisible by heads={heads}")
+        self.prenorm = prenorm
         self.heads, self.head_dim = heads, d_z // heads
         self.qkv = nn.Linear(d_z, 3 * d_z)
         self.out = nn.Linear(d_z, d_z)
@@ -386,6 +393,10 @@ class SRMLayer(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(d_z, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, d_z))
         self.norm1, self.norm2 = nn.LayerNorm(d_z), nn.LayerNorm(d_z)
         self.drop = nn.Dropout(dropout)
+        if prenorm:  # residual branches start at 0: the layer starts as the identity
+            for lin in (self.out, self.ffn[-1]):
+                nn.init.zeros_(lin.weight)
+                nn.init.zeros_(lin.bias)
 
     def forward(
         self, x: Tensor, edges: Tensor, need_relations: bool = True, bias: Tensor | None = None
@@ -395,8 +406,9 @@ class SRMLayer(nn.Module):
         CPU) and returns no attention matrix; the result is the same up to float rounding. The relations
         returned are per head: ``[P, H, N, N]``."""
         p, n, d = x.shape
+        h = self.norm1(x) if self.prenorm else x
         # strided views [P, H, N, hd] (no copy): the attention kernels take them as they are
-        q, k, v = (t.transpose(1, 2) for t in self.qkv(x).reshape(p, n, 3, self.heads, self.head_dim).unbind(2))
+        q, k, v = (t.transpose(1, 2) for t in self.qkv(h).reshape(p, n, 3, self.heads, self.head_dim).unbind(2))
         allowed = edges.unsqueeze(1)
         relations = None
         if need_relations:
@@ -411,8 +423,12 @@ class SRMLayer(nn.Module):
             mask = allowed if bias is None else bias.masked_fill(~allowed, float("-inf"))
             mixed = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p_drop)
         mixed = mixed.transpose(1, 2).reshape(p, n, d)
-        x = self.norm1(x + self.drop(self.out(mixed)))
-        x = self.norm2(x + self.drop(self.ffn(x)))
+        if self.prenorm:
+            x = x + self.drop(self.out(mixed))
+            x = x + self.drop(self.ffn(self.norm2(x)))
+        else:
+            x = self.norm1(x + self.drop(self.out(mixed)))
+            x = self.norm2(x + self.drop(self.ffn(x)))
         return x, relations
 
 
@@ -431,7 +447,9 @@ class SRM(nn.Module):
         if cfg.layers < 1:
             raise ValueError(f"SRM needs layers >= 1, got {cfg.layers}")
         self.cfg = cfg
-        self.layers = nn.ModuleList(SRMLayer(d_z, cfg.heads, cfg.ffn_mult, cfg.dropout) for _ in range(cfg.layers))
+        self.layers = nn.ModuleList(
+            SRMLayer(d_z, cfg.heads, cfg.ffn_mult, cfg.dropout, cfg.prenorm) for _ in range(cfg.layers)
+        )
         self.structure = nn.Parameter(torch.zeros(N_STRUCTURE_BUCKETS, cfg.heads)) if cfg.structure_edges else None
         self.grounding = nn.Parameter(torch.zeros(cfg.heads)) if cfg.grounding_edges else None
 

@@ -101,6 +101,7 @@ class VLModel(nn.Module):
                 layers=params.srm_layers,
                 heads=params.srm_heads,
                 sentence_edges=params.sentence_edges,
+                prenorm=params.srm_prenorm,
                 structure_edges=params.structure_edges,
                 grounding_edges=params.grounding_edges,
                 node_where=params.node_where,

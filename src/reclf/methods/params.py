@@ -49,6 +49,7 @@ class MethodParams:
     srm_heads: int = 4
     sentence_edges: bool = False
     # RECLF's binding design (docs/methods.md, "SRM that binds"): each a switch with its own ablation
+    srm_prenorm: bool = False  # SRM as pre-norm residual layers starting at the identity (keeps match strength)
     structure_edges: bool = False  # SRM edges biased by relative word distance / same sentence
     grounding_edges: bool = False  # SRM edges biased by the overlap of the two words' region-attention maps
     node_where: bool = False  # matching nodes carry where their word looks (attention centroid, spread, peak)
