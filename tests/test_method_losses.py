@@ -17,7 +17,7 @@ from reclf.align.prototypes import sinkhorn
 from reclf.methods import create_model
 from reclf.models.features import ImageFeatures, TextFeatures
 
-B, WORDS, GRID, D = 4, 5, (2, 3), 128
+B, WORDS, GRID, D = 4, 5, (3, 3), 128  # square: where-features and region positions read the geometry
 IMAGE = {"name": "cnn-small", "image_size": 64}
 TEXT = {"name": "bert-tiny", "max_tokens": 32}
 
