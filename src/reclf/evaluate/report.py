@@ -195,37 +195,53 @@ def summary_table(merged: dict[str, dict[str, dict[str, Any]]], verdicts: dict[s
 def paired_differences(results: list[dict[str, Any]], reference: str = "reclf", n_boot: int = 1000) -> list[str]:
     """``reference − other`` for every other pretrained model on the same test items (paired bootstrap).
 
-    Uses the first pretraining seed of each method (``@seed0``) and the per-item values the tasks keep
-    (``extra.per_item``); a difference whose interval excludes 0 ranks the two methods on this data.
+    Pairs are (pretraining seed, test item): seed ``s`` of the reference is paired with seed ``s`` of the
+    other method on the same item, over every seed both have (one seed: the items alone), so the
+    interval covers the spread over items *and* seeds. A difference whose interval excludes 0 ranks the
+    two methods on this data.
     """
     from reclf.evaluate.stats import paired_difference
 
-    def first_seed(label: str) -> tuple[str, bool]:
+    def split_seed(label: str) -> tuple[str, str]:
         m = SEED_SUFFIX.match(label)
-        return (m.group("base"), m.group("seed") == "0") if m else (label, True)
+        return (m.group("base"), m.group("seed")) if m else (label, "0")
 
-    runs: dict[tuple[str, str], dict[str, Any]] = {}
+    runs: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
     for r in results:
-        base, first = first_seed(str(r["model"].get("label") or ""))
-        if first and not base.startswith(("floor", "ceiling")):
-            runs[(r["task"], base)] = r
+        base, seed = split_seed(str(r["model"].get("label") or ""))
+        if not base.startswith(("floor", "ceiling")):
+            runs.setdefault((r["task"], base), {})[seed] = r
     others = sorted({b for (_, b) in runs if b != reference})
     cols = [(t, k, h) for t, k, h in PAIRED if (t, reference) in runs]
     if not cols or not others:
         return []
+    n_seeds = max(len(v) for v in runs.values())
     lines = [f"## paired differences: {reference} − other", "",
              f"Each cell: mean difference {reference} − model over the same test items [95 % paired bootstrap CI] "
-             "(first pretraining seed); an interval that excludes 0 ranks the two methods on SynthCXR.", "",
+             f"(pairs: the same item and pretraining seed, over {n_seeds} seed(s)); an interval that excludes 0 "
+             "ranks the two methods on SynthCXR.", "",
              "| model | " + " | ".join(h for _, _, h in cols) + " |", "|---|" + "---|" * len(cols)]
+
+    def seeded(task: str, base: str, key: str, seeds: list[str]) -> tuple[list[str], list[float]]:
+        ids: list[str] = []
+        values: list[float] = []
+        for seed in seeds:
+            items = method_or_global(runs[(task, base)][seed].get("extra", {}).get("per_item", {}), key)
+            if items:
+                ids += [f"{seed}/{i}" for i in items["ids"]]
+                values += list(items["values"])
+        return ids, values
+
     for other in others:
         cells = []
         for task, key, _ in cols:
-            a = method_or_global(runs[(task, reference)].get("extra", {}).get("per_item", {}), key)
-            b = method_or_global((runs.get((task, other)) or {}).get("extra", {}).get("per_item", {}), key)
-            if not a or not b:
+            seeds = sorted(set(runs[(task, reference)]) & set(runs.get((task, other), {})))
+            a = seeded(task, reference, key, seeds)
+            b = seeded(task, other, key, seeds) if seeds else ([], [])
+            if not a[0] or not b[0]:
                 cells.append("–")
                 continue
-            d = paired_difference(a["ids"], a["values"], b["ids"], b["values"], n_boot=n_boot)
+            d = paired_difference(a[0], a[1], b[0], b[1], n_boot=n_boot)
             cells.append(f"{d.value:+.3f} [{d.ci_low:+.3f}, {d.ci_high:+.3f}]")
         lines.append(f"| {other} | " + " | ".join(cells) + " |")
     return lines + [""]
