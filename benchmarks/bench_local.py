@@ -212,8 +212,8 @@ def bench_step(args: argparse.Namespace) -> dict[str, float]:
         shapes[m] = (int(tokens.word_mask.shape[1]), model.image_encoder.local_grid(spec["image_size"]))
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
-        def step(model=model, tokens=tokens, opt=opt) -> None:
-            terms = model.loss({"images": images, "tokens": tokens})
+        def step(model=model, tokens=tokens, opt=opt, reports=reports) -> None:
+            terms = model.loss({"images": images, "tokens": tokens, "reports": reports})
             opt.zero_grad(set_to_none=True)
             terms["loss"].backward()
             opt.step()

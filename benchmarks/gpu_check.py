@@ -70,7 +70,8 @@ def run_method(method: str, args: argparse.Namespace, device: torch.device) -> C
     size = model.image_cfg.image_size
     g = torch.Generator().manual_seed(0)
     images = torch.rand(args.batch, 1, size, size, generator=g).to(device)
-    tokens = model.tokenizer(random_reports(args.batch, (60, 100) if not args.tiny else (10, 30))).to(device)
+    reports = random_reports(args.batch, (60, 100) if not args.tiny else (10, 30))
+    tokens = model.tokenizer(reports).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     use_bf16 = args.precision == "bf16"
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
@@ -83,7 +84,7 @@ def run_method(method: str, args: argparse.Namespace, device: torch.device) -> C
             torch.cuda.synchronize(device)
         t = time.perf_counter()
         with autocast:
-            terms = model.loss({"images": images, "tokens": tokens})
+            terms = model.loss({"images": images, "tokens": tokens, "reports": reports})
         opt.zero_grad(set_to_none=True)
         terms["loss"].backward()
         opt.step()

@@ -8,7 +8,7 @@ from reclf import demo
 def test_demo_configs_are_valid_for_every_method(tmp_path):
     for method in demo.METHODS:
         cfg = demo.demo_config(method, 1, demo.QUICK, tmp_path / "synth", tmp_path / "runs")
-        assert cfg.method["name"] == method
+        assert cfg.method["name"] == demo.settings.base_method(method)
         assert cfg.seed == 1 and cfg.name == f"{method}@seed1"
         assert cfg.train.max_steps == demo.QUICK.pretrain_steps
         assert cfg.data.batch_size == demo.QUICK.pretrain_batch
