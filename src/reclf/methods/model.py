@@ -117,7 +117,6 @@ class VLModel(nn.Module):
                 self.match_scale = Temperature(
                     1.0 / params.match_scale, learnable=params.learn_match_scale, min_tau=0.01, max_tau=1.0
                 )
-        self.last_binding_acc: Tensor | None = None  # share of a batch's reports beating their swapped twin
         if params.proto_weight > 0:
             self.prototypes = PrototypeLoss(
                 d, params.num_prototypes, params.proto_temperature, params.sinkhorn_eps, params.sinkhorn_iters
@@ -298,14 +297,10 @@ class VLModel(nn.Module):
         total = p.global_weight * terms["global"]
         if p.has_local:
             swapped = self._binding_negative_texts(batch)
-            terms["local"], binding = self._local_loss(img, txt, gather if gather_local else None, swapped)
+            terms.update(self._local_loss(img, txt, gather if gather_local else None, swapped))
             total = total + p.local_weight * terms["local"]
-            if binding is not None:
-                terms["binding"] = binding
-                if p.binding_weight > 0:
-                    total = total + p.binding_weight * binding
-            if swapped is not None and self.last_binding_acc is not None:
-                terms["binding_acc"] = self.last_binding_acc
+            if "binding" in terms and p.binding_weight > 0:
+                total = total + p.binding_weight * terms["binding"]
             irm = getattr(self.aggregator, "irm", None)
             if irm is not None and irm.last_logit_std is not None:
                 terms["irm_logit_std"] = irm.last_logit_std
@@ -349,10 +344,11 @@ class VLModel(nn.Module):
         txt: TextFeatures,
         gather: Gather | None,
         swapped: tuple[TextFeatures, Tensor] | None = None,
-    ) -> tuple[Tensor, Tensor | None]:
-        """The local InfoNCE and, with binding negatives, the pairwise binding term
-        ``-log sigmoid((s(i, T_i) - s(i, swap(T_i))) / tau_l)`` over the reports the swap changes (the
-        own report against its twin alone: not diluted by the batch's easy negatives)."""
+    ) -> dict[str, Tensor]:
+        """``local``: the local InfoNCE; with binding negatives (single process) also ``binding``, the
+        pairwise term ``-log sigmoid((s(i, T_i) - s(i, swap(T_i))) / tau_l)`` over the reports the swap
+        changes (the own report against its twin alone: not diluted by the batch's easy negatives), and
+        ``binding_acc``, the share of them whose own report wins (no gradient)."""
         p = self.params
         extra = None
         if swapped is not None:
@@ -361,7 +357,6 @@ class VLModel(nn.Module):
             sw_txt, changed = swapped
             own = torch.arange(len(sw_txt), device=changed.device).unsqueeze(1)
             extra = self._local(img, sw_txt, own).masked_fill(~changed.unsqueeze(1), float("-inf"))
-            self.last_binding_acc = None
         if gather is not None:
             img, txt = _gather_features(img, txt, gather, self.tokenizer.max_tokens)
             if extra is not None:
@@ -371,14 +366,14 @@ class VLModel(nn.Module):
             with torch.no_grad():
                 pairs = topk_candidates(self.global_similarity(img, txt), p.hard_negatives)
         scores = self._local(img, txt, pairs)
-        binding = None
+        terms: dict[str, Tensor] = {}
         if extra is not None and gather is None:
             own_score = scores[:, 0] if pairs is not None else scores.diagonal()
             margin = self.local_tau(own_score - extra[:, 0])[changed]
-            binding = F.softplus(-margin).mean() if bool(changed.any()) else scores.new_zeros(())
-            with torch.no_grad():  # training-time check: does the own report beat its swapped twin?
-                self.last_binding_acc = (margin > 0).float().mean() if bool(changed.any()) else None
-        loss = local_contrastive_loss(
+            terms["binding"] = F.softplus(-margin).mean() if bool(changed.any()) else scores.new_zeros(())
+            if bool(changed.any()):
+                terms["binding_acc"] = (margin.detach() > 0).float().mean()
+        terms["local"] = local_contrastive_loss(
             scores,
             self.local_tau,
             pairs,
@@ -387,7 +382,7 @@ class VLModel(nn.Module):
             sum_directions=p.sum_directions,
             extra_negatives=extra,
         )
-        return loss, binding
+        return terms
 
     # ------------------------------------------------------------------------------------------
     # explanation
