@@ -52,3 +52,18 @@ def test_a_missing_preset_is_an_error_not_a_recipe_made_up_in_code(tmp_path, mon
     with pytest.raises(ValueError, match="no shipped preset named 'demo_reclf_not_shipped'"):
         demo.demo_config("reclf", 0, demo.QUICK, tmp_path / "synth", tmp_path / "runs")
     assert preset_path("demo_reclf").is_file()
+
+
+def test_swapped_reports_are_cached_for_every_run_whose_method_swaps(tmp_path):
+    """RECLF's registry preset switches binding negatives on without its YAML naming them: the text cache
+    must still hold the swapped reports (they would be encoded at every first sight otherwise)."""
+    from reclf.demo.stages import binding_negative_reports
+
+    def cfgs(*methods):
+        return [demo.demo_config(m, 0, demo.QUICK, tmp_path / "s", tmp_path / "r") for m in methods]
+
+    reports = ["Small left effusion. Right upper lobe nodule.", "No acute process."]
+    assert binding_negative_reports(cfgs("reclf", "convirt"), reports) == [
+        "Small right effusion. Left lower lobe nodule."
+    ]
+    assert binding_negative_reports(cfgs("convirt", "gloria"), reports) == []

@@ -93,10 +93,14 @@ def text_features(methods: list[str], s: DemoSettings, synth: Path, root: Path) 
 
 
 def binding_negative_reports(cfgs: list, reports: list[str]) -> list[str]:
-    """The swapped reports that runs with ``method.binding_negatives`` will encode (so they are cached too)."""
-    from reclf.data.reports import swap_laterality
+    """The swapped reports that runs with ``method.binding_negatives`` will encode (so they are cached too).
 
-    modes = {c.method.get("binding_negatives", "none") for c in cfgs} - {"none"}
+    The setting is read from the resolved method (its registry preset plus the config's overrides), not
+    from the config section alone: RECLF's presets switch it on without the YAML naming it."""
+    from reclf.data.reports import swap_laterality
+    from reclf.methods.params import method_params
+
+    modes = {method_params(**c.method).binding_negatives for c in cfgs} - {"none"}
     swapped = {swap_laterality(r, zones=m == "side+zone") for m in modes for r in reports}
     return sorted(swapped - set(reports))
 
