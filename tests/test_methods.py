@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import reclf
 from reclf.config import ConfigError, load_config
@@ -147,7 +148,7 @@ def test_model_attention_is_sharp_at_init(method):
     assert attn[torch.arange(n), own].min() > 0.5
 
 
-def test_match_scale_is_learned_and_fused_score_is_per_pair(images):
+def test_match_scale_is_learned_and_glorias_inference_score_is_per_pair(images):
     torch.manual_seed(0)
     model = create_model("gloria", image_encoder=IMAGE, text_encoder=TEXT)
     model.train()
@@ -161,6 +162,15 @@ def test_match_scale_is_learned_and_fused_score_is_per_pair(images):
             torch.stack([model.similarity(img.index(slice(i, i + 1)), txt.index(torch.tensor([t])))[0, 0]
                          for t in range(4)]) for i in range(4)
         ])
-        expected = (model.global_similarity(img, txt) / 0.1 + model.local_similarity(img, txt) / 0.1) / 2
+        # GLoRIA's own inference (gloria.get_similarities): (5 * max_w cos(e_w, c_w) + cos(g, h)) / 2
+        expected = (5.0 * model.local_similarity(img, txt) + model.global_similarity(img, txt)) / 2
+        # the local score is the best-matched word's cosine with its attended context, written out here
+        attn = model.word_region_attention(img, txt)  # [B, W, R], report i over image i
+        context = attn @ img.local
+        cos = F.cosine_similarity(txt.words, context, dim=-1).masked_fill(~txt.word_mask, -2.0)
+        own_max = cos.max(-1).values
     torch.testing.assert_close(single, full, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(full, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model.local_similarity(img, txt).diagonal(), own_max, atol=1e-5, rtol=1e-5)
+    # the training aggregation stays log-sum-exp (its local InfoNCE); only inference takes the max
+    assert model.aggregator.kind == "lse" and model.params.local_inference == "max"

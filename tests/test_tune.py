@@ -1,4 +1,4 @@
-"""``reclf tune``: the grid, the choice by validation loss, failed trials, resuming, the written table."""
+"""``reclf tune``: the grid, the choice by a validation criterion, failed trials, resuming, the written table."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 
 from reclf.data.synthetic.generate import generate
-from reclf.tune import Trial, Tuning, grid_points, parse_grid, point_name, tune
+from reclf.tune import Trial, Tuning, best_logged, grid_points, lower_is_better, parse_grid, point_name, tune
 
 
 def test_grid_is_the_product_in_the_given_order():
@@ -30,11 +30,34 @@ def test_the_lowest_validation_loss_is_chosen_per_preset_and_failures_never():
         _trial("a", "1", 2.0), _trial("a", "2", 1.5), _trial("a", "3", float("nan")),
         _trial("b", "1", None, "failed: NonFiniteLossError"), _trial("b", "2", 3.0), _trial("b", "3", 3.0),
         _trial("c", "1", 0.1, "failed: BadDataError"),
-    ])
+    ], criterion="val/loss")
     chosen = tuning.chosen()
     assert chosen["a"].point == {"train.lr": "2"}
     assert chosen["b"].point == {"train.lr": "2"}  # a tie keeps the earlier grid point
     assert chosen["c"] is None  # a failed trial is never chosen, however low its number
+
+
+def _run_with(tmp_path, name: str, rows: list[tuple[int, str, float]]) -> str:
+    folder = tmp_path / name
+    folder.mkdir()
+    lines = ["step,epoch,metric,value"] + [f"{step},0,{metric},{value}" for step, metric, value in rows]
+    (folder / "metrics.csv").write_text("\n".join(lines) + "\n")
+    return str(folder)
+
+
+def test_the_criterion_reads_each_runs_validations_and_maximises_accuracies(tmp_path):
+    # MGCA's case: the lowest total loss is not the best retrieval; the criterion picks by val/acc1
+    a1 = _run_with(tmp_path, "a1", [(10, "val/loss", 12.1), (10, "val/acc1", 0.05), (20, "val/acc1", 0.07)])
+    a2 = _run_with(tmp_path, "a2", [(10, "val/loss", 12.4), (10, "val/acc1", 0.30), (20, "val/acc1", float("nan"))])
+    a3 = _run_with(tmp_path, "a3", [(10, "val/loss", 12.9)])  # never logged the criterion: not usable
+    trials = [_trial("a", "1", 12.1), _trial("a", "2", 12.4), _trial("a", "3", 12.9)]
+    for t, run in zip(trials, (a1, a2, a3)):
+        t.run_dir = run
+    assert best_logged(a1, "val/acc1") == (0.07, 20) and best_logged(a2, "val/acc1") == (0.30, 10)
+    assert best_logged(a3, "val/acc1") == (None, None) and best_logged(None, "val/acc1") == (None, None)
+    assert Tuning({"train.lr": ["1", "2", "3"]}, [], 0, trials).chosen()["a"] is trials[1]
+    assert Tuning({"train.lr": ["1", "2", "3"]}, [], 0, trials, criterion="val/loss").chosen()["a"] is trials[0]
+    assert lower_is_better("val/loss") and lower_is_better("val/global") and not lower_is_better("val/acc1")
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +73,12 @@ def test_tune_trains_every_point_writes_the_table_and_resumes(tiny_corpus, tmp_p
     tuning = tune(["demo_convirt"], parse_grid(["train.lr=1e-3,1e-2"]), common, out)
     assert [t.point["train.lr"] for t in tuning.trials] == ["1e-3", "1e-2"]
     assert all(t.usable and t.steps == 12 for t in tuning.trials), [t.status for t in tuning.trials]
-    best = min(tuning.trials, key=lambda t: t.best_val_loss)
-    assert tuning.chosen()["demo_convirt"] is best
+    best = max(tuning.trials, key=lambda t: best_logged(t.run_dir, "val/acc1")[0])
+    assert tuning.chosen()["demo_convirt"] is best and tuning.criterion == "val/acc1"
     saved = json.loads((out / "tuning.json").read_text())
     assert saved["chosen"] == {"demo_convirt": best.point} and len(saved["trials"]) == 2
-    assert "**chosen**" in (out / "tuning.md").read_text()
+    table = (out / "tuning.md").read_text()
+    assert "**chosen**" in table and "best val/acc1" in table and "best val/loss" in table
     assert (out / "cache").is_dir()  # the frozen MiniLM ran once for every trial
     # every run used the grid point's value (the point wins over the preset) and the shared seed
     for t in tuning.trials:

@@ -2,12 +2,17 @@
 
 Tuning alone moves a baseline by several points (BenchX: about 5 AUROC for ConVIRT), so a comparison
 means something only when every method gets the same tuning budget. This command gives it to them:
-every preset is trained at every point of the grid (the Cartesian product of the ``--grid`` options)
-with the same data, seed and budget, and the point with the lowest **validation loss** is chosen per
-method. That is the criterion each method's own code selects checkpoints with (GLoRIA and MGCA
-monitor ``val/loss``; reclf exports the best-``val/loss`` checkpoint the same way); it reads the
-pretraining table's validation split only, never a test set, and it compares a method with itself
-(losses of different methods are not on one scale).
+every preset is trained at every point of the grid (the Cartesian product of the ``--grid`` options,
+e.g. the heads' rate ``train.lr`` x the image encoder's ``train.lr_image``) with the same data, seed and
+budget, and per method the point with the best **validation criterion** is chosen.
+
+The criterion (``--criterion``, default ``val/acc1``) is one number that means the same for every method:
+in-batch image<->report retrieval accuracy on the pretraining table's valid split, scored with the
+method's own inference rule (``model.similarity``), the best over the run's validations. The total
+validation loss is a poor criterion for a multi-term loss: MGCA's is dominated by its token and prototype
+terms, and the lowest total loss seen in its tuning scored near the bottom on zero-shot (docs/training.md,
+Tuning). ``val/loss`` (lower is better) and any other logged ``val/`` metric can be chosen instead; the
+table shows the criterion beside the loss. The valid split only, never a test set.
 
 Output under ``--out`` (default ``runs/tune``): one pretraining run per (preset, point), a marker
 ``trial.json`` beside each (a finished trial is skipped when the command runs again with the same
@@ -36,6 +41,36 @@ from reclf.utils.io import atomic_write_json, atomic_write_text
 from reclf.utils.jobs import make_pool, map_jobs
 
 TRIAL_FILE = "trial.json"
+DEFAULT_CRITERION = "val/acc1"
+
+
+def lower_is_better(metric: str) -> bool:
+    """Losses are minimised; accuracies, AUROCs and the like are maximised."""
+    name = metric.rsplit("/", 1)[-1]
+    return name == "loss" or name.endswith("loss") or name in ("global", "local", "token", "proto", "binding")
+
+
+def best_logged(run_dir: str | Path | None, metric: str) -> tuple[float | None, int | None]:
+    """The best value of ``metric`` over a run's validations (``metrics.csv``) and its step; (None, None)
+    when the run never logged it. Non-finite values are skipped."""
+    import csv
+
+    path = Path(run_dir) / "metrics.csv" if run_dir else None
+    if path is None or not path.is_file():
+        return None, None
+    best: tuple[float | None, int | None] = (None, None)
+    low = lower_is_better(metric)
+    with open(path, newline="") as fh:
+        for row in csv.reader(fh):
+            if len(row) != 4 or row[2] != metric:
+                continue
+            try:
+                value, step = float(row[3]), int(row[0])
+            except ValueError:
+                continue
+            if math.isfinite(value) and (best[0] is None or (value < best[0] if low else value > best[0])):
+                best = (value, step)
+    return best
 
 
 @dataclass
@@ -53,6 +88,16 @@ class Trial:
     export_dir: str | None = None
     config: dict[str, Any] | None = None  # the resolved config it ran (a marker is reused only for the same)
 
+    def score(self, criterion: str) -> float | None:
+        """The best value of ``criterion`` over the run's validations (read from its ``metrics.csv``)."""
+        if criterion == "val/loss":
+            return self.best_val_loss
+        return best_logged(self.run_dir, criterion)[0]
+
+    def usable_for(self, criterion: str) -> bool:
+        value = self.score(criterion) if self.status == "completed" else None
+        return value is not None and math.isfinite(value)
+
     @property
     def usable(self) -> bool:
         return self.status == "completed" and self.best_val_loss is not None and math.isfinite(self.best_val_loss)
@@ -66,21 +111,30 @@ class Tuning:
     overrides: list[str]
     seed: int
     trials: list[Trial] = field(default_factory=list)
+    criterion: str = DEFAULT_CRITERION
 
     def chosen(self) -> dict[str, Trial | None]:
-        """Per preset, the usable trial with the lowest validation loss (ties: the earlier grid point)."""
+        """Per preset, the usable trial with the best criterion (ties: the earlier grid point)."""
+        low = lower_is_better(self.criterion)
         out: dict[str, Trial | None] = {}
         for t in self.trials:
             out.setdefault(t.preset, None)
             best = out[t.preset]
-            if t.usable and (best is None or t.best_val_loss < best.best_val_loss):  # type: ignore[operator]
+            if not t.usable_for(self.criterion):
+                continue
+            value = t.score(self.criterion)
+            held = None if best is None else best.score(self.criterion)
+            if held is None or (value < held if low else value > held):  # type: ignore[operator]
                 out[t.preset] = t
         return out
 
     def to_dict(self) -> dict[str, Any]:
         chosen = self.chosen()
+        direction = "lowest" if lower_is_better(self.criterion) else "highest"
         return {
-            "criterion": "lowest val/loss over the run's validations (the pretraining table's valid split)",
+            "criterion": f"{direction} {self.criterion} over the run's validations (the pretraining valid split)",
+            "criterion_key": self.criterion,
+            "scores": [t.score(self.criterion) for t in self.trials],
             "grid": self.grid,
             "overrides": self.overrides,
             "seed": self.seed,
@@ -231,23 +285,27 @@ def render_markdown(tuning: Tuning) -> str:
     keys = list(tuning.grid)
     grid = ", ".join(f"`{k}` in {{{', '.join(v)}}}" for k, v in tuning.grid.items())
     common = ", ".join(f"`{o}`" for o in tuning.overrides) or "none"
+    crit = tuning.criterion
+    direction = "lowest" if lower_is_better(crit) else "highest"
     lines = [
         "# Tuning",
         "",
         f"Grid: {grid}; seed {tuning.seed}; common overrides: {common}.",
-        "Chosen per preset: the lowest validation loss (val/loss on the pretraining table's valid split; "
-        "losses of different methods are not on one scale, so compare down a preset's rows only).",
+        f"Chosen per preset: the {direction} `{crit}` over the run's validations (the pretraining table's valid "
+        "split). The total val/loss is shown beside it; losses of different methods are not on one scale.",
         "",
-        "| preset | " + " | ".join(keys) + " | best val/loss | at step | steps | time | status |",
-        "|---|" + "---|" * len(keys) + "---|---|---|---|---|",
+        "| preset | " + " | ".join(keys) + f" | best {crit} | at step | best val/loss | steps | time | status |",
+        "|---|" + "---|" * len(keys) + "---|---|---|---|---|---|",
     ]
     for t in tuning.trials:
         mark = " **chosen**" if chosen.get(t.preset) is t else ""
         loss = f"{t.best_val_loss:.4f}" if t.best_val_loss is not None else "—"
+        value, step = (t.best_val_loss, t.best_step) if crit == "val/loss" else best_logged(t.run_dir, crit)
+        score = f"{value:.4f}" if value is not None else "—"
         lines.append(
             f"| {t.preset} | "
             + " | ".join(t.point[k] for k in keys)
-            + f" | {loss}{mark} | {t.best_step if t.best_step is not None else '—'} | {t.steps or '—'} "
+            + f" | {score}{mark} | {step if step is not None else '—'} | {loss} | {t.steps or '—'} "
             f"| {clock(t.seconds)} | {t.status} |"
         )
     return "\n".join(lines) + "\n"
@@ -261,10 +319,13 @@ def tune(
     seed: int = 0,
     jobs: int = 1,
     threads: int = 1,
+    criterion: str = DEFAULT_CRITERION,
 ) -> Tuning:
     """Every preset at every grid point; writes ``tuning.json`` and ``tuning.md`` under ``out``."""
     root = Path(out)
     overrides = list(overrides or [])
+    if not criterion.startswith("val/"):
+        raise ValueError(f"--criterion {criterion!r}: choose a validation metric (val/acc1, val/loss, val/global, ...)")
     for p in presets:  # every config is valid before anything is trained
         for point in grid_points(grid):
             trial_config(p, point, overrides, seed, root)
@@ -280,9 +341,10 @@ def tune(
     )
 
     def done(i: int, trial: Trial, seconds: float, n_done: int) -> None:
-        loss = f"{trial.best_val_loss:.4f}" if trial.best_val_loss is not None else "—"
+        value = trial.score(criterion) if trial.status == "completed" else None
+        shown = f"{value:.4f}" if value is not None else "—"
         say(
-            f"[{n_done}/{len(items)}] {trial.preset} {point_name(trial.point)}: best val/loss {loss} "
+            f"[{n_done}/{len(items)}] {trial.preset} {point_name(trial.point)}: best {criterion} {shown} "
             f"({trial.status.split(':')[0]}) · {clock(seconds)} elapsed",
             "tune",
         )
@@ -293,7 +355,7 @@ def tune(
     finally:
         if pool is not None:
             pool.shutdown()
-    tuning = Tuning(grid, overrides, seed, trials)
+    tuning = Tuning(grid, overrides, seed, trials, criterion)
     atomic_write_json(root / "tuning.json", tuning.to_dict())
     atomic_write_text(root / "tuning.md", render_markdown(tuning))
     return tuning
@@ -317,19 +379,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="an override for every trial (data.root, train.max_steps, ...); repeatable",
     )
     parser.add_argument("--out", default="runs/tune", help="output folder (default runs/tune)")
+    parser.add_argument(
+        "--criterion",
+        default=DEFAULT_CRITERION,
+        help="the validation metric that chooses a trial (default val/acc1: in-batch retrieval accuracy with the "
+        "method's own score; val/loss is minimised, accuracies maximised)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="the seed of every trial (default 0)")
     parser.add_argument("--jobs", type=int, default=1, help="trials at once, one process each (default 1)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per trial (default 1)")
 
 
 def run(args: argparse.Namespace) -> int:
-    tuning = tune(args.presets, parse_grid(args.grid), args.overrides, args.out, args.seed, args.jobs, args.threads)
+    grid = parse_grid(args.grid)
+    tuning = tune(args.presets, grid, args.overrides, args.out, args.seed, args.jobs, args.threads, args.criterion)
     print(render_markdown(tuning))
-    failed = [t for t in tuning.trials if not t.usable]
+    failed = [t for t in tuning.trials if not t.usable_for(tuning.criterion)]
     for preset, t in tuning.chosen().items():
         say(f"{preset}: " + (f"chosen {point_name(t.point)}" if t else "no usable trial"), "tune")
     say(f"{Path(args.out) / 'tuning.md'}; {len(failed)} of {len(tuning.trials)} trials without a usable score", "tune")
     return 0 if all(tuning.chosen().values()) else 1
 
 
-__all__ = ["Trial", "Tuning", "add_arguments", "grid_points", "parse_grid", "point_name", "run", "tune"]
+__all__ = [
+    "DEFAULT_CRITERION",
+    "Trial",
+    "Tuning",
+    "add_arguments",
+    "best_logged",
+    "grid_points",
+    "lower_is_better",
+    "parse_grid",
+    "point_name",
+    "run",
+    "tune",
+]

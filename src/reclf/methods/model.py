@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from reclf.align.aggregators import build_aggregator
+from reclf.align.aggregators import Aggregator, PoolAggregator, build_aggregator
 from reclf.align.losses import (
     Temperature,
     global_contrastive_loss,
@@ -54,6 +54,10 @@ from reclf.models.projection import GlobalProjection, LocalProjection
 from reclf.models.text import TextEncoder, build_text_encoder
 
 Gather = Callable[[Tensor], Tensor]
+
+
+# GLoRIA's inference pooling (``method.local_inference: max``): parameter-free, shared by every model
+_MAX_POOL = PoolAggregator("max")
 
 
 @dataclass
@@ -191,7 +195,14 @@ class VLModel(nn.Module):
         """Cosine of the global embeddings: ``[n_img, n_txt]``."""
         return img.global_ @ txt.global_.t()
 
-    def _local(self, img: ImageFeatures, txt: TextFeatures, pairs: Tensor | None = None, extras: bool = False):
+    def _local(
+        self,
+        img: ImageFeatures,
+        txt: TextFeatures,
+        pairs: Tensor | None = None,
+        extras: bool = False,
+        aggregator: Aggregator | None = None,
+    ):
         if not self.has_local:
             raise ValueError(f"method {self.method!r} has no local matcher; use global_similarity")
         p = self.params
@@ -203,7 +214,7 @@ class VLModel(nn.Module):
             img.local,
             img.global_,
             txt.global_,
-            self.aggregator,
+            aggregator if aggregator is not None else self.aggregator,
             temperature=p.match_temperature,
             mode=p.match_mode,
             chunk_size=p.chunk_size,
@@ -244,7 +255,14 @@ class VLModel(nn.Module):
         return attn
 
     def local_similarity(self, img: ImageFeatures, txt: TextFeatures) -> Tensor:
-        """The aggregated word-region score of every image x report pair: ``[n_img, n_txt]``."""
+        """The word-region score of every image x report pair at inference: ``[n_img, n_txt]``.
+
+        ``method.local_inference``: ``aggregator`` pools the words as in training; ``max`` takes the best
+        matched word's ``cos(e_w, c_w)``, as GLoRIA's ``get_local_similarities`` does (its training
+        log-sum-exp adds about ``log(#words) / gamma`` and so favours long prompts).
+        """
+        if self.params.local_inference == "max":
+            return self._local(img, txt, aggregator=_MAX_POOL)
         return self._local(img, txt)
 
     def similarity(self, img: ImageFeatures, txt: TextFeatures) -> Tensor:
@@ -255,9 +273,11 @@ class VLModel(nn.Module):
         which other images or reports are scored with it (chunking, batch composition, the number of
         candidates): an earlier version standardised per image over the candidate reports, which made
         report->image retrieval change with the chunk size. Ranking by the sum of the logits is ranking by
-        the product of the two trained softmax posteriors. For GLoRIA this keeps its own inference's
-        weighting (``(5 max_w cos + cos_g) / 2``: the local term ~5x the global, here 10 * lse(5 cos) vs
-        10 * cos_g).
+        the product of the two trained softmax posteriors.
+
+        ``gloria`` is GLoRIA's own inference (``gloria.get_similarities``): ``(gamma * max_w cos(e_w, c_w) +
+        cos(g, h)) / 2`` with ``gamma`` = temp2 = 5, i.e. the log of the max of ``exp(5 cos)`` averaged with
+        the global cosine (``local_inference: max`` makes ``local_similarity`` the max over words).
         """
         mode = self.params.similarity
         if mode == "global":
@@ -265,6 +285,8 @@ class VLModel(nn.Module):
         local = self.local_similarity(img, txt)
         if mode == "local":
             return local
+        if mode == "gloria":
+            return (self.params.lse_gamma * local + self.global_similarity(img, txt)) / 2
         return (self.global_tau(self.global_similarity(img, txt)) + self.local_tau(local)) / 2
 
     # ------------------------------------------------------------------------------------------

@@ -80,10 +80,16 @@ class MethodParams:
     sinkhorn_iters: int = 3
     freeze_prototypes_epochs: int = 1
 
-    # zero-shot / retrieval score: global | local | fused (mean of the global and local InfoNCE logits,
-    # global cos / tau_g and local s / tau_l: defined for one pair at a time, so no score depends on which
-    # other candidates are scored with it)
+    # zero-shot / retrieval score (the method's own inference rule; training is not affected):
+    #   global: cos(g, h) (ConVIRT, MGCA)
+    #   local: the local score alone
+    #   fused: mean of the global and local InfoNCE logits, cos / tau_g and s / tau_l (RECLF)
+    #   gloria: GLoRIA's get_similarities, (gamma * max_w cos(e_w, c_w) + cos(g, h)) / 2
+    # each is defined for one pair at a time, so no score depends on which other candidates are scored with it
     similarity: str = "global"
+    # how the local score pools the words at inference: "aggregator" (the training aggregator) or "max"
+    # (GLoRIA's get_local_similarities: the best-matched word, free of log-sum-exp's log(#words) length bias)
+    local_inference: str = "aggregator"
 
     @property
     def has_local(self) -> bool:
@@ -114,7 +120,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "aggregator": "lse",
         "lse_gamma": 5.0,
         "local_temperature": 0.1,
-        "similarity": "fused",
+        "similarity": "gloria",  # its reference's inference: (5 max_w cos + cos_g) / 2, not the training lse
+        "local_inference": "max",
     },
     # MGCA (Wang et al. 2022): instance loss tau 0.07, token-level intra-pair alignment tau 0.1,
     # 500 prototypes with Sinkhorn (3 iterations, eps 0.05) at tau 0.2; weights 1 / 1 / 1 as its CLI runs
@@ -137,6 +144,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 METHODS: tuple[str, ...] = tuple(PRESETS)
 BINDING_NEGATIVES: tuple[str, ...] = ("none", "side", "side+zone")
+SIMILARITIES: tuple[str, ...] = ("global", "local", "fused", "gloria")
+LOCAL_INFERENCE: tuple[str, ...] = ("aggregator", "max")
 
 
 def list_methods() -> list[str]:
@@ -161,9 +170,10 @@ def _validate(p: MethodParams) -> None:
         (p.projection in ("linear", "mlp"), f"method.projection must be linear or mlp, got {p.projection!r}"),
         (p.match_mode in ("softmax", "gloria"), f"method.match_mode must be softmax or gloria, got {p.match_mode!r}"),
         (p.aggregator in AGGREGATORS, f"method.aggregator must be one of {AGGREGATORS}, got {p.aggregator!r}"),
+        (p.similarity in SIMILARITIES, f"method.similarity must be one of {SIMILARITIES}, got {p.similarity!r}"),
         (
-            p.similarity in ("global", "local", "fused"),
-            f"method.similarity must be global, local or fused, got {p.similarity!r}",
+            p.local_inference in LOCAL_INFERENCE,
+            f"method.local_inference must be one of {LOCAL_INFERENCE}, got {p.local_inference!r}",
         ),
         (p.similarity == "global" or p.has_local, f"method.similarity={p.similarity!r} needs a local matcher"),
         (p.embed_dim > 0 and p.chunk_size > 0, "method.embed_dim and method.chunk_size must be positive"),

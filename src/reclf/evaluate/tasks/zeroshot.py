@@ -73,6 +73,21 @@ def prompt_scores(model: EvaluableModel, img: Any, txt: Any, chunk: int) -> dict
     return out
 
 
+def length_bias(prompts: list[str], per_mode: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Per score rule, the Spearman correlation of a prompt's word count with its mean score over all images.
+
+    A pooling that sums over words (log-sum-exp adds up to ``log(#words) / gamma``) favours long prompts
+    whatever they say; a rule free of that bias sits near 0 (a prompt set whose long prompts are also the
+    better matches can move it either way, so compare rules on the same prompts).
+    """
+    from scipy.stats import spearmanr
+
+    n_words = np.asarray([len(p.split()) for p in prompts])
+    if len(set(n_words.tolist())) < 2:
+        return {}
+    return {mode: round(float(spearmanr(n_words, s.mean(0).numpy()).statistic), 4) for mode, s in per_mode.items()}
+
+
 def class_scores(scores: torch.Tensor, owner: np.ndarray, n_classes: int, reduce: str) -> torch.Tensor:
     """Reduce ``[N, P]`` prompt scores to ``[N, C]`` class scores (mean or max over each class's prompts)."""
     cols = []
@@ -139,6 +154,7 @@ def run_zeroshot(loaded: LoadedModel, data: str | Path, out: str | Path | None, 
         y = np.asarray([classes.index(c) for c in df["class"].astype(str)])
         per_mode = prompt_scores(model, img, txt, cfg.chunk)
         extra["classes"] = classes
+        extra["length_bias"] = length_bias(prompts, per_mode)
         extra["confusion"] = {}
         for mode, s in per_mode.items():
             pred = class_scores(s, owner_arr, len(classes), cfg.reduce).argmax(1).numpy()
