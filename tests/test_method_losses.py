@@ -9,11 +9,12 @@ to how ``loss`` composes them shows up here.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from reclf.align.prototypes import sinkhorn
 from reclf.methods import create_model
 from reclf.models.features import ImageFeatures, TextFeatures
 
@@ -31,7 +32,9 @@ def features() -> tuple[ImageFeatures, TextFeatures]:
     mask = torch.ones(B, WORDS, dtype=torch.bool)
     mask[1, 3:] = False
     mask[3, 4:] = False
-    words = unit(B, WORDS, D, seed=3) * mask.unsqueeze(-1)
+    # padded positions hold unit vectors too, as a real encoder's projection of [PAD] does: a loss that
+    # forgets the mask would use them, and the references below (which drop them) would disagree
+    words = unit(B, WORDS, D, seed=3)
     sentences = torch.tensor([0, 0, 1, 1, 1]).repeat(B, 1).masked_fill(~mask, -1)
     img = ImageFeatures(unit(B, D, seed=1), unit(B, GRID[0] * GRID[1], D, seed=2), GRID)
     txt = TextFeatures(unit(B, D, seed=4), words, mask, sentences)
@@ -46,7 +49,11 @@ def loss_on(method: str, img: ImageFeatures, txt: TextFeatures, **overrides) -> 
     model.encode_text = lambda reports: txt
     with torch.no_grad():
         terms = model.loss({"images": torch.zeros(B, 1, 64, 64), "reports": ["x"] * B})
+        # the local score as training aggregates it (GLoRIA's inference takes the max over words instead)
+        inference = model.params
+        model.params = dataclasses.replace(inference, local_inference="aggregator")
         local = model.local_similarity(img, txt) if model.has_local else None
+        model.params = inference
     return {**terms, "model": model, "scores": local}
 
 
@@ -124,11 +131,24 @@ def mgca_token_reference(img: ImageFeatures, txt: TextFeatures, tau: float = 0.1
     return word_side / B + patch_side / B
 
 
+def sinkhorn_reference(scores: torch.Tensor, iters: int = 3, eps: float = 0.05) -> torch.Tensor:
+    """MGCA's ``sinkhorn`` (mgca_module.py) written out: ``Q = exp(scores / eps)^T`` ``[K, B]`` normalised to
+    sum 1, then ``iters`` times rows scaled to 1/K and columns to 1/B; the codes are the columns
+    normalised to sum 1, transposed back to ``[B, K]``. Independent of ``reclf.align.prototypes``."""
+    q = torch.exp(scores / eps).t().double()
+    q = q / q.sum()
+    k, b = q.shape
+    for _ in range(iters):
+        q = q * ((1.0 / k) / q.sum(dim=1)).unsqueeze(1)
+        q = q * ((1.0 / b) / q.sum(dim=0)).unsqueeze(0)
+    return (q / q.sum(dim=0, keepdim=True)).t().float()
+
+
 def proto_reference(model, img: ImageFeatures, txt: TextFeatures) -> torch.Tensor:
     """MGCA's swapped prediction: each modality's Sinkhorn codes supervise the other's softmax at 0.2."""
     w = F.normalize(model.prototypes.prototypes.weight, dim=1)
     img_out, txt_out = img.global_ @ w.t(), txt.global_ @ w.t()
-    img_code, txt_code = sinkhorn(img_out, 3, 0.05), sinkhorn(txt_out, 3, 0.05)
+    img_code, txt_code = sinkhorn_reference(img_out), sinkhorn_reference(txt_out)
     i2t = -(img_code * F.log_softmax(txt_out / 0.2, dim=1)).sum(1).mean()
     t2i = -(txt_code * F.log_softmax(img_out / 0.2, dim=1)).sum(1).mean()
     return (i2t + t2i) / 2

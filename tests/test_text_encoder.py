@@ -287,3 +287,20 @@ def test_max_pooling_is_the_max_over_real_pieces() -> None:
     for i in range(len(REPORTS)):
         n = int(tokens.attention_mask[i].sum())
         assert torch.allclose(out.global_[i], hidden[i, :n].amax(dim=0), atol=1e-6)  # padding never wins
+
+
+def test_keep_layers_runs_the_first_n_pretrained_layers(minilm) -> None:
+    """MGCA's ClinicalBERT is its first 6 layers: the cut encoder's output is the full one's hidden state n."""
+    cut = build_text_encoder(TextEncoderConfig(name="minilm", max_tokens=64, keep_layers=2)).eval()
+    assert len(cut.backbone.encoder.layer) == 2 and cut.backbone.config.num_hidden_layers == 2
+    tokens = minilm.tokenizer(REPORTS[:2])
+    with torch.no_grad():
+        hs = minilm.backbone(
+            input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, output_hidden_states=True
+        ).hidden_states
+        out = cut(tokens)
+    assert torch.allclose(out.global_, hs[2][:, 0], atol=1e-4)
+    assert not torch.allclose(out.global_, hs[-1][:, 0], atol=1e-2)
+    assert cut.fingerprint() != minilm.fingerprint()  # a cached feature file of the full encoder is not reused
+    with pytest.raises(TextEncoderError, match="keep_layers=7"):
+        build_text_encoder(TextEncoderConfig(name="minilm", keep_layers=7))

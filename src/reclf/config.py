@@ -69,6 +69,9 @@ class TextEncoderConfig:
     sections: list[str] = field(default_factory=lambda: ["findings", "impression"])
     freeze: bool = False  # freeze the whole backbone (its outputs are then cached per report: see cache_size)
     freeze_layers: int = 0  # freeze the embeddings and the first N transformer layers (ConVIRT: 6); 0 = none
+    # keep only the first N transformer layers of a pretrained encoder (MGCA builds ClinicalBERT from a
+    # 6-layer bert_config.json, so it runs the first 6 of its 12 layers); None = all
+    keep_layers: int | None = None
     cache_size: int = 100_000  # frozen backbone: reports whose outputs are kept in memory (0 = no cache)
     cache_file: str | None = None  # frozen backbone: a file of precomputed outputs to start from (if it exists)
     # small BERT built from a config (bert-tiny): size knobs

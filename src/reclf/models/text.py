@@ -477,6 +477,21 @@ def _load_pretrained(folder: Path, attn_implementation: str | None) -> nn.Module
     return model
 
 
+def keep_first_layers(backbone: nn.Module, n: int, name: str) -> None:
+    """Cut a BERT-style backbone to its first ``n`` transformer layers, in place (``text_encoder.keep_layers``).
+
+    MGCA loads Bio_ClinicalBERT with a config of 6 hidden layers, so only the pretrained weights of the first
+    6 layers are used and the rest are never built; this gives the same network."""
+    layers = getattr(getattr(backbone, "encoder", None), "layer", None)
+    total = int(getattr(backbone.config, "num_hidden_layers", 0))
+    if layers is None:
+        raise TextEncoderError(f"text_encoder.keep_layers needs a BERT-style backbone (encoder.layer); {name} has none")
+    if not 1 <= n <= total:
+        raise TextEncoderError(f"text_encoder.keep_layers={n} must be in 1..{total} for {name}")
+    backbone.encoder.layer = nn.ModuleList(list(layers)[:n])
+    backbone.config.num_hidden_layers = n
+
+
 def build_text_encoder(
     cfg: TextEncoderConfig,
     need_attention: bool = False,
@@ -515,6 +530,8 @@ def build_text_encoder(
         folder = minilm_dir() if name == "minilm" else _resolve_folder(name)
         hf_tok = _fast_tokenizer(folder)
         backbone = _load_pretrained(folder, attn)
+    if cfg.keep_layers is not None:
+        keep_first_layers(backbone, cfg.keep_layers, name)
     if getattr(hf_tok, "cls_token_id", None) is None:
         raise TextEncoderError(
             f"text encoder {name!r}: its tokenizer has no [CLS] token, so it is not a BERT-family encoder "
