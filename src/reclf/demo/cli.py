@@ -10,7 +10,7 @@
 4. The floor (random init, same architecture) and the ceiling (supervised on the classification
    labels) are built once.
 5. Every model runs every task: zeroshot, linear, segment, retrieve, relations, grounding,
-   diagnostics.
+   phrase-grounding, diagnostics.
 6. ``runs/demo/report.md`` (``runs/demo-quick/``) with tables, paired differences, loss curves and
    figures; a method whose zero-shot interval contains chance or whose linear probe is not above
    the floor is marked **did not learn**, and the demo exits non-zero when no method learned.

@@ -15,7 +15,7 @@ from typing import Any
 #: RECLF uses and any method could (``gloria+bind``: binding-aware negatives), so that a gain is credited to
 #: RECLF's modules only when they earn it. Each label has its shipped preset ``demo_<label>``.
 METHODS = ("convirt", "gloria", "gloria+bind", "mgca", "reclf", "reclf-no-srm", "reclf-no-irm")
-TASKS = ("zeroshot", "linear", "segment", "retrieve", "relations", "grounding", "diagnostics")
+TASKS = ("zeroshot", "linear", "segment", "retrieve", "relations", "grounding", "phrase-grounding", "diagnostics")
 
 
 @dataclass
@@ -137,6 +137,7 @@ TASK_DATA = {
     "retrieve": "retrieval_8x200",
     "relations": "relations",
     "grounding": "relations",
+    "phrase-grounding": "relations",
     "diagnostics": "relations",
 }
 IMAGE_ONLY = ("linear", "segment")

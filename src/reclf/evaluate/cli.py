@@ -1,7 +1,7 @@
 """``reclf evaluate TASK --model DIR|CKPT --data DIR [options] [--out DIR] [--seed N]``.
 
-Tasks: zeroshot, linear, segment, retrieve, relations, grounding, diagnostics, and ``baseline`` (write the
-floor / ceiling model folders: a random-init twin, or a supervised encoder trained on the labels).
+Tasks: zeroshot, linear, segment, retrieve, relations, grounding, phrase-grounding, diagnostics, and ``baseline``
+(write the floor / ceiling model folders: a random-init twin, or a supervised encoder trained on the labels).
 Each run writes ``OUT/results.json`` atomically and prints a table. Heavy imports happen in
 ``run`` only, so ``reclf --help`` stays instant.
 
@@ -18,7 +18,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-TASKS = ("zeroshot", "linear", "segment", "retrieve", "relations", "grounding", "diagnostics")
+TASKS = ("zeroshot", "linear", "segment", "retrieve", "relations", "grounding", "phrase-grounding", "diagnostics")
 #: ``--cache-dir`` when not given ('' disables the cache).
 DEFAULT_CACHE_DIR = "runs/.cache/features"
 #: Option names that differ from their config field.
@@ -112,6 +112,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _common(p)
     p.add_argument("--max-images", type=int, default=None)
 
+    p = sub.add_parser("phrase-grounding",
+                       help="BioViL's phrase grounding (MS-CXR, SynthCXR): CNR, mIoU over thresholds, pointing game")
+    _common(p)
+    p.add_argument("--map", choices=("similarity", "attention"), default=None,
+                   help="the phrase's map: word-region cosine (default, BioViL's kind) or the method's attention")
+    p.add_argument("--smooth-sigma", type=float, default=None, help="Gaussian on the region grid (0; BioViL 1.5)")
+    p.add_argument("--region", choices=("box", "mask"), default=None,
+                   help="SynthCXR: the bounding box of each exact mask (default) or the mask itself")
+    p.add_argument("--split", default=None, help="rows of this split (default: all)")
+    p.add_argument("--max-images", type=int, default=None)
+
     p = sub.add_parser("diagnostics", help="word importance, SRM relations and grounding by word role (SynthCXR)")
     _common(p)
     p.add_argument("--sections", default=None, help="report sections the model reads (default: its own)")
@@ -189,6 +200,11 @@ def run_task(task: str, loaded, data: str | Path, out: Path | None, opts: dict, 
         from reclf.evaluate.tasks.grounding import GroundingConfig, run_grounding
 
         return run_grounding(loaded, data, out, GroundingConfig(**given(GroundingConfig, opts)))
+    if task == "phrase-grounding":
+        from reclf.evaluate.tasks.phrase_grounding import PhraseGroundingConfig, run_phrase_grounding
+
+        cfg = PhraseGroundingConfig(**given(PhraseGroundingConfig, opts))
+        return run_phrase_grounding(loaded, data, out, cfg)
     if task == "diagnostics":
         from reclf.evaluate.tasks.diagnostics import DiagnosticsConfig, run_diagnostics
 

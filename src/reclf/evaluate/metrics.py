@@ -149,3 +149,47 @@ def attention_iou(attn: np.ndarray, mask: np.ndarray, threshold: float = 0.5) ->
     region = scaled >= threshold
     union = (region | mask).sum()
     return float((region & mask).sum() / union) if union else 1.0
+
+
+def contrast_to_noise(score_map: np.ndarray, mask: np.ndarray, valid: np.ndarray | None = None,
+                      signed: bool = False) -> float:
+    """BioViL's contrast-to-noise ratio of a phrase's map: ``|mean_in - mean_out| / sqrt(var_in + var_out)``.
+
+    ``in`` are the pixels inside the true region (MS-CXR: the union of the phrase's boxes), ``out`` the
+    other pixels of the image; ``valid`` (optional) restricts both to the pixels that belong to the
+    radiograph (the padding of a non-square image is neither inside nor outside). Population variances.
+    ``signed=True`` drops the absolute value (negative: the map prefers the outside). NaN when either side
+    is empty or when both sides are constant with different values (no noise: the ratio is undefined);
+    0 when the map is constant.
+    """
+    score_map = np.asarray(score_map, dtype=float)
+    mask = np.asarray(mask).astype(bool)
+    keep = np.ones_like(mask) if valid is None else np.asarray(valid).astype(bool)
+    inside, outside = score_map[mask & keep], score_map[~mask & keep]
+    if not inside.size or not outside.size:
+        return float("nan")
+    diff = float(inside.mean() - outside.mean())
+    noise = float(np.sqrt(inside.var() + outside.var()))
+    if noise == 0.0:
+        return 0.0 if diff == 0.0 else float("nan")
+    return diff / noise if signed else abs(diff) / noise
+
+
+def threshold_iou(score_map: np.ndarray, mask: np.ndarray, thresholds: tuple[float, ...] | list[float],
+                  valid: np.ndarray | None = None) -> float:
+    """Mean over ``thresholds`` of the IoU between ``score_map >= t`` and the true region (BioViL's mIoU).
+
+    Only ``valid`` pixels count (see :func:`contrast_to_noise`). A threshold that selects nothing
+    scores 0 against a non-empty region; the caller decides the scale of ``score_map`` (raw cosine or
+    min-max scaled) and says so.
+    """
+    score_map = np.asarray(score_map, dtype=float)
+    mask = np.asarray(mask).astype(bool)
+    keep = np.ones_like(mask) if valid is None else np.asarray(valid).astype(bool)
+    target = mask & keep
+    ious = []
+    for t in thresholds:
+        pred = (score_map >= t) & keep
+        union = int((pred | target).sum())
+        ious.append(float((pred & target).sum()) / union if union else 1.0)
+    return float(np.mean(ious)) if ious else float("nan")

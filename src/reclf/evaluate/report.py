@@ -30,8 +30,9 @@ HEADLINE = {
         "all_foils",
     ],
     "grounding": ["pointing_game", "attention_iou"],
+    "phrase-grounding": ["cnr", "miou", "pointing_game"],
 }
-TASK_ORDER = ("zeroshot", "linear", "segment", "retrieve", "relations", "grounding")
+TASK_ORDER = ("zeroshot", "linear", "segment", "retrieve", "relations", "grounding", "phrase-grounding")
 # the one-table summary at the top of a report: (task, metric, column header); a method without the
 # method-score variant (global-only methods) is shown with its global score
 SUMMARY = (
@@ -45,6 +46,7 @@ SUMMARY = (
     ("relations", "all_foils", "binding: all foils"),
     ("grounding", "pointing_game", "pointing game"),
     ("grounding", "attention_entropy", "attention entropy"),
+    ("phrase-grounding", "cnr", "phrase CNR"),
     ("linear", "1%/auroc", "linear AUROC (1 %)"),
     ("linear", "100%/auroc", "linear AUROC (100 %)"),
     ("segment", "opacity/100%/dice_pos", "seg Dice, positives (100 %)"),

@@ -21,6 +21,8 @@ SOURCES: dict[str, str] = {
     "covidx": "reclf.data.sources.covidx",
     "iu-xray": "reclf.data.sources.iu_xray",
     "pairs-csv": "reclf.data.sources.pairs_csv",
+    "ms-cxr": "reclf.data.sources.ms_cxr",
+    "chest-imagenome": "reclf.data.sources.chest_imagenome",
 }
 
 

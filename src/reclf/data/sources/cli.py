@@ -10,7 +10,7 @@ import json
 import os
 from pathlib import Path
 
-SOURCE_NAMES = ("mimic-cxr", "chexpert", "rsna", "siim", "covidx", "iu-xray", "pairs-csv")
+SOURCE_NAMES = ("mimic-cxr", "chexpert", "rsna", "siim", "covidx", "iu-xray", "pairs-csv", "ms-cxr", "chest-imagenome")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,6 +67,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--release", default=None, help="covidx release name (default: from the list file names)")
     g = parser.add_argument_group("siim")
     g.add_argument("--balanced-train", action="store_true", help="siim: as many training negatives as positives")
+    g = parser.add_argument_group("ms-cxr / chest-imagenome")
+    g.add_argument(
+        "--mimic-jpg",
+        type=Path,
+        default=None,
+        help="the MIMIC-CXR-JPG folder holding files/pXX/... (default: --root); ms-cxr's --csv names its CSV",
+    )
     g = parser.add_argument_group("pairs-csv")
     g.add_argument("--csv", type=Path, default=None, help="the CSV (default <root>/pairs.csv)")
     g.add_argument("--image-column", default=None, help="image path column (image)")
@@ -92,6 +99,7 @@ EXTRA_KEYS = (
     "patient_column",
     "split_column",
     "id_column",
+    "mimic_jpg",
 )
 
 

@@ -180,7 +180,11 @@ def read_csv_any(path: Path, **kwargs: Any) -> pd.DataFrame:
 
 
 def read_csv_counting_bad(
-    path: Path, drops: DropLog, name: str = "malformed_csv_row", encoding: str | tuple[str, ...] | None = None
+    path: Path,
+    drops: DropLog,
+    name: str = "malformed_csv_row",
+    encoding: str | tuple[str, ...] | None = None,
+    delimiter: str = ",",
 ) -> pd.DataFrame:
     """Read a CSV (plain/.gz/.zip) as strings, dropping and counting bad rows instead of failing.
 
@@ -191,7 +195,7 @@ def read_csv_counting_bad(
     a line that none of ``encoding`` (``"utf-8"`` by default, ``--encoding``) can decode is dropped and counted
     as ``not_decodable_row``. The frame's ``attrs["lines"]`` holds each kept row's first line number. A 0-byte
     file, a file without a header, an undecodable header and a CSV the parser cannot follow are errors naming
-    the file.
+    the file. ``delimiter="\\t"`` reads a tab-separated file (Chest ImaGenome's gold tables).
     """
     import csv
 
@@ -203,7 +207,7 @@ def read_csv_counting_bad(
         raise SourceLayoutError(f"{path} is empty (0 bytes); expected a CSV with a header line and data rows")
     text, bad_lines, fallback = decode_lines(data, encodings)
     csv.field_size_limit(2**31 - 1)  # a 1 MB report is one field
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     header: list[str] | None = None
     rows: list[list[str]] = []
     lines: list[int] = []

@@ -6,6 +6,7 @@
 - ``retrieve``: image -> report and report -> image retrieval (R@K, P@K by class, median rank);
 - ``relations``: does the model bind a finding to its side, zone, severity and polarity (true caption vs foils);
 - ``grounding``: does a finding word's attention land on the finding's mask (pointing game, IoU, entropy);
+- ``phrase_grounding`` (``phrase-grounding``): BioViL's MS-CXR protocol, also on SynthCXR (CNR, mIoU, pointing game);
 - ``diagnostics``: do IRM and SRM do what RECLF claims (importance AUROC, relation mass).
 
 Each is ``run_<task>(loaded_model, data_folder, out_folder, <Task>Config) -> TaskResult`` and writes

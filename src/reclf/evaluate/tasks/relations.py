@@ -12,6 +12,11 @@ strictly higher than the foil (a tie counts as half: a constant scorer gets 0.5,
 ``all_foils_single`` and ``all_foils_binding`` the same over each kind of study (when the table
 has a ``task`` column). ``split`` (default ``test``) keeps the rows of one split: SynthCXR
 splits the relations set half valid, half test, so designs are chosen on valid; ``None``: all.
+
+Real data (``reclf prepare chest-imagenome``): the same metrics on Chest ImaGenome's gold triples, with
+foils that move one finding to the other side (``side``), another lung level (``location``) or exchange
+the regions of two findings (``swap_location``); built from the table's triples when the folder has no
+``candidates.csv`` (``table_candidates``).
 """
 
 from __future__ import annotations
@@ -60,6 +65,23 @@ def read_candidates(path: Path) -> pd.DataFrame:
     return df
 
 
+def table_candidates(df: pd.DataFrame, path: Path, seed: int = 0) -> pd.DataFrame:
+    """The candidates file when there is one; else, for a table of finding-anatomy-side triples (``reclf
+    prepare chest-imagenome``), the foils built from its triples
+    (:func:`reclf.data.sources.chest_imagenome.relation_candidates`: ``side``, ``location``, ``swap_location``)."""
+    if path.is_file() or "annotations" not in df.columns:
+        return read_candidates(path)
+    from reclf.data.sources.chest_imagenome import candidates_frame, triples_from_annotations
+
+    triples = {str(sid): triples_from_annotations(a) for sid, a in zip(df["study_id"], df["annotations"])}
+    triples = {sid: t for sid, t in triples.items() if t}
+    if not triples:
+        return read_candidates(path)  # neither candidates nor triples: say which file is missing
+    cands = candidates_frame(triples, seed)
+    cands["is_correct"] = cands["is_correct"].astype(bool)
+    return cands
+
+
 def wins(true_score: float, foil_score: float) -> float:
     """1 if the true caption scores higher, 0.5 on a tie, 0 otherwise."""
     return 1.0 if true_score > foil_score else (0.5 if true_score == foil_score else 0.0)
@@ -69,7 +91,7 @@ def run_relations(loaded: LoadedModel, data: str | Path, out: str | Path | None,
     model = loaded.model
     split = None if cfg.split in (None, "", "all") else cfg.split
     table = load_table(data, splits=(split,) if split else None)
-    cands = read_candidates(table.folder / cfg.candidates)
+    cands = table_candidates(table.df, table.folder / cfg.candidates, cfg.seed)
     size = cfg.image_size or image_size_of(model)
     img, enc = encode_images(model, table.paths(), size, cfg.batch_size, cache_dir=cfg.cache_dir,
                              model_hash=loaded.sha256)
