@@ -186,7 +186,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from reclf.evaluate.cli import given
-    from reclf.evaluate.common import model_info
+    from reclf.evaluate.common import items_sha256, model_info
     from reclf.evaluate.loading import load_model
     from reclf.evaluate.results import TaskResult, format_table
     from reclf.utils.console import say
@@ -224,6 +224,7 @@ def run(args: argparse.Namespace) -> int:
     config = asdict(cfg) | {"prompt_file": prompt_info, "score": args.score, "labels": str(args.labels),
                             "image_size": cfg.image_size or None}
     data = {"path": str(args.images), "files": len(images.ids), "used": len(use), "bad_rows": len(emb.bad),
+            "split_list_sha256": items_sha256(ids),
             "labels_missing": len(missing),
             "bad_examples": [{"image": i, "reason": why} for i, why in bad_named[:20]]}
     result = TaskResult("classify", metrics, config, model_info(loaded), data, [cfg.seed], extra)
