@@ -53,7 +53,8 @@ def list_folder(folder: str | Path) -> ImageList:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"--images {folder}: no such folder")
-    paths, ignored = [], []
+    paths: list[Path] = []
+    ignored: list[Path] = []
     for p in sorted(folder.rglob("*")):
         rel = p.relative_to(folder)
         if not p.is_file() or any(part.startswith(".") for part in rel.parts):

@@ -178,8 +178,9 @@ def cat_text_features(parts: list[TextFeatures]) -> TextFeatures:
     """Concatenate text features of different batches, padding the word axis."""
     w = max(p.words.shape[1] for p in parts)
     ww = None
-    if all(p.word_weights is not None for p in parts):
-        ww = _pad_cat([p.word_weights.float().cpu() for p in parts], w, 0.0)
+    weights = [p.word_weights.float().cpu() for p in parts if p.word_weights is not None]
+    if len(weights) == len(parts):
+        ww = _pad_cat(weights, w, 0.0)
     return TextFeatures(
         torch.cat([p.global_.float().cpu() for p in parts]),
         _pad_cat([p.words.float().cpu() for p in parts], w, 0.0),
