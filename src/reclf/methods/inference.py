@@ -243,8 +243,10 @@ def _znorm(s: Tensor) -> Tensor:
 
 
 def prompt_scores(model: EvaluableModel, img: Any, txt: Any, chunk: int) -> dict[str, Tensor]:
-    """``[n_images, n_prompts]`` scores per rule, plus ``fused`` when a local score exists."""
-    out = {name: similarity_matrix(fn, img, txt, chunk) for name, fn in score_modes(model).items()}
+    """``[n_images, n_prompts]`` scores per rule, plus ``fused`` when a local score exists (computed on the model's
+    device, chunk by chunk; returned on the CPU)."""
+    device = str(_device_of(model))
+    out = {name: similarity_matrix(fn, img, txt, chunk, device) for name, fn in score_modes(model).items()}
     if "local" in out:
         out["fused"] = 0.5 * (_znorm(out["global"]) + _znorm(out["local"]))
     return out
