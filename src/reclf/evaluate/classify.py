@@ -187,7 +187,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from reclf.evaluate.cli import given
     from reclf.evaluate.common import items_sha256, model_info
-    from reclf.evaluate.loading import load_model
+    from reclf.evaluate.loading import image_size_of, load_model
     from reclf.evaluate.results import TaskResult, format_table
     from reclf.utils.console import say
     from reclf.utils.io import atomic_write_json
@@ -222,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
     extra: dict[str, Any] = {"classes": names, "prompts": prompts}
     metrics = label_metrics({k: v[rows] for k, v in per_mode.items()}, y, ids, len(names), cfg, extra)
     config = asdict(cfg) | {"prompt_file": prompt_info, "score": args.score, "labels": str(args.labels),
-                            "image_size": cfg.image_size or None}
+                            "image_size": cfg.image_size or image_size_of(loaded.model)}
     data = {"path": str(args.images), "files": len(images.ids), "used": len(use), "bad_rows": len(emb.bad),
             "split_list_sha256": items_sha256(ids),
             "labels_missing": len(missing),
