@@ -63,3 +63,16 @@ def test_prompt_sampling_is_recorded_and_seeded(tmp_path):
     assert runs[0].extra["prompts"] == runs[1].extra["prompts"] != runs[2].extra["prompts"]
     assert all(len(v) == 3 for v in runs[0].extra["prompts"].values())
     assert runs[0].config["prompt_file_version"] == 2 and runs[0].config["reduce"] == "max"
+
+
+def test_length_bias_is_the_rank_correlation_of_prompt_length_and_mean_score():
+    import torch
+
+    from reclf.evaluate.tasks.zeroshot import length_bias
+
+    prompts = ["a", "a b", "a b c", "a b c d"]
+    growing = torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.0, 0.5, 0.7, 2.0]])  # log-sum-exp-like: more words, more score
+    free = torch.tensor([[0.3, 0.1, 0.4, 0.2], [0.3, 0.1, 0.4, 0.2]])
+    assert length_bias(prompts, {"lse": growing, "free": free, "inverse": -growing}) == {
+        "lse": 1.0, "free": 0.0, "inverse": -1.0}
+    assert length_bias(["a b", "c d"], {"x": growing[:, :2]}) == {}  # one length: no correlation to speak of

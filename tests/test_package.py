@@ -125,7 +125,7 @@ def test_version_and_help_load_no_command_module():
 
 
 @pytest.mark.parametrize("command", ["synth", "prepare", "presets", "pretrain", "export", "evaluate", "report",
-                                     "explain", "demo", "convert"])
+                                     "explain", "demo", "convert", "embed", "classify"])
 def test_every_command_still_gets_its_arguments(command, capsys):
     from reclf.cli import COMMANDS, main
 

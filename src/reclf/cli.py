@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "reclf.evaluate.cli",
         "evaluate a model: zeroshot, linear, segment, retrieve, relations, grounding, baseline",
     ),
+    "embed": ("reclf.evaluate.embed", "embed your own PNG / JPEG / DICOM images (--local: regions too) into one file"),
+    "classify": ("reclf.evaluate.classify", "zero-shot classify your own images with a model's prompts and score"),
     "tune": (
         "reclf.tune",
         "the same hyper-parameter grid for every method, chosen on the validation loss: tuning.md",

@@ -33,7 +33,11 @@ class PromptSet:
     binary: dict[str, tuple[list[str], list[str]]] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
+        """The file, its name and version, the sha256 of its bytes (which prompts, exactly) and its sizes."""
+        from reclf.utils.io import file_sha256
+
         return {"file": self.path, "name": self.name, "version": self.version,
+                "sha256": file_sha256(self.path) if Path(self.path).is_file() else None,
                 "prompts_per_class": {k: len(v) for k, v in self.classes.items()}}
 
 

@@ -52,6 +52,7 @@ def load_table(folder: str | Path, splits: tuple[str, ...] | None = None, requir
 
 def model_info(loaded: LoadedModel) -> dict[str, Any]:
     m = loaded.model
+    sections = model_sections(m)
     return {
         "label": loaded.label,
         "path": loaded.path,
@@ -60,13 +61,45 @@ def model_info(loaded: LoadedModel) -> dict[str, Any]:
         "method": m.method,
         "has_local": bool(m.has_local),
         "config": m.config,
+        "sections": sections,
+        "section_rule_sha256": section_rule_sha256(sections),
     }
 
 
+def text_sha256(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def items_sha256(ids: Any) -> str:
+    """The hash of an ordered list of item ids (one per line): which items a number was computed on."""
+    return text_sha256("\n".join(str(i) for i in ids))
+
+
+def section_rule_sha256(sections: list[str]) -> str:
+    """The report section rule as a hash: the sections the model reads, and the code that extracts and cleans
+    them (``reclf.data.sections``, ``reclf.data.reports``). Any change of either changes the hash."""
+    import json
+
+    from reclf.data import reports
+    from reclf.data import sections as section_code
+
+    code = "".join(Path(mod.__file__).read_text(encoding="utf-8") for mod in (section_code, reports)
+                   if mod.__file__)
+    return text_sha256(json.dumps(list(sections)) + "\n" + code)
+
+
 def data_info(table: Table, kept: np.ndarray | None = None, bad: list | None = None) -> dict[str, Any]:
+    """The data of a result: folder, rows, rows used, bad rows (with reasons), the hash of the ids of the rows used
+    (``split_list_sha256``: the exact evaluation list) and the table's ``source`` values."""
     bad = bad or []
     info: dict[str, Any] = {"path": str(table.folder), "rows": len(table), "used": int(len(table) if kept is None
                                                                                       else len(kept))}
+    ids = table.df["study_id"].astype(str)
+    info["split_list_sha256"] = items_sha256(ids if kept is None else ids.iloc[np.asarray(kept, dtype=int)])
+    if "source" in table.df.columns:
+        info["sources"] = sorted(set(table.df["source"].astype(str)) - {"", "nan"})
     info["bad_rows"] = len(bad)
     if bad:
         info["bad_examples"] = [{"row": int(r), "study_id": str(table.df.iloc[int(r)]["study_id"]), "reason": why}

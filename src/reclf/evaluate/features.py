@@ -4,14 +4,16 @@ Evaluation images go through training's deterministic eval pipeline
 (``reclf.data.transforms.resize_and_pad``: long side to S, black padding; never a flip).
 Unreadable images are skipped and counted (``Encoded.bad``), never silently dropped.
 Features depend only on (weights, table, image size, kind), so they are cached under that key in
-``cache_dir`` (safetensors) and each task extracts them once.
+``cache_dir`` (safetensors) and each task extracts them once. The reading, batching, encoding and
+scoring themselves are ``reclf.methods.inference`` (re-exported here), the code ``reclf embed``,
+``reclf classify`` and ``model.embed_images`` / ``model.zero_shot`` run too.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,8 +22,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from reclf.methods.inference import (  # noqa: F401  (re-exported: the tasks import them from here)
+    cat_text_features,
+    embed_images,
+    encode_texts,
+    iter_image_batches,
+    prepare_image,
+    similarity_matrix,
+)
 from reclf.methods.interface import EvaluableModel
-from reclf.models.features import ImageFeatures, TextFeatures
+from reclf.models.features import ImageFeatures
 
 
 @dataclass
@@ -38,14 +48,6 @@ class Encoded:
 # pixels
 
 
-def prepare_image(path: str | Path, size: int) -> np.ndarray:
-    """Read an image and bring it to ``[size, size]`` float in [0, 1] exactly as training's eval pipeline."""
-    from reclf.data.images import load_image
-    from reclf.data.transforms import resize_and_pad, to_tensor
-
-    return resize_and_pad(to_tensor(load_image(path)), size)[0].numpy()
-
-
 def prepare_mask(path: str | Path, size: int) -> np.ndarray:
     """Read a mask with the same resize + pad as its radiograph; returns bool ``[size, size]``."""
     from reclf.data.images import load_image
@@ -53,29 +55,6 @@ def prepare_mask(path: str | Path, size: int) -> np.ndarray:
 
     binary = (load_image(path) > 0.5).astype(np.float32)
     return resize_and_pad(to_tensor(binary), size)[0].numpy() >= 0.5
-
-
-def iter_image_batches(
-    paths: Sequence[str | Path], size: int, batch_size: int = 32, bad: list | None = None
-) -> Iterator[tuple[np.ndarray, Tensor]]:
-    """Yield ``(row_indices, images[B,1,S,S])``; unreadable files go to ``bad`` as (row, reason)."""
-    from reclf.data.images import ImageReadError
-
-    rows: list[int] = []
-    arrays: list[np.ndarray] = []
-    for i, p in enumerate(paths):
-        try:
-            arrays.append(prepare_image(p, size))
-            rows.append(i)
-        except (ImageReadError, OSError, ValueError) as exc:
-            if bad is None:
-                raise
-            bad.append((i, str(exc)))
-        if len(arrays) == batch_size:
-            yield np.asarray(rows), torch.from_numpy(np.stack(arrays))[:, None]
-            rows, arrays = [], []
-    if arrays:
-        yield np.asarray(rows), torch.from_numpy(np.stack(arrays))[:, None]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,17 +114,11 @@ def encode_images(
     """Joint-space image features of every readable image (on CPU)."""
 
     def compute() -> Encoded:
-        bad: list = []
-        globals_, locals_, kept, grid = [], [], [], None
-        for rows, x in iter_image_batches(paths, size, batch_size, bad):
-            f = model.encode_image(x.to(device))
-            globals_.append(f.global_.float().cpu())
-            locals_.append(f.local.float().cpu())
-            kept.append(rows)
-            grid = tuple(f.grid)
-        if not kept:
-            raise ValueError(f"none of the {len(paths)} images could be read (first error: {bad[:1]})")
-        return Encoded({"global": torch.cat(globals_), "local": torch.cat(locals_)}, np.concatenate(kept), bad, grid)
+        emb = embed_images(model, paths, batch_size, local=True, size=size, device=device)
+        if not len(emb):
+            raise ValueError(f"none of the {len(paths)} images could be read (first error: {emb.bad[:1]})")
+        assert emb.local is not None
+        return Encoded({"global": emb.global_, "local": emb.local}, emb.kept, emb.bad, emb.grid)
 
     key = None if model_hash is None else cache_key("joint", model_hash, table_fingerprint(paths), size)
     enc = cached(cache_dir, key, compute)
@@ -176,65 +149,3 @@ def backbone_features(
         return cached(cache_dir, key, compute)
     finally:
         encoder.train(was_training)
-
-
-def _pad_cat(tensors: list[Tensor], dim_len: int, fill: float | int | bool) -> Tensor:
-    out = []
-    for t in tensors:
-        pad = dim_len - t.shape[1]
-        if pad:
-            shape = list(t.shape)
-            shape[1] = pad
-            t = torch.cat([t, torch.full(shape, fill, dtype=t.dtype)], dim=1)
-        out.append(t)
-    return torch.cat(out)
-
-
-def cat_text_features(parts: list[TextFeatures]) -> TextFeatures:
-    """Concatenate text features of different batches, padding the word axis."""
-    w = max(p.words.shape[1] for p in parts)
-    ww = None
-    if all(p.word_weights is not None for p in parts):
-        ww = _pad_cat([p.word_weights.float().cpu() for p in parts], w, 0.0)
-    return TextFeatures(
-        torch.cat([p.global_.float().cpu() for p in parts]),
-        _pad_cat([p.words.float().cpu() for p in parts], w, 0.0),
-        _pad_cat([p.word_mask.cpu() for p in parts], w, False),
-        _pad_cat([p.sentence_ids.cpu() for p in parts], w, -1),
-        [s for p in parts for s in p.word_strings],
-        ww,
-    )
-
-
-@torch.no_grad()
-def encode_texts(model: EvaluableModel, texts: Sequence[str], batch_size: int = 64) -> TextFeatures:
-    """Joint-space features of ``texts`` (batched; the model tokenises with its own tokenizer)."""
-    texts = [str(t) for t in texts]
-    if not texts:
-        raise ValueError("no texts to encode")
-    parts = [model.encode_text(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
-    return cat_text_features(parts)
-
-
-@torch.no_grad()
-def similarity_matrix(
-    fn: Callable[[ImageFeatures, TextFeatures], Tensor], img: ImageFeatures, txt: TextFeatures,
-    chunk: int = 64, device: str = "cpu",
-) -> Tensor:
-    """``fn(img, txt)`` for all pairs, computed over chunks of images so memory stays bounded."""
-    out = []
-    for i in range(0, len(img), chunk):
-        part = img.index(slice(i, i + chunk))
-        out.append(fn(_to(part, device), _to(txt, device)).float().cpu())
-    return torch.cat(out)
-
-
-def _to(f: Any, device: str) -> Any:
-    if device == "cpu":
-        return f
-    if isinstance(f, ImageFeatures):
-        pw = None if f.patch_weights is None else f.patch_weights.to(device)
-        return ImageFeatures(f.global_.to(device), f.local.to(device), f.grid, pw)
-    ww = None if f.word_weights is None else f.word_weights.to(device)
-    return TextFeatures(f.global_.to(device), f.words.to(device), f.word_mask.to(device),
-                        f.sentence_ids.to(device), f.word_strings, ww)

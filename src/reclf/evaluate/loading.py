@@ -67,9 +67,7 @@ def wrap_model(model: EvaluableModel, label: str | None = None) -> LoadedModel:
 
 
 def image_size_of(model: EvaluableModel, default: int = 128) -> int:
-    """The input size the model was built for (its config), else ``default``."""
-    cfg = model.config or {}
-    enc = cfg.get("image_encoder") if isinstance(cfg, dict) else None
-    if isinstance(enc, dict) and isinstance(enc.get("image_size"), int):
-        return int(enc["image_size"])
-    return default
+    """The input size the model was built for (its config), else ``default`` (``reclf.methods.inference``)."""
+    from reclf.methods.inference import image_size_of as size_of
+
+    return size_of(model, default)

@@ -339,6 +339,7 @@ def diagnostics_sections(results: list[dict[str, Any]], figs: Path) -> list[str]
 
 def write_report(results: list[dict[str, Any]], out: str | Path, data: str | None = None, samples: int = 2,
                  title: str = "reclf evaluation report", demo: dict[str, Any] | None = None) -> Path:
+    from reclf.evaluate.provenance import provenance_table, published_comparison
     from reclf.utils.io import atomic_write_text
     from reclf.viz.figures import bar_chart
 
@@ -353,6 +354,7 @@ def write_report(results: list[dict[str, Any]], out: str | Path, data: str | Non
              "trained on the labels. Labels merged over `@seedN` pretraining seeds show mean ± std over them.", ""]
     lines += summary_table(merged, verdicts)
     lines += paired_differences(results)
+    lines += published_comparison(results)
     if demo:
         lines += demo_sections(demo, results, figs)
     lines += diagnostics_sections(results, figs)
@@ -383,6 +385,7 @@ def write_report(results: list[dict[str, Any]], out: str | Path, data: str | Non
                              references=_references(task, metric, by_label_applicable))
             lines += [f"![{task} {metric}](figures/{path.name})", ""]
     lines += _explanations(results, figs, data, samples)
+    lines += provenance_table(results)
     lines += ["## runs", ""] + [f"- `{r['_path']}` ({r['task']}, {r['model'].get('label')}, "
                                 f"sha256 {str(r['model'].get('sha256'))[:12]})" for r in results] + [""]
     path = out / "report.md"
@@ -450,5 +453,8 @@ def run(args: argparse.Namespace) -> int:
     if not results:
         raise FileNotFoundError(f"no results.json under {args.runs}")
     path = write_report(results, args.out, args.data, args.samples, args.title)
+    from reclf.evaluate.provenance import provenance_table
+
+    print("\n".join(provenance_table(results)))
     print(f"wrote {path} ({len(results)} runs)")
     return 0

@@ -2,7 +2,9 @@
 
 One file per run, written atomically: the task, the metrics (each with its 95 % interval and,
 for trained probes, mean +- std over seeds), the task's config, the model (path, method, sha256
-of the weights), the data (path, rows used, bad rows with reasons) and the seeds.
+of the weights), the data (path, rows used, bad rows with reasons), the seeds, and the provenance of
+every number (:data:`PROVENANCE`: the hashes of the weights, the evaluated item list, the prompt file
+and the report section rule).
 """
 
 from __future__ import annotations
@@ -43,11 +45,32 @@ class TaskResult:
             "model": self.model,
             "data": self.data,
             "seeds": self.seeds,
+            "provenance": provenance(self.model, self.data, self.config),
             "extra": _clean(self.extra),
             "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "reclf_version": reclf.__version__,
             "python": platform.python_version(),
         }
+
+
+#: The hashes that say where a number comes from (``results.json`` -> ``provenance``; ``reclf report`` lists them).
+PROVENANCE = {
+    "model_weights": "sha256 of the weights file",
+    "split_list": "sha256 of the ids of the items evaluated, in order (one per line)",
+    "prompt_file": "sha256 of the prompt file (zero-shot)",
+    "section_rule": "sha256 of the report sections the model reads + the section / cleaning code",
+}
+
+
+def provenance(model: dict[str, Any], data: dict[str, Any], config: dict[str, Any]) -> dict[str, str | None]:
+    """The :data:`PROVENANCE` hashes of a result (``None`` where a task has no such input)."""
+    prompt = config.get("prompt_file") if isinstance(config, dict) else None
+    return {
+        "model_weights": model.get("sha256"),
+        "split_list": data.get("split_list_sha256"),
+        "prompt_file": prompt.get("sha256") if isinstance(prompt, dict) else None,
+        "section_rule": model.get("section_rule_sha256"),
+    }
 
 
 def per_item(ids: Any, values: Any) -> dict[str, list]:

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+import reclf.methods.inference as inference
 from reclf.align.aggregators import Aggregator, PoolAggregator, build_aggregator
 from reclf.align.losses import (
     Temperature,
@@ -187,6 +188,21 @@ class VLModel(nn.Module):
         else:
             words = F.normalize(out.words, dim=-1) * out.word_mask.unsqueeze(-1)
         return TextFeatures(g, words, out.word_mask, out.sentence_ids, out.word_strings, out.cls_attention)
+
+    # ------------------------------------------------------------------------------------------
+    # inference on files (``reclf.methods.inference``: the code ``reclf embed`` / ``classify`` / ``evaluate`` run)
+
+    def preprocess(self, path: str | Path) -> Tensor:
+        """An image file (PNG, JPEG, DICOM) as this model sees it: ``[1, S, S]`` in [0, 1] (the eval transform)."""
+        return inference.preprocess(self, path)
+
+    def embed_images(self, paths: Any, batch_size: int = 32, local: bool = False) -> inference.Embeddings:
+        """Global (and with ``local``, region) embeddings of image files; unreadable ones are listed, not fatal."""
+        return inference.embed_images(self, paths, batch_size, local=local)
+
+    def zero_shot(self, images: Any, class_prompts: dict[str, Any], reduce: str = "mean") -> inference.ZeroShotScores:
+        """Zero-shot class scores of images (files or a ``[B, 1, S, S]`` batch) for ``{class: prompts}``."""
+        return inference.zero_shot(self, images, class_prompts, reduce)
 
     # ------------------------------------------------------------------------------------------
     # scores

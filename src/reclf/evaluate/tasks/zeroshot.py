@@ -33,6 +33,14 @@ from reclf.evaluate.loading import LoadedModel, image_size_of
 from reclf.evaluate.metrics import accuracy, auroc, macro_auroc, macro_f1
 from reclf.evaluate.results import TaskResult, format_table, per_item, write_results
 from reclf.evaluate.stats import Estimate, bootstrap_ci
+from reclf.methods.inference import (  # noqa: F401  (class_scores, prompt_scores: re-exported)
+    class_score_table,
+    class_scores,
+    length_bias,
+    prompt_score_table,
+    prompt_scores,
+    score_modes,
+)
 from reclf.methods.interface import EvaluableModel
 
 
@@ -52,51 +60,6 @@ class ZeroShotConfig:
     cache_dir: str | None = None
 
 
-def score_modes(model: EvaluableModel) -> dict[str, Any]:
-    """The similarity rules this model supports (name -> fn(img, txt) -> [I, T])."""
-    modes: dict[str, Any] = {"global": model.global_similarity}
-    if model.has_local:
-        modes["local"] = model.local_similarity
-    modes["method"] = model.similarity
-    return modes
-
-
-def _znorm(s: torch.Tensor) -> torch.Tensor:
-    return (s - s.mean(0, keepdim=True)) / s.std(0, keepdim=True).clamp_min(1e-6)
-
-
-def prompt_scores(model: EvaluableModel, img: Any, txt: Any, chunk: int) -> dict[str, torch.Tensor]:
-    """``[n_images, n_prompts]`` scores per rule, plus ``fused`` when a local score exists."""
-    out = {name: similarity_matrix(fn, img, txt, chunk) for name, fn in score_modes(model).items()}
-    if "local" in out:
-        out["fused"] = 0.5 * (_znorm(out["global"]) + _znorm(out["local"]))
-    return out
-
-
-def length_bias(prompts: list[str], per_mode: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Per score rule, the Spearman correlation of a prompt's word count with its mean score over all images.
-
-    A pooling that sums over words (log-sum-exp adds up to ``log(#words) / gamma``) favours long prompts
-    whatever they say; a rule free of that bias sits near 0 (a prompt set whose long prompts are also the
-    better matches can move it either way, so compare rules on the same prompts).
-    """
-    from scipy.stats import spearmanr
-
-    n_words = np.asarray([len(p.split()) for p in prompts])
-    if len(set(n_words.tolist())) < 2:
-        return {}
-    return {mode: round(float(spearmanr(n_words, s.mean(0).numpy()).statistic), 4) for mode, s in per_mode.items()}
-
-
-def class_scores(scores: torch.Tensor, owner: np.ndarray, n_classes: int, reduce: str) -> torch.Tensor:
-    """Reduce ``[N, P]`` prompt scores to ``[N, C]`` class scores (mean or max over each class's prompts)."""
-    cols = []
-    for c in range(n_classes):
-        s = scores[:, torch.as_tensor(owner == c)]
-        cols.append(s.max(1).values if reduce == "max" else s.mean(1))
-    return torch.stack(cols, 1)
-
-
 def pick_prompt_file(spec: str, classes: list[str], source: str = "") -> PromptSet:
     """``spec`` as given, or for ``auto`` the built-in file of the table's source: SynthCXR's vocabulary for
     ``source == "synthcxr"``, CheXpert's (radiologists' wording) for real data, then whichever fits."""
@@ -112,6 +75,32 @@ def pick_prompt_file(spec: str, classes: list[str], source: str = "") -> PromptS
         except (FileNotFoundError, ValueError) as exc:
             errors.append(str(exc))
     raise ValueError(f"no built-in prompt file fits the classes {classes}: {errors[-1] if errors else ''}")
+
+
+def choose_prompts(classes: list[str], ps: PromptSet, per_class: int | None, seed: int) -> dict[str, list[str]]:
+    """``{class: prompts}`` in ``classes`` order: each class's prompts in ``ps`` (names matched by
+    :func:`reclf.data.prompts.match_classes`), ``per_class`` of them drawn with seed ``seed + class index``."""
+    mapping = match_classes(classes, ps)
+    return {c: sample_prompts(ps.classes[mapping[c]], per_class, seed + ci) for ci, c in enumerate(classes)}
+
+
+def multiclass_metrics(per_mode: dict[str, torch.Tensor], y: np.ndarray, ids: Any, n_classes: int, n_boot: int,
+                       seed: int, extra: dict[str, Any]) -> dict[str, Estimate]:
+    """Accuracy and macro F1 (bootstrap intervals) of the best class by each rule, chance, and in ``extra`` the
+    confusion matrices and the per-item hits; ``y`` are class indices, ``ids`` name the items."""
+    metrics: dict[str, Estimate] = {}
+    extra.setdefault("confusion", {})
+    for mode, s in per_mode.items():
+        pred = s.argmax(1).numpy()
+        metrics[f"{mode}/accuracy"] = bootstrap_ci(accuracy, y, pred, n_boot=n_boot, seed=seed)
+        extra.setdefault("per_item", {})[f"{mode}/accuracy"] = per_item(ids, pred == y)
+        metrics[f"{mode}/macro_f1"] = bootstrap_ci(
+            lambda a, b: macro_f1(a, b, labels=np.arange(n_classes)), y, pred, n_boot=n_boot, seed=seed)
+        conf = np.zeros((n_classes, n_classes), dtype=int)
+        np.add.at(conf, (y, pred), 1)
+        extra["confusion"][mode] = conf.tolist()
+    metrics["chance/accuracy"] = Estimate(1.0 / n_classes, float("nan"), float("nan"), len(y))
+    return metrics
 
 
 def run_zeroshot(loaded: LoadedModel, data: str | Path, out: str | Path | None, cfg: ZeroShotConfig) -> TaskResult:
@@ -139,34 +128,14 @@ def run_zeroshot(loaded: LoadedModel, data: str | Path, out: str | Path | None, 
                             "image_size": size}
 
     if has_class:
-        if cfg.reduce not in ("mean", "max"):
-            raise ValueError(f"reduce={cfg.reduce!r}: choose mean or max")
-        mapping = match_classes(classes, ps)
-        prompts, owner = [], []
-        extra["prompts"] = {}
-        for ci, c in enumerate(classes):
-            chosen = sample_prompts(ps.classes[mapping[c]], cfg.prompts_per_class, cfg.seed + ci)
-            prompts += chosen
-            owner += [ci] * len(chosen)
-            extra["prompts"][c] = chosen
-        owner_arr = np.asarray(owner)
-        txt = encode_texts(model, prompts)
+        prompts = choose_prompts(classes, ps, cfg.prompts_per_class, cfg.seed)
+        extra["prompts"] = prompts
         y = np.asarray([classes.index(c) for c in df["class"].astype(str)])
-        per_mode = prompt_scores(model, img, txt, cfg.chunk)
+        scored = prompt_score_table(model, img, prompts, cfg.chunk)
+        per_mode = {rule: class_scores(s, scored.owner, len(classes), cfg.reduce) for rule, s in scored.scores.items()}
         extra["classes"] = classes
-        extra["length_bias"] = length_bias(prompts, per_mode)
-        extra["confusion"] = {}
-        for mode, s in per_mode.items():
-            pred = class_scores(s, owner_arr, len(classes), cfg.reduce).argmax(1).numpy()
-            metrics[f"{mode}/accuracy"] = bootstrap_ci(accuracy, y, pred, n_boot=cfg.n_boot, seed=cfg.seed)
-            extra.setdefault("per_item", {})[f"{mode}/accuracy"] = per_item(df["study_id"], pred == y)
-            metrics[f"{mode}/macro_f1"] = bootstrap_ci(
-                lambda a, b: macro_f1(a, b, labels=np.arange(len(classes))), y, pred, n_boot=cfg.n_boot,
-                seed=cfg.seed)
-            conf = np.zeros((len(classes), len(classes)), dtype=int)
-            np.add.at(conf, (y, pred), 1)
-            extra["confusion"][mode] = conf.tolist()
-        metrics["chance/accuracy"] = Estimate(1.0 / len(classes), float("nan"), float("nan"), len(y))
+        extra["length_bias"] = length_bias(scored.prompts, scored.scores)
+        metrics.update(multiclass_metrics(per_mode, y, df["study_id"], len(classes), cfg.n_boot, cfg.seed, extra))
 
     if cfg.binary:
         metrics.update(_binary(model, img, df, ps, cfg, extra))
