@@ -47,6 +47,7 @@ from reclf.align.prototypes import PrototypeLoss
 from reclf.config import ImageEncoderConfig, TextEncoderConfig
 from reclf.data.reports import swap_laterality
 from reclf.data.tokenization import WordTokens
+from reclf.methods.interface import PairExplanations
 from reclf.methods.params import MethodParams
 from reclf.models.features import ImageFeatures, TextFeatures
 from reclf.models.image import build_image_encoder
@@ -425,6 +426,55 @@ class VLModel(nn.Module):
             self.train(was_training)
         return Explanation(words, attention, img.grid, word_weights, relations, global_node, global_score, local_score)
 
+    @torch.no_grad()
+    def explain_pairs(self, images: Tensor, reports: list[str]) -> PairExplanations:
+        """Per pair ``images[i]``-``reports[i]``: words, pieces per word, word weights, relations and word ->
+        region attention, each cut to the report's own words (see :class:`PairExplanations`).
+
+        Word weights: the aggregator's node weights (IRM's beta, or the softmax its log-sum-exp pooling implies)
+        with the global node dropped and renormalised over the words; MGCA (no local matcher, a token loss): its
+        last-layer [CLS] -> word attention, normalised. Relations: SRM's (head mean, and per head of its last
+        layer), global node dropped. Attention: :meth:`word_region_attention`. Only the pairs themselves are
+        scored (``pairs = [[0], [1], ...]``), not every image with every report.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            tokens = self.tokenizer(reports)
+            img = self.encode_image(images)
+            txt = self.encode_text(tokens)
+            n = [int(k) for k in tokens.num_words.tolist()]
+            b = len(reports)
+            p2w = tokens.piece_to_word
+            width = int(p2w.max().item()) + 2 if p2w.numel() else 1
+            slot = torch.where(p2w >= 0, p2w, torch.full_like(p2w, width - 1))
+            counts = torch.zeros(b, width, dtype=torch.long).scatter_add_(1, slot, torch.ones_like(slot))
+            pieces = [counts[i, : n[i]] for i in range(b)]
+            weights = relations = heads = attention = None
+            if self.has_local:
+                pairs = torch.arange(b, device=img.global_.device)[:, None]
+                out = self._local(img, txt, pairs, extras=True)
+                off = 1 if out.global_node else 0
+                if out.node_weights is not None:
+                    nw = out.node_weights[:, 0].float().cpu()
+                    weights = [_normalised(nw[i, off : off + n[i]]) for i in range(b)]
+                if out.relations is not None:
+                    rel = out.relations[:, 0].float().cpu()
+                    relations = [rel[i, off : off + n[i], off : off + n[i]] for i in range(b)]
+                if out.head_relations is not None:
+                    hr = out.head_relations[:, 0].float().cpu()  # [B, H, N, N]
+                    heads = [hr[i, :, off : off + n[i], off : off + n[i]] for i in range(b)]
+            elif self.params.token_weight > 0:  # MGCA: the [CLS] -> word attention its token loss weighs words by
+                enc = self.text_encoder(tokens.to(self.device), need_cls_attention=True)
+                cls = enc.cls_attention.float().cpu()
+                weights = [_normalised(cls[i, : n[i]]) for i in range(b)]
+            if self.params.needs_local_features:
+                attn = self.word_region_attention(img, txt).float().cpu()  # [B, W, R]
+                attention = [attn[i, : n[i]] for i in range(b)]
+        finally:
+            self.train(was_training)
+        return PairExplanations(tokens.words, pieces, img.grid, weights, relations, heads, attention)
+
     # ------------------------------------------------------------------------------------------
     # saving
 
@@ -433,6 +483,12 @@ class VLModel(nn.Module):
         from reclf.methods.saving import save_pretrained
 
         return save_pretrained(self, folder, overwrite=overwrite)
+
+
+def _normalised(w: Tensor) -> Tensor:
+    """``w / w.sum()`` (all zeros stay zeros)."""
+    total = float(w.sum())
+    return w / total if total > 0 else w
 
 
 def _gather_features(img: ImageFeatures, txt: TextFeatures, gather: Gather, max_words: int):
