@@ -60,7 +60,7 @@ class _CommandParser(argparse.ArgumentParser):
         self._command_module = command_module
         self._loaded = False
 
-    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+    def parse_known_args(self, args=None, namespace=None):
         if not self._loaded and self._command_module:  # nested sub-parsers (evaluate TASK) inherit this class
             self._loaded = True
             importlib.import_module(self._command_module).add_arguments(self)

@@ -149,7 +149,9 @@ def encode_images(
 
     key = None if model_hash is None else cache_key("joint", model_hash, table_fingerprint(paths), size)
     enc = cached(cache_dir, key, compute)
-    return ImageFeatures(enc.tensors["global"], enc.tensors["local"], tuple(enc.grid)), enc
+    if enc.grid is None:
+        raise ValueError(f"the feature cache entry {key} has no region grid; delete {cache_dir} and run again")
+    return ImageFeatures(enc.tensors["global"], enc.tensors["local"], enc.grid), enc
 
 
 @torch.no_grad()
@@ -194,8 +196,9 @@ def cat_text_features(parts: list[TextFeatures]) -> TextFeatures:
     """Concatenate text features of different batches, padding the word axis."""
     w = max(p.words.shape[1] for p in parts)
     ww = None
-    if all(p.word_weights is not None for p in parts):
-        ww = _pad_cat([p.word_weights.float().cpu() for p in parts], w, 0.0)
+    weights = [p.word_weights.float().cpu() for p in parts if p.word_weights is not None]
+    if len(weights) == len(parts):
+        ww = _pad_cat(weights, w, 0.0)
     return TextFeatures(
         torch.cat([p.global_.float().cpu() for p in parts]),
         _pad_cat([p.words.float().cpu() for p in parts], w, 0.0),

@@ -52,7 +52,7 @@ def load_model(spec: str | Path, device: str = "cpu") -> LoadedModel:
     if not Path(spec).exists():
         raise FileNotFoundError(f"--model {spec}: no such file or folder (give a model folder or a checkpoint)")
     found = load_model_file(spec)
-    found.model.eval().to(device)  # type: ignore[attr-defined]
+    found.model.eval().to(device)
     where = found.path if found.path.is_dir() else found.path.parent
     return LoadedModel(found.model, str(found.path), str(found.weights), file_sha256(found.weights),
                        model_label(where, found.model.method))

@@ -91,7 +91,10 @@ class EvaluableModel(Protocol):
         """A JSON-able description (``image_encoder.image_size`` tells the input size)."""
         ...
 
-    image_encoder: nn.Module  # the backbone: ``forward(x) -> ImageEncoderOutput``, ``global_dim``, pyramid
+    @property
+    def image_encoder(self) -> nn.Module:
+        """The backbone: ``forward(x) -> ImageEncoderOutput``, ``global_dim``, the feature pyramid."""
+        ...
 
     def encode_image(self, images: Tensor) -> Any: ...  # [B, C, H, W] in [0, 1] -> ImageFeatures
 
@@ -137,9 +140,10 @@ class TrainableModel(Protocol):
 
     def similarity(self, img: Any, txt: Any) -> Tensor: ...
 
-    def loss(self, batch: dict[str, Any], gather: Gather | None = None, **options: Any) -> dict[str, Tensor]:
-        """Named loss terms and their weighted total ``"loss"`` (``options``: ``gather_local`` when
-        ``train.gather_local`` asks for it)."""
+    def loss(self, batch: dict[str, Any], gather: Gather | None = None, gather_local: bool = False
+             ) -> dict[str, Tensor]:
+        """Named loss terms and their weighted total ``"loss"`` (``gather_local``: gather the local features
+        across ranks too, when ``train.gather_local`` asks for it; only passed when it is true)."""
         ...
 
     def on_train_epoch_start(self, epoch: int) -> None: ...

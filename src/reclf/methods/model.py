@@ -38,6 +38,7 @@ from reclf.align.losses import (
 )
 from reclf.align.matching import (
     POSITION_DIM,
+    AttentionMode,
     attend_paired,
     pairwise_local_outputs,
     pairwise_local_scores,
@@ -51,7 +52,7 @@ from reclf.methods.interface import PairExplanations
 from reclf.methods.params import MethodParams
 from reclf.models.features import ImageFeatures, TextFeatures
 from reclf.models.image import build_image_encoder
-from reclf.models.projection import GlobalProjection, LocalProjection
+from reclf.models.projection import GlobalProjection, LocalProjection, ProjectionKind
 from reclf.models.text import TextEncoder, build_text_encoder
 
 Gather = Callable[[Tensor], Tensor]
@@ -86,7 +87,8 @@ class VLModel(nn.Module):
         d = params.embed_dim
         self.image_encoder = build_image_encoder(image_cfg)
         self.text_encoder = text_encoder or build_text_encoder(text_cfg, need_attention=params.token_weight > 0)
-        kind, hidden = params.projection, params.projection_hidden
+        kind: ProjectionKind = "mlp" if params.projection == "mlp" else "linear"  # checked by method_params
+        hidden = params.projection_hidden
         self.image_global = GlobalProjection(self.image_encoder.global_dim, d, kind, hidden)
         self.text_global = GlobalProjection(self.text_encoder.hidden_size, d, kind, hidden)
         if params.needs_local_features:
@@ -206,7 +208,7 @@ class VLModel(nn.Module):
             txt.global_,
             self.aggregator,
             temperature=p.match_temperature,
-            mode=p.match_mode,
+            mode=_match_mode(p),
             chunk_size=p.chunk_size,
             pairs=pairs,
             checkpoint=p.checkpoint_chunks and self.training,
@@ -235,7 +237,7 @@ class VLModel(nn.Module):
         p = self.params
         if not p.needs_local_features:
             raise ValueError(f"method {self.method!r} has no word-region attention (no local features)")
-        mode = p.match_mode if p.has_local else "softmax"
+        mode: AttentionMode = _match_mode(p) if p.has_local else "softmax"
         temp = p.match_temperature if p.has_local else p.token_temperature
         scale = self._match_scale() if p.has_local else 1.0
         position = self._position_logits(txt.words, img.local.shape[1]) if p.has_local else None
@@ -483,6 +485,11 @@ class VLModel(nn.Module):
         from reclf.methods.saving import save_pretrained
 
         return save_pretrained(self, folder, overwrite=overwrite)
+
+
+def _match_mode(p: MethodParams) -> AttentionMode:
+    """``method.match_mode`` as the matcher's type (``method_params`` accepts softmax | gloria only)."""
+    return "gloria" if p.match_mode == "gloria" else "softmax"
 
 
 def _normalised(w: Tensor) -> Tensor:

@@ -80,7 +80,7 @@ def git_commit(cwd: str | Path | None = None) -> str | None:
 
 def environment() -> dict[str, Any]:
     """What is needed to reproduce a run: versions, commit, host and devices."""
-    versions = {}
+    versions: dict[str, str | None] = {}
     for pkg in PACKAGES:
         try:
             versions[pkg] = metadata.version(pkg)

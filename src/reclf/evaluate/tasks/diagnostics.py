@@ -356,7 +356,7 @@ def model_outputs(model: EvaluableModel, images: torch.Tensor, texts: list[str])
 
     argmax = None if ex.attention is None else [a.argmax(dim=-1).numpy() for a in ex.attention]
     return BatchOutputs(ex.words, [p.numpy() for p in ex.pieces], numpy(ex.word_weights), numpy(ex.relations),
-                        argmax, tuple(ex.grid), numpy(ex.head_relations))
+                        argmax, ex.grid, numpy(ex.head_relations))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -699,8 +699,11 @@ def diagnostics_table(results: list[dict[str, Any]], reference: str = "reclf",
     pretrained = [r for r in results if not _label(r).startswith(("floor", "ceiling"))]
     ref = next((r for r in pretrained if _method(r) == reference), None)
     if ref is not None:
-        pairs = [(ab, next((r for r in pretrained if _method(r) == ab), None)) for ab in ablations]
-        pairs = [(ab, r) for ab, r in pairs if r is not None]
+        pairs: list[tuple[str, dict[str, Any]]] = []
+        for ab in ablations:
+            match = next((r for r in pretrained if _method(r) == ab), None)
+            if match is not None:
+                pairs.append((ab, match))
         if pairs:
             lines += ["", f"Paired differences {reference} − ablation over the same reports "
                       "(mean [95 % CI], paired bootstrap; n/a where either model lacks the part):", "",
