@@ -493,8 +493,16 @@ def build_text_encoder(
 
     ``need_attention`` loads the backbone with eager attention from the start (MGCA asks for
     ``[CLS]`` attention every step); otherwise the faster SDPA kernel is used and eager attention is
-    switched on only for calls with ``need_cls_attention=True``.
+    switched on only for calls with ``need_cls_attention=True``. Hugging Face's progress bars and warnings
+    stay off the console (:func:`reclf.utils.console.library_quiet`).
     """
+    from reclf.utils.console import library_quiet
+
+    with library_quiet():
+        return _build_text_encoder(cfg, need_attention, gradient_checkpointing)
+
+
+def _build_text_encoder(cfg: TextEncoderConfig, need_attention: bool, gradient_checkpointing: bool) -> TextEncoder:
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     attn = "eager" if need_attention else None
