@@ -16,6 +16,7 @@ import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 def say(text: str, who: str = "demo") -> None:
@@ -66,9 +67,11 @@ def library_quiet() -> Iterator[None]:
     and transformers' own switch), its logger shows errors only, and ``warnings`` are captured by ``logging``
     (the ``py.warnings`` logger). Everything is restored afterwards, so a caller's own settings stand.
     """
-    hf_logging = None
+    hf_logging: Any = None
     try:  # imported before the variable below is set: its defaults are the caller's
-        import transformers.utils.logging as hf_logging
+        import transformers.utils.logging
+
+        hf_logging = transformers.utils.logging
     except ImportError:  # transformers is a dependency; without it there is nothing to silence
         pass
     saved_env = os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS")
