@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_ARGS ?=
 
-.PHONY: setup demo demo-quick test test-fast lint bench clean
+.PHONY: setup demo demo-quick test test-fast lint typecheck bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,12 +30,16 @@ demo-quick: setup
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
 
-test: setup lint
+# mypy on src/reclf, settings in pyproject.toml ([tool.mypy]); a warm cache makes it a few seconds
+typecheck: setup
+	$(PY) -m mypy
+
+test: setup lint typecheck
 	$(PY) -m pytest -q
 
 # the inner loop: everything but the tests marked `slow` (end-to-end training, DDP, presets)
-test-fast: setup lint
+test-fast: setup lint typecheck
 	$(PY) -m pytest -q -m "not slow"
 
 clean:
-	rm -rf $(VENV) out runs .pytest_cache
+	rm -rf $(VENV) out runs .pytest_cache .mypy_cache

@@ -299,3 +299,25 @@ def test_grounding_uses_the_models_word_region_attention(synth, monkeypatch):
     images = torch.rand(2, 1, 64, 64)
     outs = diag.model_outputs(model, images, ["Small left pleural effusion.", "Right upper lobe nodule."])
     assert calls and all((a == calls[0][-1] - 1).all() for a in outs.argmax)
+
+
+def test_each_method_has_its_own_random_init_floor(synth):
+    """floor/* metrics are the diagnostics of the same architecture with random weights (FLOOR_SEED): for
+    GLoRIA a random GLoRIA (double softmax), for RECLF a random RECLF; a floor itself gets none."""
+    from reclf.evaluate.baselines import FLOOR_SEED, fresh_like
+    from reclf.methods import create_model
+
+    cfg = DiagnosticsConfig(n_boot=20)
+    floors = {}
+    for method in ("gloria", "reclf"):
+        torch.manual_seed(0)
+        model = create_model(method, image_encoder=IMAGE, text_encoder=TEXT)
+        res = run_diagnostics(wrap_model(model), synth, None, cfg)
+        twin = run_diagnostics(wrap_model(fresh_like(model, FLOOR_SEED), label="floor:random"), synth, None, cfg)
+        assert not any(k.startswith("floor/") for k in twin.metrics) and "not_measured" in twin.extra["floor"]
+        for key, value in twin.metrics.items():
+            if not key.startswith("reference/"):
+                assert res.metrics[f"floor/{key}"].value == pytest.approx(value.value, nan_ok=True), key
+        floors[method] = res.metrics["floor/importance/auroc"].value
+    assert "floor/relations/own_mass" in res.metrics  # RECLF's floor has relations (SRM), GLoRIA's none
+    assert floors["gloria"] != floors["reclf"]

@@ -150,3 +150,27 @@ def test_relations_split_and_binding_contrasts(tmp_path):
     args = parser.parse_args(["relations", "--model", "m", "--data", str(data), "--split", "valid"])
     assert eval_cli.given(RelationsConfig, vars(args))["split"] == "valid"
     assert RelationsConfig().split == "test"
+
+
+def test_grounding_floor_is_a_random_init_of_the_same_architecture(tmp_path):
+    """Each method's grounding result carries its own floor: the same method and encoders with random weights
+    (FLOOR_SEED), scored on the same images; a GLoRIA is compared with a random GLoRIA, not a random RECLF."""
+    from reclf.evaluate.baselines import FLOOR_SEED, fresh_like
+    data = make_folder(tmp_path / "data", n=4)
+    floors = {}
+    for method in ("gloria", "reclf"):
+        model = _tiny(method)
+        res = run_grounding(wrap_model(model), data, None, GroundingConfig(n_boot=5))
+        assert {"floor/pointing_game", "floor/attention_iou", "floor/attention_entropy"} <= set(res.metrics)
+        assert res.extra["floor"]["seed"] == FLOOR_SEED
+        twin = fresh_like(model, FLOOR_SEED)
+        floors[method] = res.metrics["floor/attention_entropy"].value
+        # the floor is the twin's own number: scoring the twin as a model gives the same entropy
+        alone = run_grounding(wrap_model(twin, label="floor:random"), data, None, GroundingConfig(n_boot=5))
+        assert alone.metrics["attention_entropy"].value == floors[method]
+        assert not any(k.startswith("floor/") for k in alone.metrics)  # a floor has no floor of its own
+        assert "not_measured" in alone.extra["floor"]
+    assert floors["gloria"] != floors["reclf"]  # two architectures, two floors
+    # a model reclf cannot rebuild (the stub) is scored without a floor, and says so
+    res = run_grounding(wrap_model(StubModel()), data, None, GroundingConfig(n_boot=5))
+    assert not any(k.startswith("floor/") for k in res.metrics) and "not_measured" in res.extra["floor"]

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from helpers.train_stub import make_table
-from reclf.train.checkpoint import model_state_dict
+from reclf.methods.loading import model_state_dict
 from reclf.train.runs import load_checkpoint
 
 TESTS = Path(__file__).resolve().parent

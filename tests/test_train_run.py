@@ -11,8 +11,8 @@ import torch
 from helpers.train_stub import StubModel, make_table, tiny_config
 from reclf.config import ConfigError, load_config
 from reclf.data.datasets import BadDataError
+from reclf.methods.loading import model_state_dict
 from reclf.train import pretrain
-from reclf.train.checkpoint import model_state_dict
 from reclf.train.export import export_checkpoint
 from reclf.train.module import NonFiniteLossError
 from reclf.train.runs import load_checkpoint

@@ -62,7 +62,7 @@ class _CommandParser(argparse.ArgumentParser):
         self._command_module = command_module
         self._loaded = False
 
-    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+    def parse_known_args(self, args=None, namespace=None):
         if not self._loaded and self._command_module:  # nested sub-parsers (evaluate TASK) inherit this class
             self._loaded = True
             importlib.import_module(self._command_module).add_arguments(self)
@@ -92,13 +92,22 @@ def _os_error_message(exc: OSError) -> str:
         errno.EACCES: "check the permissions, or choose another --out",
         errno.EPERM: "check the permissions, or choose another --out",
         errno.EROFS: "the file system is read-only; choose another --out",
-        errno.ENOSPC: "the disk is full; free space or choose another --out",
         errno.ENOTDIR: "a part of the path is a file, not a folder; choose another path",
         errno.EISDIR: "a folder is where a file was expected; choose another path",
         errno.EEXIST: "a file is where a folder should be; choose another path",
     }
     hint = hints.get(exc.errno or 0)
     return f"{text}; {hint}" if hint else text
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the exceptions it was raised from or during."""
+    out: list[BaseException] = []
+    node: BaseException | None = exc
+    while node is not None and node not in out:
+        out.append(node)
+        node = node.__cause__ or node.__context__
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,10 +127,18 @@ def main(argv: list[str] | None = None) -> int:
         # an unreadable input file, and every error class reclf defines, which carry a message written for the
         # user): one clear line naming the file/key, no traceback. RECLF_TRACEBACK=1 shows it. Anything else
         # is a bug and keeps its traceback.
-        user_facing = isinstance(exc, ValueError | OSError | MemoryError) or type(exc).__module__.startswith("reclf.")
+        from reclf.utils.io import DiskFullError, disk_full_error, is_disk_full
+
+        full = is_disk_full(exc)  # in any library's words (torch's zip writer, safetensors, the OS)
+        user_facing = (full or isinstance(exc, ValueError | OSError | MemoryError)
+                       or type(exc).__module__.startswith("reclf."))
         if "RECLF_TRACEBACK" in __import__("os").environ or not user_facing:
             raise
-        if isinstance(exc, OSError) and exc.strerror and exc.filename:  # raised by the OS for a path
+        if full:
+            found = next((e for e in _causes(exc) if isinstance(e, DiskFullError)), None)
+            where = getattr(exc, "filename", None) or getattr(args, "out", None) or "the output folder"
+            message = str(found or disk_full_error(where, exc))
+        elif isinstance(exc, OSError) and exc.strerror and exc.filename:  # raised by the OS for a path
             message = _os_error_message(exc)
         else:  # raised by reclf with its own message
             message = str(exc) or type(exc).__name__

@@ -171,7 +171,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             except ConfigError:
                 continue  # the next member of the union; when none fits, the error below names the union
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):

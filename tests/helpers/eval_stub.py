@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reclf.methods.interface import PairExplanations
 from reclf.models.features import ImageEncoderOutput, ImageFeatures, TextFeatures
 
 WORD = re.compile(r"[a-z0-9]+")
@@ -111,6 +112,18 @@ class StubModel(nn.Module):
 
     def similarity(self, img: ImageFeatures, txt: TextFeatures) -> torch.Tensor:
         return 0.5 * (self.global_similarity(img, txt) + self.local_similarity(img, txt))
+
+    def word_region_attention(self, img: ImageFeatures, txt: TextFeatures) -> torch.Tensor:
+        return self._attention(img, txt).diagonal(dim1=0, dim2=1).permute(2, 0, 1)  # [B, W, R]
+
+    @torch.no_grad()
+    def explain_pairs(self, images: torch.Tensor, reports: list[str]) -> PairExplanations:
+        img, txt = self.encode_image(images), self.encode_text(reports)
+        n = txt.word_mask.sum(-1).tolist()
+        attn = self.word_region_attention(img, txt)
+        weights = [torch.softmax(txt.words[b, : n[b]].sum(-1), dim=0) for b in range(len(reports))]
+        return PairExplanations(txt.word_strings, [torch.ones(k, dtype=torch.long) for k in n], img.grid, weights,
+                                None, None, [attn[b, : n[b]] for b in range(len(reports))])
 
     @torch.no_grad()
     def explain(self, image: torch.Tensor, report: str) -> StubExplanation:

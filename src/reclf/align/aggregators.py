@@ -395,6 +395,7 @@ class SRMLayer(nn.Module):
         self.drop = nn.Dropout(dropout)
         if prenorm:  # residual branches start at 0: the layer starts as the identity
             for lin in (self.out, self.ffn[-1]):
+                assert isinstance(lin, nn.Linear)
                 nn.init.zeros_(lin.weight)
                 nn.init.zeros_(lin.bias)
 

@@ -167,7 +167,7 @@ def read_for_cache(
         return arr, (int(arr.shape[0]), int(arr.shape[1])), meta
     try:
         with _own_pixel_limit():
-            img = Image.open(path)
+            img: Image.Image = Image.open(path)
         width, height = img.size
         try:
             check_pixels(path, width, height, max_pixels)
@@ -211,7 +211,7 @@ def to_cache_image(image: Image.Image | np.ndarray, orig_shape: tuple[int, int],
 
 def mask_to_cache(mask: np.ndarray, size: int, square: bool = False) -> Image.Image:
     """A boolean mask at original resolution -> 8-bit (0/255) ``L`` image in the cache geometry (nearest)."""
-    out_h, out_w = target_shape(*mask.shape, size, square)
+    out_h, out_w = target_shape(int(mask.shape[0]), int(mask.shape[1]), size, square)
     arr = mask.astype(bool)
     if square:
         arr = pad_to_square(arr, value=False)

@@ -68,7 +68,16 @@ class StudyTableError(ValueError):
 #: parsed row that holds it is known to come from a bad line. ASCII bytes always decode, so CSV quoting and
 #: delimiters are never disturbed by the substitution.
 BAD_TEXT = "\ufffe"
-codecs.register_error("reclf-mark", lambda exc: (BAD_TEXT, exc.end))  # type: ignore[arg-type, return-value]
+
+
+def _mark_bad_bytes(exc: UnicodeError) -> tuple[str, int]:
+    """The ``reclf-mark`` decoding error handler: each undecodable byte becomes :data:`BAD_TEXT`."""
+    if not isinstance(exc, UnicodeDecodeError):
+        raise exc
+    return BAD_TEXT, exc.end
+
+
+codecs.register_error("reclf-mark", _mark_bad_bytes)
 
 
 def parse_encodings(spec: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...]:

@@ -122,7 +122,7 @@ def pretrain_one(
     t = time.time()
     with quiet(root / "logs" / f"pretrain-{method}@seed{seed}.log"):
         result = pretrain(cfg)
-    if result.export_dir is None:
+    if result.export_dir is None or result.run_dir is None:
         raise RuntimeError(f"pretraining {method} (seed {seed}) produced no export; see {result.run_dir}")
     atomic_write_json(
         marker,

@@ -9,6 +9,12 @@
 
 Both are written as ordinary model folders (``save_pretrained``) with a ``baseline.json`` beside
 them, so every task evaluates them exactly like a pretrained model.
+
+The attention and diagnostics metrics (grounding's pointing game and entropy, importance AUROC, relation
+masses) have a floor per architecture instead: GLoRIA's double softmax is compared with a random-init
+GLoRIA, not with a random-init RECLF. ``floor_model`` builds that twin of the evaluated model (same
+method and encoders, random weights, :data:`FLOOR_SEED` for every method) and the grounding and
+diagnostics tasks score it beside the model (``floor/*`` metrics of the same result).
 """
 
 from __future__ import annotations
@@ -24,24 +30,51 @@ from torch import nn
 
 from reclf.evaluate.common import choose_target, label_targets, load_table
 from reclf.evaluate.features import iter_image_batches
-from reclf.evaluate.loading import image_size_of
+from reclf.evaluate.loading import LoadedModel, image_size_of
 from reclf.evaluate.metrics import macro_auroc
 from reclf.evaluate.optim import AdamW
 from reclf.methods.interface import EvaluableModel
 from reclf.utils.io import atomic_write_json
 
 BASELINE_FILE = "baseline.json"
+#: The initialisation of every random-init floor (the demo's floor model and the per-architecture floors).
+FLOOR_SEED = 12345
+FLOOR_MEANING = ("floor/*: the same architecture (method, encoders) with random weights, scored on the same "
+                 "data: what the metric gives before any training")
 
 
 def fresh_like(model: EvaluableModel, seed: int) -> Any:
-    """A new, randomly initialised model with ``model``'s architecture and method (its config)."""
+    """A new, randomly initialised model with ``model``'s architecture and method (its config).
+
+    The weights depend on ``seed`` alone; the global random state is left as it was."""
     from reclf.methods import create_model
 
     cfg = copy.deepcopy(model.config)
     method = dict(cfg["method"])
     name = method.pop("name")
-    torch.manual_seed(seed)
-    return create_model(name, cfg["image_encoder"], cfg["text_encoder"], **method)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return create_model(name, cfg["image_encoder"], cfg["text_encoder"], **method)
+
+
+def floor_model(loaded: LoadedModel, seed: int = FLOOR_SEED) -> EvaluableModel | None:
+    """The random-init twin of ``loaded.model`` (eval mode), the floor of its attention metrics; ``None`` when
+    the model is itself a baseline (a floor or a ceiling) or its config does not rebuild offline (a method
+    reclf does not know, a text encoder that is not built in)."""
+    from reclf.config import BUILTIN_TEXT_ENCODERS
+    from reclf.methods.params import METHODS
+
+    if loaded.label.startswith(("floor", "ceiling")):
+        return None
+    cfg = loaded.model.config
+    method, text = cfg.get("method"), cfg.get("text_encoder")
+    if not isinstance(method, dict) or method.get("name") not in METHODS:
+        return None
+    if not isinstance(text, dict) or text.get("name") not in BUILTIN_TEXT_ENCODERS:
+        return None
+    twin = fresh_like(loaded.model, seed)
+    twin.eval()
+    return twin
 
 
 def make_random(model: EvaluableModel, out: str | Path, seed: int = 0) -> Path:

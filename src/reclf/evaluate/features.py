@@ -122,7 +122,9 @@ def encode_images(
 
     key = None if model_hash is None else cache_key("joint", model_hash, table_fingerprint(paths), size)
     enc = cached(cache_dir, key, compute)
-    return ImageFeatures(enc.tensors["global"], enc.tensors["local"], tuple(enc.grid)), enc
+    if enc.grid is None:
+        raise ValueError(f"the feature cache entry {key} has no region grid; delete {cache_dir} and run again")
+    return ImageFeatures(enc.tensors["global"], enc.tensors["local"], enc.grid), enc
 
 
 @torch.no_grad()

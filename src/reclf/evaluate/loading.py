@@ -1,6 +1,6 @@
 """The model to evaluate, named by the hash of its weights.
 
-``--model`` accepts what :func:`reclf.train.checkpoint.load_model_file` reads (the one route for every
+``--model`` accepts what :func:`reclf.methods.loading.load_model_file` reads (the one route for every
 command): an exported model folder, a run folder (its ``export/``, else its newest checkpoint), or a
 ``reclf pretrain`` checkpoint (rebuilt from the run config stored in it). The model hash is the sha256
 of the weights file, so results say exactly which weights they are.
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reclf.methods.interface import EvaluableModel
-from reclf.train.checkpoint import NotAModelError
+from reclf.methods.loading import NotAModelError, load_model_file
 from reclf.utils.io import file_sha256
 
 __all__ = ["LoadedModel", "NotAModelError", "image_size_of", "load_model", "model_label", "wrap_model"]
@@ -49,12 +49,10 @@ def model_label(path: Path, method: str | None) -> str:
 
 def load_model(spec: str | Path, device: str = "cpu") -> LoadedModel:
     """Load ``spec`` (folder or checkpoint) as an eval-mode model on ``device``; errors say what was expected."""
-    from reclf.train.checkpoint import load_model_file
-
     if not Path(spec).exists():
         raise FileNotFoundError(f"--model {spec}: no such file or folder (give a model folder or a checkpoint)")
     found = load_model_file(spec)
-    found.model.eval().to(device)  # type: ignore[attr-defined]
+    found.model.eval().to(device)
     where = found.path if found.path.is_dir() else found.path.parent
     return LoadedModel(found.model, str(found.path), str(found.weights), file_sha256(found.weights),
                        model_label(where, found.model.method))

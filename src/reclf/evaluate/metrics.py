@@ -110,7 +110,7 @@ def dice_iou(pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarr
 def positives(target: np.ndarray) -> np.ndarray:
     """Bool ``[N]``: images whose true mask is not empty."""
     target = np.asarray(target).astype(bool)
-    return target.reshape(len(target), -1).any(1)
+    return np.asarray(target.reshape(len(target), -1).any(1))
 
 
 # ---------------------------------------------------------------------------------------------

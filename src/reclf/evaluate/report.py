@@ -45,8 +45,10 @@ SUMMARY = (
     ("relations", "swap_zone", "binding: swap zones"),
     ("relations", "all_foils", "binding: all foils"),
     ("grounding", "pointing_game", "pointing game"),
+    ("grounding", "floor/pointing_game", "pointing game, random init"),
     ("grounding", "attention_entropy", "attention entropy"),
     ("phrase-grounding", "cnr", "phrase CNR"),
+    ("grounding", "floor/attention_entropy", "entropy, random init"),
     ("linear", "1%/auroc", "linear AUROC (1 %)"),
     ("linear", "100%/auroc", "linear AUROC (100 %)"),
     ("segment", "opacity/100%/dice_pos", "seg Dice, positives (100 %)"),
@@ -351,7 +353,9 @@ def write_report(results: list[dict[str, Any]], out: str | Path, data: str | Non
     lines = [f"# {title}", "",
              f"{len(results)} evaluation runs. Cells: value ± std over seeds [95 % bootstrap CI]; "
              "`floor:` = random-init encoder of the same architecture, `ceiling:` = supervised encoder "
-             "trained on the labels. Labels merged over `@seedN` pretraining seeds show mean ± std over them.", ""]
+             "trained on the labels; `floor/` metrics and `random init` rows (grounding, diagnostics) = each "
+             "method's own architecture with random weights, its floor for attention metrics. "
+             "Labels merged over `@seedN` pretraining seeds show mean ± std over them.", ""]
     lines += summary_table(merged, verdicts)
     lines += paired_differences(results)
     lines += published_comparison(results)

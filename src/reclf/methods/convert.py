@@ -208,8 +208,9 @@ def read_layout(state: dict[str, Any], fmt: str, ckpt: str = "checkpoint") -> La
         _need(state, f"{img}model.conv1.weight", fmt, ckpt)
         blocks = [len({k.split(".")[3] for k in state if k.startswith(f"{img}model.layer{i}.")}) for i in range(1, 5)]
         bottleneck = f"{img}model.layer1.0.conv3.weight" in state
-        image = {(True, (3, 4, 6, 3)): "resnet50", (False, (2, 2, 2, 2)): "resnet18",
-                 (False, (3, 4, 6, 3)): "resnet34"}.get((bottleneck, tuple(blocks)), "")
+        resnets: dict[tuple[bool, tuple[int, ...]], str] = {
+            (True, (3, 4, 6, 3)): "resnet50", (False, (2, 2, 2, 2)): "resnet18", (False, (3, 4, 6, 3)): "resnet34"}
+        image = resnets.get((bottleneck, tuple(blocks)), "")
         if not image:
             raise ConversionError(f"{ckpt}: a ResNet with blocks {blocks} (bottleneck={bottleneck}) is not one "
                                   "reclf builds (resnet18 / resnet34 / resnet50)")
@@ -379,11 +380,11 @@ def map_state(fmt: str, ref: dict[str, Any], target: dict[str, Any], model_state
     for key, t in target.items():
         if key in out:
             continue
-        rule = _derive(fmt, key, tuple(t.shape), model_state if model_state is not None else target)
-        if rule is None:
+        found = _derive(fmt, key, tuple(t.shape), model_state if model_state is not None else target)
+        if found is None:
             missing.append(key)
         else:
-            out[key], derived[key] = rule
+            out[key], derived[key] = found
     if missing:
         raise ConversionError(f"{ckpt}: {len(missing)} weight(s) of the reclf {fmt} model have no source in the "
                               f"checkpoint, e.g. {missing[:3]}; refusing to leave them at random initialisation")

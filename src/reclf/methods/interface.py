@@ -4,8 +4,11 @@
 tests exercise. The seams are typed with these protocols instead of probing with ``getattr``:
 
 - :class:`EvaluableModel`: what ``reclf.evaluate`` uses (``LoadedModel.model``): encode, score,
-  explain, the backbone for probes, and the capability flag ``has_local`` (a word-region matcher:
-  ``local_similarity`` works, and ``similarity`` may fuse it with the global score).
+  explain (one pair, or a batch of pairs with what diagnostics and grounding read: word weights,
+  relations, word -> region attention, all computed by the model's own code), the backbone for probes,
+  and the capability flag ``has_local`` (a word-region matcher: ``local_similarity`` works, and
+  ``similarity`` may fuse it with the global score). Evaluation uses nothing else of a model: no
+  private attribute, no ``hasattr`` probe.
 - :class:`TrainableModel`: what ``reclf.train`` uses (``pretrain``, the Lightning module): the
   loss, the tokenizer the collate function runs, the epoch hook, and saving.
 - :class:`MethodModel`: both, the full contract of ``reclf.methods`` (docs/ARCHITECTURE.md, Methods).
@@ -17,6 +20,7 @@ and ``isinstance(model, EvaluableModel)`` (runtime-checkable) checks that the na
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -29,6 +33,7 @@ __all__ = [
     "Explanation",
     "Gather",
     "MethodModel",
+    "PairExplanations",
     "Tokenizer",
     "TrainableModel",
     "missing_members",
@@ -50,6 +55,25 @@ class Explanation(Protocol):
     local_score: float | None
 
 
+@dataclass
+class PairExplanations:
+    """What a model's own matcher says about each image with *its own* report (pair ``i`` with ``i``).
+
+    Every entry is per report, cut to that report's words (``len(words[i])`` of them), on the CPU. ``None``
+    where the method has no such part (ConVIRT: no word weights, relations or attention). Diagnostics and
+    grounding read these instead of recomputing anything: the numbers are the ones the method trains with
+    (GLoRIA's learned match scale included).
+    """
+
+    words: list[list[str]]  # each report's words, as the tokenizer splits them
+    pieces: list[Tensor]  # [n] tokenizer pieces per word (the "long rare words" reference)
+    grid: tuple[int, int]  # the region grid (h, w): R = h * w
+    word_weights: list[Tensor] | None  # [n] importance of each word's matching, sums to 1 over the words
+    relations: list[Tensor] | None  # [n, n] word -> word relations (head mean; a global node left out)
+    head_relations: list[Tensor] | None  # [H, n, n] the same per head of the last relation layer
+    attention: list[Tensor] | None  # [n, R] word -> region attention over the pair's own image
+
+
 @runtime_checkable
 class EvaluableModel(Protocol):
     """The part of the interface evaluation uses. Features are ``reclf.models.features`` dataclasses."""
@@ -67,7 +91,10 @@ class EvaluableModel(Protocol):
         """A JSON-able description (``image_encoder.image_size`` tells the input size)."""
         ...
 
-    image_encoder: nn.Module  # the backbone: ``forward(x) -> ImageEncoderOutput``, ``global_dim``, pyramid
+    @property
+    def image_encoder(self) -> nn.Module:
+        """The backbone: ``forward(x) -> ImageEncoderOutput``, ``global_dim``, the feature pyramid."""
+        ...
 
     def encode_image(self, images: Tensor) -> Any: ...  # [B, C, H, W] in [0, 1] -> ImageFeatures
 
@@ -80,6 +107,16 @@ class EvaluableModel(Protocol):
     def similarity(self, img: Any, txt: Any) -> Tensor: ...  # [n_img, n_txt], the method's own score
 
     def explain(self, image: Tensor, report: str) -> Explanation: ...
+
+    def explain_pairs(self, images: Tensor, reports: list[str]) -> PairExplanations:
+        """Word weights, relations and word -> region attention of each ``images[i]`` with ``reports[i]``
+        (eval mode, no gradient; the model's own rules)."""
+        ...
+
+    def word_region_attention(self, img: Any, txt: Any) -> Tensor:
+        """``[B, W, R]``: each report's word -> region attention over its own image (the method's own matcher,
+        with its learned scale); raises ``ValueError`` for a method without word-region features."""
+        ...
 
     def eval(self) -> Any: ...  # nn.Module's
 
@@ -103,9 +140,10 @@ class TrainableModel(Protocol):
 
     def similarity(self, img: Any, txt: Any) -> Tensor: ...
 
-    def loss(self, batch: dict[str, Any], gather: Gather | None = None, **options: Any) -> dict[str, Tensor]:
-        """Named loss terms and their weighted total ``"loss"`` (``options``: ``gather_local`` when
-        ``train.gather_local`` asks for it)."""
+    def loss(self, batch: dict[str, Any], gather: Gather | None = None, gather_local: bool = False
+             ) -> dict[str, Tensor]:
+        """Named loss terms and their weighted total ``"loss"`` (``gather_local``: gather the local features
+        across ranks too, when ``train.gather_local`` asks for it; only passed when it is true)."""
         ...
 
     def on_train_epoch_start(self, epoch: int) -> None: ...

@@ -39,6 +39,7 @@ from reclf.align.losses import (
 )
 from reclf.align.matching import (
     POSITION_DIM,
+    AttentionMode,
     attend_paired,
     pairwise_local_outputs,
     pairwise_local_scores,
@@ -48,10 +49,11 @@ from reclf.align.prototypes import PrototypeLoss
 from reclf.config import ImageEncoderConfig, TextEncoderConfig
 from reclf.data.reports import swap_laterality
 from reclf.data.tokenization import WordTokens
+from reclf.methods.interface import PairExplanations
 from reclf.methods.params import MethodParams
 from reclf.models.features import ImageFeatures, TextFeatures
 from reclf.models.image import build_image_encoder
-from reclf.models.projection import GlobalProjection, LocalProjection
+from reclf.models.projection import GlobalProjection, LocalProjection, ProjectionKind
 from reclf.models.text import TextEncoder, build_text_encoder
 
 Gather = Callable[[Tensor], Tensor]
@@ -90,7 +92,8 @@ class VLModel(nn.Module):
         d = params.embed_dim
         self.image_encoder = build_image_encoder(image_cfg)
         self.text_encoder = text_encoder or build_text_encoder(text_cfg, need_attention=params.token_weight > 0)
-        kind, hidden = params.projection, params.projection_hidden
+        kind: ProjectionKind = "mlp" if params.projection == "mlp" else "linear"  # checked by method_params
+        hidden = params.projection_hidden
         self.image_global = GlobalProjection(self.image_encoder.global_dim, d, kind, hidden)
         self.text_global = GlobalProjection(self.text_encoder.hidden_size, d, kind, hidden)
         if params.needs_local_features:
@@ -232,7 +235,7 @@ class VLModel(nn.Module):
             txt.global_,
             aggregator if aggregator is not None else self.aggregator,
             temperature=p.match_temperature,
-            mode=p.match_mode,
+            mode=_match_mode(p),
             chunk_size=p.chunk_size,
             pairs=pairs,
             checkpoint=p.checkpoint_chunks and self.training,
@@ -261,7 +264,7 @@ class VLModel(nn.Module):
         p = self.params
         if not p.needs_local_features:
             raise ValueError(f"method {self.method!r} has no word-region attention (no local features)")
-        mode = p.match_mode if p.has_local else "softmax"
+        mode: AttentionMode = _match_mode(p) if p.has_local else "softmax"
         temp = p.match_temperature if p.has_local else p.token_temperature
         scale = self._match_scale() if p.has_local else 1.0
         position = self._position_logits(txt.words, img.local.shape[1]) if p.has_local else None
@@ -463,6 +466,55 @@ class VLModel(nn.Module):
             self.train(was_training)
         return Explanation(words, attention, img.grid, word_weights, relations, global_node, global_score, local_score)
 
+    @torch.no_grad()
+    def explain_pairs(self, images: Tensor, reports: list[str]) -> PairExplanations:
+        """Per pair ``images[i]``-``reports[i]``: words, pieces per word, word weights, relations and word ->
+        region attention, each cut to the report's own words (see :class:`PairExplanations`).
+
+        Word weights: the aggregator's node weights (IRM's beta, or the softmax its log-sum-exp pooling implies)
+        with the global node dropped and renormalised over the words; MGCA (no local matcher, a token loss): its
+        last-layer [CLS] -> word attention, normalised. Relations: SRM's (head mean, and per head of its last
+        layer), global node dropped. Attention: :meth:`word_region_attention`. Only the pairs themselves are
+        scored (``pairs = [[0], [1], ...]``), not every image with every report.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            tokens = self.tokenizer(reports)
+            img = self.encode_image(images)
+            txt = self.encode_text(tokens)
+            n = [int(k) for k in tokens.num_words.tolist()]
+            b = len(reports)
+            p2w = tokens.piece_to_word
+            width = int(p2w.max().item()) + 2 if p2w.numel() else 1
+            slot = torch.where(p2w >= 0, p2w, torch.full_like(p2w, width - 1))
+            counts = torch.zeros(b, width, dtype=torch.long).scatter_add_(1, slot, torch.ones_like(slot))
+            pieces = [counts[i, : n[i]] for i in range(b)]
+            weights = relations = heads = attention = None
+            if self.has_local:
+                pairs = torch.arange(b, device=img.global_.device)[:, None]
+                out = self._local(img, txt, pairs, extras=True)
+                off = 1 if out.global_node else 0
+                if out.node_weights is not None:
+                    nw = out.node_weights[:, 0].float().cpu()
+                    weights = [_normalised(nw[i, off : off + n[i]]) for i in range(b)]
+                if out.relations is not None:
+                    rel = out.relations[:, 0].float().cpu()
+                    relations = [rel[i, off : off + n[i], off : off + n[i]] for i in range(b)]
+                if out.head_relations is not None:
+                    hr = out.head_relations[:, 0].float().cpu()  # [B, H, N, N]
+                    heads = [hr[i, :, off : off + n[i], off : off + n[i]] for i in range(b)]
+            elif self.params.token_weight > 0:  # MGCA: the [CLS] -> word attention its token loss weighs words by
+                enc = self.text_encoder(tokens.to(self.device), need_cls_attention=True)
+                cls = enc.cls_attention.float().cpu()
+                weights = [_normalised(cls[i, : n[i]]) for i in range(b)]
+            if self.params.needs_local_features:
+                attn = self.word_region_attention(img, txt).float().cpu()  # [B, W, R]
+                attention = [attn[i, : n[i]] for i in range(b)]
+        finally:
+            self.train(was_training)
+        return PairExplanations(tokens.words, pieces, img.grid, weights, relations, heads, attention)
+
     # ------------------------------------------------------------------------------------------
     # saving
 
@@ -471,6 +523,17 @@ class VLModel(nn.Module):
         from reclf.methods.saving import save_pretrained
 
         return save_pretrained(self, folder, overwrite=overwrite)
+
+
+def _match_mode(p: MethodParams) -> AttentionMode:
+    """``method.match_mode`` as the matcher's type (``method_params`` accepts softmax | gloria only)."""
+    return "gloria" if p.match_mode == "gloria" else "softmax"
+
+
+def _normalised(w: Tensor) -> Tensor:
+    """``w / w.sum()`` (all zeros stay zeros)."""
+    total = float(w.sum())
+    return w / total if total > 0 else w
 
 
 def _gather_features(img: ImageFeatures, txt: TextFeatures, gather: Gather, max_words: int):

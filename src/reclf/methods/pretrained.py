@@ -40,12 +40,14 @@ def _text_encoder_from_folder(text_dir: Path, cfg: TextEncoderConfig, need_atten
 
     from reclf.data.tokenization import WordTokenizer
     from reclf.models.text import TextEncoder, _fast_tokenizer
+    from reclf.utils.console import library_quiet
 
-    hf_config = AutoConfig.from_pretrained(str(text_dir), local_files_only=True)
-    if need_attention:
-        hf_config._attn_implementation = "eager"
-    backbone = AutoModel.from_config(hf_config)
-    hf_tok = _fast_tokenizer(text_dir)
+    with library_quiet():
+        hf_config = AutoConfig.from_pretrained(str(text_dir), local_files_only=True)
+        if need_attention:
+            hf_config._attn_implementation = "eager"
+        backbone = AutoModel.from_config(hf_config)
+        hf_tok = _fast_tokenizer(text_dir)
     tokenizer = WordTokenizer(hf_tok, cfg.max_tokens)
     return TextEncoder(
         backbone, tokenizer, cfg.last_n_layers, cfg.word_merge, cfg.freeze, name=str(text_dir), pooling=cfg.pooling

@@ -3,24 +3,42 @@
 A text encoder that is not built in (a Hugging Face name or folder) has its tokenizer and architecture
 config saved beside the weights (``text_encoder/``), so the folder rebuilds offline without the
 original download. Reading is :func:`reclf.methods.pretrained.from_pretrained`. This module never
-imports the model class (``VLModel.save_pretrained`` calls it), so the two do not import each other.
+imports the model class, not even for types (``VLModel.save_pretrained`` calls it): it writes any
+:class:`SavableModel`, so the two do not import each other.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
+
+from torch import Tensor
 
 from reclf.config import BUILTIN_TEXT_ENCODERS
 from reclf.methods.model_card import write_model_card
+from reclf.models.text import TextEncoder
 from reclf.utils.io import atomic_dir, atomic_write_json
 
-if TYPE_CHECKING:
-    from reclf.methods.model import VLModel as VisionLanguageModel
-
 FORMAT_VERSION = 1
+
+
+class SavableModel(Protocol):
+    """What writing a model folder reads of a model (``VLModel`` has it)."""
+
+    @property
+    def method(self) -> str: ...
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """``method``, ``image_encoder``, ``text_encoder``: what rebuilds the model."""
+        ...
+
+    text_encoder: TextEncoder  # a text encoder that is not built in is saved beside the weights
+
+    def state_dict(self) -> Mapping[str, Tensor]: ...
 
 
 #: The files and folders ``save_pretrained`` writes; nothing else in a model folder is ever touched.
@@ -40,7 +58,7 @@ def is_model_folder(folder: str | Path) -> bool:
     return isinstance(config, dict) and all(k in config for k in ("format", "method", "image_encoder"))
 
 
-def save_pretrained(model: VisionLanguageModel, folder: str | Path, overwrite: bool = False) -> Path:
+def save_pretrained(model: SavableModel, folder: str | Path, overwrite: bool = False) -> Path:
     """Write ``folder/model.safetensors``, ``folder/config.json`` (and ``text_encoder/``); never anything else.
 
     Only the model's own files (:data:`OWN_FILES`) are written or replaced, each atomically (built under a
@@ -68,9 +86,9 @@ def save_pretrained(model: VisionLanguageModel, folder: str | Path, overwrite: b
     with atomic_dir(folder / ".reclf-save", overwrite=True) as tmp:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"), metadata={"method": model.method})
-        if model.text_cfg.name not in BUILTIN_TEXT_ENCODERS:
+        if config["text_encoder"]["name"] not in BUILTIN_TEXT_ENCODERS:
             text_dir = tmp / "text_encoder"
-            model.tokenizer.hf_tokenizer.save_pretrained(str(text_dir))
+            model.text_encoder.tokenizer.hf_tokenizer.save_pretrained(str(text_dir))
             model.text_encoder.backbone.config.save_pretrained(str(text_dir))
             config["text_encoder"]["name"] = "text_encoder"  # relative: resolved at load time
         atomic_write_json(tmp / "config.json", config)

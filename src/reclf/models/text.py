@@ -100,8 +100,9 @@ class TextOutputCache:
             "words": torch.cat([w for _, w, _ in rows]) if rows else torch.zeros(0),
             "word_offsets": torch.cat([torch.zeros(1, dtype=torch.int64), n_words.cumsum(0)]),
         }
-        if rows and all(a is not None for _, _, a in rows):
-            tensors["cls_attention"] = torch.cat([a for _, _, a in rows])
+        attentions = [a for _, _, a in rows if a is not None]
+        if rows and len(attentions) == len(rows):
+            tensors["cls_attention"] = torch.cat(attentions)
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         atomic_write_bytes(path, save_bytes(tensors, metadata={"fingerprint": fingerprint}))
 
@@ -167,6 +168,7 @@ class TextOutputCache:
         if need_cls_attention:
             cls_attention = words.new_zeros(len(rows), width)
             for i, (_, _, a) in enumerate(rows):
+                assert a is not None  # entries without attention were recomputed above with it
                 cls_attention[i, : a.shape[0]] = a
         return TextEncoderOutput(
             global_=torch.stack([g for g, _, _ in rows]),
@@ -183,7 +185,7 @@ class TextEncoder(nn.Module):
 
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Any,  # a transformers BERT-family model (its `config` and checkpointing methods are untyped)
         tokenizer: WordTokenizer,
         last_n_layers: int = 1,
         word_merge: str = "sum",
@@ -229,6 +231,8 @@ class TextEncoder(nn.Module):
     def _load_pending_cache(self) -> None:
         """Load ``pending_cache_file`` once; a file of another encoder is ignored with a warning (never used)."""
         path, self.pending_cache_file = self.pending_cache_file, None
+        if path is None:
+            return
         try:
             n = self.load_cache(path)
             log.info("text feature cache %s: %d reports loaded", path, n)
@@ -379,7 +383,7 @@ class TextEncoder(nn.Module):
 
 def _fast_tokenizer(folder: Path) -> Any:
     """A fast tokenizer from ``folder`` without remote code; plain BERT WordPiece as the fallback."""
-    from transformers import AutoTokenizer, BertTokenizerFast, PreTrainedTokenizerFast
+    from transformers import AutoTokenizer, BertTokenizer, PreTrainedTokenizerFast
 
     try:
         tok = AutoTokenizer.from_pretrained(str(folder), use_fast=True, local_files_only=True)
@@ -393,7 +397,7 @@ def _fast_tokenizer(folder: Path) -> Any:
     if (folder / "tokenizer.json").is_file():
         return PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), **special)
     if (folder / "vocab.txt").is_file():
-        return BertTokenizerFast(
+        return BertTokenizer(  # transformers 5: the fast WordPiece tokenizer (BertTokenizerFast is its alias)
             vocab_file=str(folder / "vocab.txt"), do_lower_case=bool(tok_cfg.get("do_lower_case", True)), **special
         )
     raise TextEncoderError(f"{folder} has no usable tokenizer (tokenizer.json or vocab.txt); add one")
@@ -418,8 +422,11 @@ def _load_plain_bert(folder: Path, attn_implementation: str | None) -> nn.Module
     kwargs: dict[str, Any] = {"config": config, "local_files_only": True, "output_loading_info": True}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
+    model: nn.Module
+    info: dict[str, Any]
     try:
-        model, info = BertModel.from_pretrained(str(folder), **kwargs)
+        # with output_loading_info=True it returns (model, info); its annotation names the model alone
+        model, info = BertModel.from_pretrained(str(folder), **kwargs)  # type: ignore[misc]
     except Exception as exc:  # noqa: BLE001 - any failure here means the weights do not fit a BertModel
         raise TextEncoderError(
             f"{folder}: its config needs remote code (model_type={raw.get('model_type')!r}) and its weights do not "
@@ -482,14 +489,16 @@ def keep_first_layers(backbone: nn.Module, n: int, name: str) -> None:
 
     MGCA loads Bio_ClinicalBERT with a config of 6 hidden layers, so only the pretrained weights of the first
     6 layers are used and the rest are never built; this gives the same network."""
-    layers = getattr(getattr(backbone, "encoder", None), "layer", None)
-    total = int(getattr(backbone.config, "num_hidden_layers", 0))
-    if layers is None:
+    encoder = getattr(backbone, "encoder", None)
+    layers = getattr(encoder, "layer", None)
+    config = getattr(backbone, "config", None)
+    if encoder is None or layers is None or config is None:
         raise TextEncoderError(f"text_encoder.keep_layers needs a BERT-style backbone (encoder.layer); {name} has none")
+    total = int(getattr(config, "num_hidden_layers", len(layers)))
     if not 1 <= n <= total:
         raise TextEncoderError(f"text_encoder.keep_layers={n} must be in 1..{total} for {name}")
-    backbone.encoder.layer = nn.ModuleList(list(layers)[:n])
-    backbone.config.num_hidden_layers = n
+    encoder.layer = nn.ModuleList(list(layers)[:n])
+    config.num_hidden_layers = n
 
 
 def build_text_encoder(
@@ -501,8 +510,16 @@ def build_text_encoder(
 
     ``need_attention`` loads the backbone with eager attention from the start (MGCA asks for
     ``[CLS]`` attention every step); otherwise the faster SDPA kernel is used and eager attention is
-    switched on only for calls with ``need_cls_attention=True``.
+    switched on only for calls with ``need_cls_attention=True``. Hugging Face's progress bars and warnings
+    stay off the console (:func:`reclf.utils.console.library_quiet`).
     """
+    from reclf.utils.console import library_quiet
+
+    with library_quiet():
+        return _build_text_encoder(cfg, need_attention, gradient_checkpointing)
+
+
+def _build_text_encoder(cfg: TextEncoderConfig, need_attention: bool, gradient_checkpointing: bool) -> TextEncoder:
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     attn = "eager" if need_attention else None
@@ -525,7 +542,7 @@ def build_text_encoder(
         )
         if attn:
             config._attn_implementation = attn
-        backbone = BertModel(config, add_pooling_layer=False)
+        backbone: nn.Module = BertModel(config, add_pooling_layer=False)
     else:
         folder = minilm_dir() if name == "minilm" else _resolve_folder(name)
         hf_tok = _fast_tokenizer(folder)

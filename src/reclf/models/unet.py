@@ -54,6 +54,7 @@ class UNetDecoder(nn.Module):
         self.head = nn.Conv2d(width, 1, 1)
         # prior: lesions cover a few percent of the image, so start predicting "empty" (p ~ 0.05)
         # rather than a coin flip that thresholds to full masks for the first epochs
+        assert self.head.bias is not None  # nn.Conv2d(bias=True)
         nn.init.constant_(self.head.bias, -3.0)
 
     def forward(self, feats: list[torch.Tensor], out_size: tuple[int, int]) -> torch.Tensor:

@@ -32,7 +32,7 @@ def mark_failed_runs(runs_root: Path, before: set[str], error: BaseException) ->
     """
     from reclf.utils.io import atomic_write_json
 
-    marked = []
+    marked: list[Path] = []
     if not runs_root.is_dir():
         return marked
     for run_dir in sorted(runs_root.iterdir()):

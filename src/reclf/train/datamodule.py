@@ -9,7 +9,6 @@ The collate tokenises with the model's own ``WordTokenizer``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from reclf.config import Config
 from reclf.data.datasets import (
@@ -30,6 +29,7 @@ from reclf.data.datasets import (
     scan_studies,
 )
 from reclf.data.studies import read_studies
+from reclf.data.tokenization import Tokenizer
 from reclf.data.transforms import build_transform
 from reclf.utils.seed import rng
 
@@ -48,7 +48,7 @@ class PretrainDataModule(L.LightningDataModule):
     def __init__(
         self,
         cfg: Config,
-        tokenizer: Callable[[list[str]], Any] | None = None,
+        tokenizer: Tokenizer | None = None,
         synthetic: int = 0,
     ) -> None:
         """``synthetic > 0``: tiny random pairs instead of ``data.root`` (the dry run)."""
@@ -56,8 +56,8 @@ class PretrainDataModule(L.LightningDataModule):
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.synthetic = synthetic
-        self.train_set: Dataset | None = None
-        self.valid_set: Dataset | None = None
+        self.train_set: StudyDataset | SyntheticPairs | None = None
+        self.valid_set: StudyDataset | SyntheticPairs | None = None
         self.scans: dict[str, ScanResult] = {}
         self._resume: tuple[int, int] | None = None
         self.train_sampler: EpochSampler | None = None
@@ -162,7 +162,7 @@ class PretrainDataModule(L.LightningDataModule):
         rank, world = self._rank_world()
         n = len(self.valid_set)
         if n == 0:
-            return DataLoader([], batch_size=1)
+            return DataLoader(Subset(self.valid_set, []), batch_size=1)
         sampler = EpochSampler(
             n, self.cfg.data.batch_size, self.cfg.seed, shuffle=False, rank=rank, world_size=world, drop_last=False
         )

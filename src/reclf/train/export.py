@@ -1,6 +1,6 @@
 """``reclf export CKPT --out DIR``: a training checkpoint -> the ``save_pretrained`` folder.
 
-The checkpoint becomes a model through :func:`reclf.train.checkpoint.model_from_checkpoint`, the one
+The checkpoint becomes a model through :func:`reclf.methods.loading.model_from_checkpoint`, the one
 route every command uses (``weights_only=True``, the model rebuilt from the run config stored in the
 checkpoint, strict key loading); this module only writes the folder and its model card.
 """
@@ -18,10 +18,9 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, model: Any = None, over
     ``model``: a model of the right architecture to load the weights into (default: rebuilt
     from the config saved in the checkpoint with ``reclf.methods.build_model``).
     """
+    from reclf.methods.loading import load_checkpoint, model_from_checkpoint
     from reclf.methods.model_card import training_info_from_checkpoint, write_model_card
     from reclf.methods.saving import is_model_folder
-    from reclf.train.checkpoint import model_from_checkpoint
-    from reclf.train.runs import load_checkpoint
     from reclf.utils.io import atomic_dir
 
     out = Path(out)

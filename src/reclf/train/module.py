@@ -19,6 +19,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities.types import LRSchedulerConfigType, OptimizerLRSchedulerConfig
 from torch import nn
 
 from reclf.config import TrainConfig
@@ -42,7 +43,8 @@ class GatherFn:
 
 def rng_states() -> dict[str, Any]:
     """All global RNG states, as tensors and plain values (loadable with weights_only=True)."""
-    np_state = np.random.get_state()
+    np_state = np.random.get_state(legacy=True)
+    assert isinstance(np_state, tuple)  # legacy=True: (kind, keys, pos, has_gauss, cached_gaussian)
     states: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy": {
@@ -89,6 +91,7 @@ def check_trainable(model: Any) -> TrainableModel:
             f"{type(model).__name__} {what}: training needs a model with the TrainableModel interface "
             "(reclf.methods.interface; every reclf.create_model(...) has it)"
         )
+    assert isinstance(model, TrainableModel)  # every name it declares is there (missing_members)
     return model
 
 
@@ -214,7 +217,9 @@ class PretrainModule(L.LightningModule):
         cfg = self.train_cfg
         lrs = {"text": cfg.lr_text, "image": cfg.lr_image, "heads": None}
         groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
-        for name, p in self.model.named_parameters():
+        model = self.model
+        assert isinstance(model, nn.Module)  # check_trainable
+        for name, p in model.named_parameters():
             if not p.requires_grad:
                 continue
             part = (
@@ -236,17 +241,18 @@ class PretrainModule(L.LightningModule):
             for (part, decay), params in groups.items()
         ]
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         cfg = self.train_cfg
         if len(cfg.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.betas):
             raise ValueError(f"train.betas must be two numbers in [0, 1), got {cfg.betas}")
-        optimizer = torch.optim.AdamW(self.param_groups(), lr=cfg.lr, betas=tuple(cfg.betas))
+        optimizer = torch.optim.AdamW(self.param_groups(), lr=cfg.lr, betas=(cfg.betas[0], cfg.betas[1]))
         if cfg.scheduler == "plateau":  # GLoRIA: halve the lr when val/loss has not improved for 5 epochs
             plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 optimizer, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience
             )
             # strict=False: a run without a validation split keeps its lr (Lightning warns) instead of failing
-            sched = {"scheduler": plateau, "monitor": "val/loss", "interval": "epoch", "frequency": 1, "strict": False}
+            sched: LRSchedulerConfigType = {
+                "scheduler": plateau, "monitor": "val/loss", "interval": "epoch", "frequency": 1, "strict": False}
             return {"optimizer": optimizer, "lr_scheduler": sched}
         if cfg.scheduler != "cosine":
             raise ValueError(f"train.scheduler must be cosine or plateau, got {cfg.scheduler!r}")

@@ -246,9 +246,9 @@ def build_trainer(
     _say(f"run folder {run_dir}", rank)
 
     # ---- trainer
-    precision, note = resolve_precision(cfg.train.precision, cfg.train.accelerator)
-    if note:
-        _say(note, rank)
+    precision, precision_note = resolve_precision(cfg.train.precision, cfg.train.accelerator)
+    if precision_note:
+        _say(precision_note, rank)
     module = PretrainModule(model, cfg.train, run_config=to_dict(cfg))
     ckpt_cb = CheckpointCallback(ckpt_dir, every_n_steps=0 if cfg.train.dry_run else checkpoint_every_n_steps)
     metrics_cb = MetricsCallback(run_dir / "metrics.csv", cfg.train.log_every_n_steps)
@@ -268,7 +268,7 @@ def build_trainer(
         devices=cfg.train.devices,
         num_nodes=cfg.train.num_nodes,
         strategy=cfg.train.strategy,
-        precision=precision,
+        precision=precision,  # type: ignore[arg-type]  # a str checked by config.py against Lightning's Literal names
         max_epochs=cfg.train.max_epochs,
         max_steps=cfg.train.max_steps,
         gradient_clip_val=cfg.train.grad_clip or None,

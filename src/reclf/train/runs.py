@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 
+from reclf.methods.loading import load_checkpoint
 from reclf.utils.io import atomic_path
 
 PACKAGES = ("reclf", "torch", "lightning", "transformers", "tokenizers", "numpy", "pandas", "pillow", "safetensors")
@@ -79,7 +80,7 @@ def git_commit(cwd: str | Path | None = None) -> str | None:
 
 def environment() -> dict[str, Any]:
     """What is needed to reproduce a run: versions, commit, host and devices."""
-    versions = {}
+    versions: dict[str, str | None] = {}
     for pkg in PACKAGES:
         try:
             versions[pkg] = metadata.version(pkg)
@@ -108,30 +109,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path: Any, map_location: Any | None = "cpu", weights_only: bool | None = None) -> dict:
         return load_checkpoint(path, map_location)
-
-
-def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """Read a training checkpoint safely (tensors and plain values only)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # truncated file, or one with objects we refuse to unpickle
-        raise ValueError(
-            f"not a reclf model or checkpoint: {path} ({unsafe_load_reason(exc)}); "
-            "give a checkpoint written by `reclf pretrain`"
-        ) from exc
-
-
-def unsafe_load_reason(exc: BaseException) -> str:
-    """Why ``torch.load(weights_only=True)`` refused a file, in one line (never advising weights_only=False)."""
-    import pickle
-
-    if isinstance(exc, pickle.UnpicklingError):
-        return "it holds Python objects besides tensors and plain values; refused, as loading them could run code"
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-    return f"not a readable torch file: {type(exc).__name__}: {first}"
 
 
 def find_resume_checkpoint(resume: str, runs_dir: str | Path, name: str) -> Path:

@@ -76,4 +76,5 @@ def build_text_cache(
         encoder.save_cache(path)
     tokens = encoder.tokenizer.hf(reports, truncation=False, add_special_tokens=True)["input_ids"]
     truncated = sum(len(ids) > cfg.max_tokens for ids in tokens)
+    assert encoder.cache is not None  # cache_size >= len(reports) > 0 on a frozen encoder
     return TextCacheResult(Path(path), len(encoder.cache), encoded, truncated, round(time.time() - start, 1))

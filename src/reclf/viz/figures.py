@@ -10,7 +10,7 @@ Every function writes one PNG atomically and returns its path.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +66,7 @@ def bar_chart(labels: Sequence[str], values: Sequence[float], lows: Sequence[flo
     return _save(fig, path)
 
 
-def loss_curves(runs: dict[str, str | Path], path: str | Path, smooth: int = 10) -> Path:
+def loss_curves(runs: Mapping[str, str | Path], path: str | Path, smooth: int = 10) -> Path:
     """Training loss against step for each run (``label -> run folder`` with ``metrics.csv``), smoothed by a
     running mean over ``smooth`` logged points, so a flat curve (nothing learned) is seen at a glance."""
     import csv
@@ -125,7 +125,7 @@ def attention_overlays(image: np.ndarray, attention: np.ndarray, words: Sequence
     return _save(fig, path)
 
 
-def shaded_report(words: Sequence[str], weights: Sequence[float], path: str | Path, title: str = "",
+def shaded_report(words: Sequence[str], weights: Sequence[float] | np.ndarray, path: str | Path, title: str = "",
                   per_line: int = 10) -> Path:
     """The words as text, each on a background whose strength is its (max-scaled) importance."""
     plt = _plt()

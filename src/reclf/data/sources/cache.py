@@ -124,7 +124,7 @@ def process_job(
 
     with atomic_path(root / job.dst) as tmp:
         img.save(tmp, format="PNG", compress_level=1, pnginfo=info)
-    if mask_img is not None:
+    if mask_img is not None and job.mask_dst is not None:
         save_png_atomic(mask_img, root / job.mask_dst)
     return job.key, "written", meta
 

@@ -19,7 +19,7 @@ import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 import pandas as pd
@@ -134,6 +134,10 @@ class SourceTable:
 # --- file discovery ------------------------------------------------------------------------------------------------
 
 
+@overload
+def find_file(root: Path, names: Iterable[str], what: str, required: Literal[True] = True) -> Path: ...
+@overload
+def find_file(root: Path, names: Iterable[str], what: str, required: bool) -> Path | None: ...
 def find_file(root: Path, names: Iterable[str], what: str, required: bool = True) -> Path | None:
     """The first of ``names`` (relative to ``root``) that exists; each is also tried with ``.gz`` and ``.zip``.
 

@@ -142,7 +142,9 @@ def parse(opts: PrepareOptions) -> SourceTable:
             phrases.append({
                 "phrase": phrase,
                 "category": str(p["category_name"].iloc[0]),
-                "boxes": [[round(v, 6) for v in fractions(tuple(b), width, height, square)] for b in px],
+                "boxes": [
+                    [round(v, 6) for v in fractions((b[0], b[1], b[2], b[3]), width, height, square)] for b in px
+                ],
                 "boxes_px": [[round(v, 2) for v in b] for b in px],
             })
         records.append({

@@ -132,7 +132,7 @@ def sample_anatomy(patient: dict[str, float], rng: np.random.Generator, view: st
         noise=rng.uniform(0.008, 0.025) * (1.5 if view == "AP" else 1.0),
         blur_px128=rng.uniform(0.35, 0.8),
         view=view,
-        texture_seed=patient["texture_seed"],
+        texture_seed=int(patient["texture_seed"]),
     )
 
 
@@ -264,7 +264,7 @@ def _bicubic_weights(size: int, cells: int) -> tuple[np.ndarray, np.ndarray, np.
     ``taps`` and their ``tap_weights``.
     """
     eye = Image.fromarray(np.eye(cells, dtype=np.float32), mode="F")
-    dense = np.ascontiguousarray(np.asarray(eye.resize((size, cells), Image.BICUBIC), dtype=np.float32).T)
+    dense = np.ascontiguousarray(np.asarray(eye.resize((size, cells), Image.Resampling.BICUBIC), dtype=np.float32).T)
     n = max(1, int((dense != 0).sum(axis=1).max()))
     taps = np.argsort(dense == 0, axis=1, kind="stable")[:, :n]
     tap_weights = np.take_along_axis(dense, taps, axis=1)

@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -516,7 +517,7 @@ class SynthManifest:
     n: int
     per_class: int
     out: str
-    sets: dict[str, dict[str, object]] = field(default_factory=dict)
+    sets: dict[str, dict[str, Any]] = field(default_factory=dict)
     config: dict[str, object] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, object]:

@@ -17,6 +17,8 @@ Conventions
 
 from __future__ import annotations
 
+from typing import Any
+
 #: Finding keys that SynthCXR renders (``"no_finding"`` is a study with none of them).
 FINDINGS: tuple[str, ...] = (
     "atelectasis",
@@ -115,7 +117,7 @@ FINDING_SYNONYMS: dict[str, list[str]] = {
 }
 
 #: Support device kinds -> (side it may take, report phrases). Sides are the patient's.
-DEVICE_KINDS: dict[str, dict[str, object]] = {
+DEVICE_KINDS: dict[str, dict[str, Any]] = {
     "endotracheal_tube": {
         "sides": ("none",),
         "phrases": [

@@ -52,6 +52,7 @@ import numpy as np
 import torch
 
 from reclf.data.synthetic.vocab import CLINICAL_ROLES, ROLES
+from reclf.evaluate.baselines import FLOOR_MEANING, FLOOR_SEED
 from reclf.evaluate.common import data_info, load_table, model_info, model_sections, report_bad
 from reclf.evaluate.loading import LoadedModel, image_size_of
 from reclf.evaluate.metrics import auroc, mask_to_grid
@@ -85,6 +86,8 @@ class DiagnosticsConfig:
     batch_size: int = 32
     n_boot: int = 1000
     seed: int = 0
+    floor: bool = True  # also measure a random-init twin of the same architecture (``floor/*`` metrics)
+    floor_seed: int = FLOOR_SEED  # its initialisation: the same for every method
 
 
 # ---------------------------------------------------------------------------------------------
@@ -342,47 +345,18 @@ def weight_kind(model: EvaluableModel) -> str | None:
     return None
 
 
-@torch.no_grad()
 def model_outputs(model: EvaluableModel, images: torch.Tensor, texts: list[str]) -> BatchOutputs:
-    """Encode a batch of (image, report) pairs and read the word weights, relations and attention of
-    each pair (only the pairs themselves are scored: ``pairs = [[0], [1], ...]``). Word -> region attention
-    is the method's own (``model.word_region_attention``: GLoRIA's learned match scale included)."""
-    tokens = model.tokenizer(texts)
-    img = model.encode_image(images)
-    txt = model.encode_text(tokens)
-    p = model.params
-    n = tokens.num_words.tolist()
-    b = len(texts)
-    p2w = tokens.piece_to_word.numpy()
-    pieces = [np.bincount(p2w[i][p2w[i] >= 0], minlength=n[i])[: n[i]] for i in range(b)]
-    weights = relations = argmax = head_relations = None
-    kind = weight_kind(model)
-    if p.has_local:
-        pairs = torch.arange(b, device=img.global_.device)[:, None]
-        out = model._local(img, txt, pairs, extras=True)
-        off = 1 if out.global_node else 0
-        if out.node_weights is not None:
-            nw = out.node_weights[:, 0].float().cpu().numpy()
-            weights = []
-            for i in range(b):
-                w = nw[i, off : off + n[i]]
-                weights.append(w / w.sum() if w.sum() > 0 else w)
-        if out.relations is not None:
-            rel = out.relations[:, 0].float().cpu().numpy()
-            relations = [rel[i, off : off + n[i], off : off + n[i]] for i in range(b)]
-        hr = out.head_relations
-        if hr is not None:
-            hr = hr[:, 0].float().cpu().numpy()  # [B, H, N, N]
-            head_relations = [hr[i, :, off : off + n[i], off : off + n[i]] for i in range(b)]
-    elif kind == "cls":
-        enc = model.text_encoder(tokens.to(model.device), need_cls_attention=True)
-        cls = enc.cls_attention.float().cpu().numpy()
-        weights = [cls[i, : n[i]] / max(float(cls[i, : n[i]].sum()), 1e-12) for i in range(b)]
-    if p.needs_local_features:
-        attn = model.word_region_attention(img, txt)  # [B, W, R], each report over its own image
-        am = attn.argmax(dim=-1).cpu().numpy()
-        argmax = [am[i, : n[i]] for i in range(b)]
-    return BatchOutputs(tokens.words, pieces, weights, relations, argmax, tuple(img.grid), head_relations)
+    """The word weights, relations and word -> region attention argmax of each (image, report) pair, as the
+    model computes them (``model.explain_pairs``: its own aggregator, GLoRIA's learned match scale included);
+    only the pairs themselves are scored."""
+    ex = model.explain_pairs(images, texts)
+
+    def numpy(values: list[torch.Tensor] | None) -> list[np.ndarray] | None:
+        return None if values is None else [v.float().numpy() for v in values]
+
+    argmax = None if ex.attention is None else [a.argmax(dim=-1).numpy() for a in ex.attention]
+    return BatchOutputs(ex.words, [p.numpy() for p in ex.pieces], numpy(ex.word_weights), numpy(ex.relations),
+                        argmax, ex.grid, numpy(ex.head_relations))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -434,10 +408,19 @@ def _box(values: np.ndarray) -> dict[str, float]:
             "mean": float(v.mean()), "n": int(v.size)}
 
 
+@dataclass
+class Measured:
+    """The diagnostics of one model on one set of reports (before they become a :class:`TaskResult`)."""
+
+    metrics: dict[str, Estimate]
+    not_applicable: dict[str, str]
+    info: dict[str, Any]
+    extra: dict[str, Any]
+
+
 def run_diagnostics(loaded: LoadedModel, data: str | Path, out: str | Path | None,
                     cfg: DiagnosticsConfig) -> TaskResult:
-    from reclf.data.reports import study_report_text
-    from reclf.evaluate.features import iter_image_batches, prepare_mask
+    from reclf.evaluate.baselines import floor_model
 
     model = loaded.model
     table = load_table(data, splits=(cfg.split,) if cfg.split else None)
@@ -452,13 +435,36 @@ def run_diagnostics(loaded: LoadedModel, data: str | Path, out: str | Path | Non
                                        "relations": "shuffled (random word sets of the same size)",
                                        "binding": "another finding's location words (same report, same head)",
                                        "grounding": "share of regions inside the mask"}}
-    if not hasattr(model, "tokenizer") or not hasattr(model, "params"):
-        raise TypeError(f"diagnostics needs a reclf.methods model (tokenizer, params); got {type(model).__name__}")
-
     missing = [str(s) for s in df["study_id"] if str(s) not in records]
     if missing:
         raise ValueError(f"{table.folder / ROLES_FILE}: no roles for {len(missing)} studies (first {missing[0]}); "
                          "the roles file and the table come from different generator runs: regenerate the set")
+    found = _measure(model, table, df, records, sections, size, cfg)
+    metrics, not_applicable, extra = found.metrics, found.not_applicable, found.extra
+    extra["word_weights"] = config["word_weights"]
+    floor = floor_model(loaded, cfg.floor_seed) if cfg.floor else None
+    extra["floor"] = {"seed": cfg.floor_seed, "meaning": FLOOR_MEANING} if floor is not None else {
+        "not_measured": "floor off" if not cfg.floor else "the model is itself a baseline or not a reclf method"}
+    if floor is not None:
+        twin = _measure(floor, table, df, records, sections, size, cfg)
+        metrics |= {f"floor/{k}": v for k, v in twin.metrics.items() if not k.startswith("reference/")}
+        extra["floor"]["per_report"] = twin.extra["per_report"]
+    result = TaskResult("diagnostics", metrics, config, model_info(loaded), found.info, [cfg.seed], extra)
+    if out is not None:
+        write_results(result, out)
+    print(format_table(result))
+    for part, why in not_applicable.items():
+        print(f"diagnostics: {part}: not applicable: {why}")
+    return result
+
+
+def _measure(model: EvaluableModel, table: Any, df: Any, records: dict[str, RoleRecord], sections: list[str],
+             size: int, cfg: DiagnosticsConfig) -> Measured:
+    """Every diagnostic of ``model`` on the reports ``df`` (shuffles drawn from ``cfg.seed`` afresh: a model
+    and its random-init floor see the same random word sets)."""
+    from reclf.data.reports import study_report_text
+    from reclf.evaluate.features import iter_image_batches, prepare_mask
+
     rng = np.random.default_rng(cfg.seed)
     per: dict[str, list[float]] = {k: [] for k in (
         "importance_auroc", "clinical_share", "uniform_share", "pieces_auroc", "own_mass", "shuffled_mass",
@@ -477,67 +483,62 @@ def run_diagnostics(loaded: LoadedModel, data: str | Path, out: str | Path | Non
     bad: list = []
     has_rel = has_attn = False
     paths = [table.folder / p for p in df["image_path"].astype(str)]
-    was_training = model.training
-    model.eval()
-    try:
-        for rows, images in iter_image_batches(paths, size, cfg.batch_size, bad):
-            sub = df.iloc[rows]
-            texts = [study_report_text(r, sections) for _, r in sub.iterrows()]
-            outs = model_outputs(model, images, texts)
-            has_rel, has_attn = outs.relations is not None, outs.argmax is not None
-            h, w = outs.grid
-            for j, (_, row) in enumerate(sub.iterrows()):
-                sid = str(row["study_id"])
-                study_ids.append(sid)
-                roles, links = align_roles(outs.words[j], records[sid])
-                per["unknown_words"].append(float(np.mean([r == "unknown" for r in roles])) if roles else 0.0)
-                imp = importance_stats(outs.pieces[j], roles)
-                per["pieces_auroc"].append(imp["auroc"])
-                if outs.weights is not None:
-                    imp = importance_stats(outs.weights[j], roles)
-                    per["importance_auroc"].append(imp["auroc"])
-                    per["clinical_share"].append(imp["share"])
-                    per["uniform_share"].append(imp["uniform_share"])
-                    rel_w = outs.weights[j] * len(roles)  # 1 = the uniform weight
-                    for role, v in zip(roles, rel_w, strict=True):
-                        role_weights.setdefault(role, []).append(float(v))
-                    if len(samples) < 4:
-                        samples.append({"study_id": sid, "text": texts[j],
-                                        "ranked": ranked_words(outs.words[j], outs.weights[j], roles)[:12]})
-                stats = None
-                if outs.relations is not None:
-                    stats = relation_stats(outs.relations[j], roles, links, rng, cfg.shuffles)
-                for key in ("own_mass", "shuffled_mass", "nearest_mass", "filler_mass", "own_rr", "shuffled_rr",
-                            "nearest_rr", "top1"):
-                    per[key].append(stats[key] if stats else float("nan"))
-                rel_words += int(stats["finding_words"]) if stats else 0
-                b_mean = binding_stats(outs.relations[j], roles, links) if outs.relations is not None else None
-                for key in bind:
-                    bind[key].append(float(b_mean[key][0]) if b_mean else float("nan"))
-                bind_words += int(b_mean["finding_words"]) if b_mean else 0
-                b_heads = None
-                if outs.head_relations is not None:
-                    has_heads = True
-                    b_heads = binding_stats(outs.head_relations[j], roles, links)
-                elif b_mean is not None:  # no per-head relations: the head mean is the only "head"
-                    b_heads = b_mean
-                for key in bind_heads:
-                    bind_heads[key].append(b_heads[key] if b_heads else None)
-                if outs.argmax is not None:
-                    anns = json.loads(row.get("annotations") or "[]") if "annotations" in row else []
-                    masks = []
-                    for a in anns:
-                        rel = a.get("mask") or a.get("mask_path")
-                        m = prepare_mask(table.folder / rel, size) if rel else np.zeros((size, size), bool)
-                        masks.append(mask_to_grid(m, (h, w)).reshape(-1))
-                    union = np.any(masks, axis=0) if masks else np.zeros(h * w, bool)
-                    g = grounding_stats(outs.argmax[j], roles, links, masks, union)
-                    for role in GROUNDING_ROLES:
-                        hit, ch = g.get(role, (float("nan"), float("nan")))
-                        per_role_pg[role].append(hit)
-                        per_role_chance[role].append(ch)
-    finally:
-        model.train(was_training)
+    for rows, images in iter_image_batches(paths, size, cfg.batch_size, bad):
+        sub = df.iloc[rows]
+        texts = [study_report_text(r, sections) for _, r in sub.iterrows()]
+        outs = model_outputs(model, images, texts)
+        has_rel, has_attn = outs.relations is not None, outs.argmax is not None
+        h, w = outs.grid
+        for j, (_, row) in enumerate(sub.iterrows()):
+            sid = str(row["study_id"])
+            study_ids.append(sid)
+            roles, links = align_roles(outs.words[j], records[sid])
+            per["unknown_words"].append(float(np.mean([r == "unknown" for r in roles])) if roles else 0.0)
+            imp = importance_stats(outs.pieces[j], roles)
+            per["pieces_auroc"].append(imp["auroc"])
+            if outs.weights is not None:
+                imp = importance_stats(outs.weights[j], roles)
+                per["importance_auroc"].append(imp["auroc"])
+                per["clinical_share"].append(imp["share"])
+                per["uniform_share"].append(imp["uniform_share"])
+                rel_w = outs.weights[j] * len(roles)  # 1 = the uniform weight
+                for role, v in zip(roles, rel_w, strict=True):
+                    role_weights.setdefault(role, []).append(float(v))
+                if len(samples) < 4:
+                    samples.append({"study_id": sid, "text": texts[j],
+                                    "ranked": ranked_words(outs.words[j], outs.weights[j], roles)[:12]})
+            stats = None
+            if outs.relations is not None:
+                stats = relation_stats(outs.relations[j], roles, links, rng, cfg.shuffles)
+            for key in ("own_mass", "shuffled_mass", "nearest_mass", "filler_mass", "own_rr", "shuffled_rr",
+                        "nearest_rr", "top1"):
+                per[key].append(stats[key] if stats else float("nan"))
+            rel_words += int(stats["finding_words"]) if stats else 0
+            b_mean = binding_stats(outs.relations[j], roles, links) if outs.relations is not None else None
+            for key in bind:
+                bind[key].append(float(b_mean[key][0]) if b_mean else float("nan"))
+            bind_words += int(b_mean["finding_words"]) if b_mean else 0
+            b_heads = None
+            if outs.head_relations is not None:
+                has_heads = True
+                b_heads = binding_stats(outs.head_relations[j], roles, links)
+            elif b_mean is not None:  # no per-head relations: the head mean is the only "head"
+                b_heads = b_mean
+            for key in bind_heads:
+                bind_heads[key].append(b_heads[key] if b_heads else None)
+            if outs.argmax is not None:
+                anns = json.loads(row.get("annotations") or "[]") if "annotations" in row else []
+                masks = []
+                for a in anns:
+                    rel = a.get("mask") or a.get("mask_path")
+                    m = prepare_mask(table.folder / rel, size) if rel else np.zeros((size, size), bool)
+                    masks.append(mask_to_grid(m, (h, w)).reshape(-1))
+                union = np.any(masks, axis=0) if masks else np.zeros(h * w, bool)
+                g = grounding_stats(outs.argmax[j], roles, links, masks, union)
+                for role in GROUNDING_ROLES:
+                    hit, ch = g.get(role, (float("nan"), float("nan")))
+                    per_role_pg[role].append(hit)
+                    per_role_chance[role].append(ch)
     report_bad(bad, table)
     if not study_ids:
         raise ValueError(f"{table.folder}: no readable image (of {len(df)})")
@@ -611,20 +612,13 @@ def run_diagnostics(loaded: LoadedModel, data: str | Path, out: str | Path | Non
                                           "unknown_word_share": float(np.mean(per["unknown_words"]))}
     extra: dict[str, Any] = {
         "not_applicable": not_applicable,
-        "word_weights": config["word_weights"],
         "role_boxes": {r: _box(np.asarray(v)) for r, v in sorted(role_weights.items())},
         "per_report": {"study_id": study_ids, **{k: v for k, v in per.items() if v}},
         "grounding_per_report": {r: v for r, v in per_role_pg.items() if v},
         "binding_heads": binding_heads,
         "samples": samples,
     }
-    result = TaskResult("diagnostics", metrics, config, model_info(loaded), info, [cfg.seed], extra)
-    if out is not None:
-        write_results(result, out)
-    print(format_table(result))
-    for part, why in not_applicable.items():
-        print(f"diagnostics: {part}: not applicable: {why}")
-    return result
+    return Measured(metrics, not_applicable, info, extra)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -663,7 +657,9 @@ def diagnostics_table(results: list[dict[str, Any]], reference: str = "reclf",
                       ablations: tuple[str, ...] = ("reclf-no-irm", "reclf-no-srm"), n_boot: int = 1000,
                       seed: int = 0) -> str:
     """Markdown: one row per model with the headline diagnostics (value [95 % CI], n/a where the method
-    has no such part), then the paired differences ``reference - ablation`` over the same reports.
+    has no such part), under it the row of its random-init floor (``floor/*``: the same architecture with
+    random weights) when the result has one, then the paired differences ``reference - ablation`` over the
+    same reports.
 
     ``results``: diagnostics results dicts (``read_results``); the reference and ablations are found
     by method name (the first run of each).
@@ -695,12 +691,19 @@ def diagnostics_table(results: list[dict[str, Any]], reference: str = "reclf",
             cells.append(estimate_from_dict(m).fmt() if m else "n/a")
         kind = r.get("extra", {}).get("word_weights") or "none"
         lines.append(f"| {_label(r)} | {kind.split(':')[0]} | " + " | ".join(cells) + " |")
+        floor = [r.get("metrics", {}).get(f"floor/{key}") for key, _ in cols]
+        if any(floor):  # the same architecture with random weights: this row's own floor
+            lines.append(f"| {_label(r)} · random init | {kind.split(':')[0]} | "
+                         + " | ".join(estimate_from_dict(m).fmt() if m else "n/a" for m in floor) + " |")
     # the pretrained models only: a floor (random init) has the reference's method name too
     pretrained = [r for r in results if not _label(r).startswith(("floor", "ceiling"))]
     ref = next((r for r in pretrained if _method(r) == reference), None)
     if ref is not None:
-        pairs = [(ab, next((r for r in pretrained if _method(r) == ab), None)) for ab in ablations]
-        pairs = [(ab, r) for ab, r in pairs if r is not None]
+        pairs: list[tuple[str, dict[str, Any]]] = []
+        for ab in ablations:
+            match = next((r for r in pretrained if _method(r) == ab), None)
+            if match is not None:
+                pairs.append((ab, match))
         if pairs:
             lines += ["", f"Paired differences {reference} − ablation over the same reports "
                       "(mean [95 % CI], paired bootstrap; n/a where either model lacks the part):", "",
@@ -718,6 +721,7 @@ __all__ = [
     "ROLES_FILE",
     "WEIGHT_KINDS",
     "DiagnosticsConfig",
+    "Measured",
     "RoleRecord",
     "align_roles",
     "binding_stats",

@@ -163,7 +163,7 @@ def mgca_probe(encoder: Any, table: Any, kept: np.ndarray, sub: np.ndarray, idx:
             opt.zero_grad()
             loss.backward()
             opt.step()
-        if x_va is None:
+        if x_va is None or y_va is None:
             continue
         with torch.no_grad():
             v = float(_loss(head(x_va), y_va, kind))

@@ -280,10 +280,12 @@ def run_phrase_grounding(loaded: LoadedModel, data: str | Path, out: str | Path 
     for p in pset.phrases:
         by_row.setdefault(p.row, []).append(p)
     values: dict[str, list[float]] = {k: [] for k in METRICS}
-    ids, cats, bad, samples = [], [], [], []
-    was_training = model.training
-    model.eval()
-    try:
+    ids: list[str] = []
+    cats: list[str] = []
+    bad: list[tuple[int, str]] = []
+    samples: list[dict[str, Any]] = []
+    # a loaded model is in eval mode (evaluate.loading); the maps are computed without gradients
+    with torch.no_grad():
         for row, phrases in by_row.items():
             path = table.folder / df.iloc[row]["image_path"]
             try:
@@ -306,8 +308,6 @@ def run_phrase_grounding(loaded: LoadedModel, data: str | Path, out: str | Path 
                 cats.append(p.category or "(none)")
                 if len(samples) < 8:
                     samples.append({"study_id": p.study_id, "phrase": p.phrase, "category": p.category} | m)
-    finally:
-        model.train(was_training)
     if not ids:
         raise ValueError(f"{table.folder}: no (image, phrase) pair could be evaluated "
                          f"({len(pset.phrases)} phrases, {len(bad)} unreadable images, skipped: {pset.skipped})")

@@ -153,7 +153,7 @@ def run_relations(loaded: LoadedModel, data: str | Path, out: str | Path | None,
         if task in ("single", "binding"):
             metrics[f"all_foils_{task}"] = mean_ci(np.asarray(beaten_by_task[task]), cfg.n_boot, cfg.seed)
             items[f"all_foils_{task}"] = per_item(ids_by_task[task], beaten_by_task[task])
-    by_class: dict[str, dict[str, float]] = {}
+    by_class: dict[str, float] = {}
     if "class" in df.columns:
         cls_of = dict(zip(df["study_id"].astype(str), df["class"].astype(str)))
         frame = pd.DataFrame(rows)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +150,30 @@ def retrieval_metrics(
     return out
 
 
-def _scorer(model: EvaluableModel, mode: str) -> Callable:
+Scorer = Callable[[Any, Any], torch.Tensor]  # (image features, text features) -> [n_img, n_txt]
+
+
+def _image_query(fn: Scorer, img: Any, txt: Any, q: int, candidates: torch.Tensor) -> torch.Tensor:
+    """Image ``q`` against the candidate reports: ``[K]``."""
+    return fn(img.index(slice(q, q + 1)), txt.index(candidates))[0]
+
+
+def _report_query(fn: Scorer, img: Any, txt: Any, q: int, candidates: torch.Tensor) -> torch.Tensor:
+    """Report ``q`` against the candidate images: ``[K]``."""
+    return fn(img.index(candidates), txt.index(slice(q, q + 1)))[:, 0]
+
+
+def _image_rows(fn: Scorer, img: Any, txt: Any, rows: slice) -> torch.Tensor:
+    """Images ``rows`` against every report."""
+    return fn(img.index(rows), txt)
+
+
+def _report_rows(fn: Scorer, img: Any, txt: Any, rows: slice) -> torch.Tensor:
+    """Reports ``rows`` against every image (``[rows, n_img]``)."""
+    return fn(img, txt.index(rows)).T
+
+
+def _scorer(model: EvaluableModel, mode: str) -> Scorer:
     if mode == "global":
         return model.global_similarity
     if mode == "local":
@@ -192,14 +216,13 @@ def run_retrieve(loaded: LoadedModel, data: str | Path, out: str | Path | None, 
             if cfg.rerank_k < kmax:
                 raise ValueError(f"rerank_k={cfg.rerank_k} must be >= the largest K ({kmax})")
             i2t = rank_targets_rerank(lambda sl: model.global_similarity(img.index(sl), txt),
-                                      lambda q, c, fn=fn: fn(img.index(slice(q, q + 1)), txt.index(c))[0],
-                                      n, kmax, cfg.rerank_k, inst, inst, cfg.chunk)
+                                      partial(_image_query, fn, img, txt), n, kmax, cfg.rerank_k, inst, inst, cfg.chunk)
             t2i = rank_targets_rerank(lambda sl: model.global_similarity(img, txt.index(sl)).T,
-                                      lambda q, c, fn=fn: fn(img.index(c), txt.index(slice(q, q + 1)))[:, 0],
-                                      n, kmax, cfg.rerank_k, inst, inst, cfg.chunk)
+                                      partial(_report_query, fn, img, txt), n, kmax, cfg.rerank_k, inst, inst,
+                                      cfg.chunk)
         else:
-            i2t = rank_targets(lambda sl, fn=fn: fn(img.index(sl), txt), n, kmax, inst, inst, cfg.chunk)
-            t2i = rank_targets(lambda sl, fn=fn: fn(img, txt.index(sl)).T, n, kmax, inst, inst, cfg.chunk)
+            i2t = rank_targets(partial(_image_rows, fn, img, txt), n, kmax, inst, inst, cfg.chunk)
+            t2i = rank_targets(partial(_report_rows, fn, img, txt), n, kmax, inst, inst, cfg.chunk)
         metrics.update(retrieval_metrics(i2t, inst, inst, cls, cls, cfg.recall_ks, cfg.precision_ks,
                                          f"{mode}/i2t", cfg.n_boot, cfg.seed, items, df["study_id"]))
         metrics.update(retrieval_metrics(t2i, inst, inst, cls, cls, cfg.recall_ks, cfg.precision_ks,

@@ -127,7 +127,7 @@ def train_segmenter(encoder: Any, x_tr: torch.Tensor, y_tr: torch.Tensor, x_va: 
     enc = copy.deepcopy(encoder)
     seg = Segmenter(enc, cfg.freeze_encoder, cfg.width, channels=cfg.decoder_channels).to(cfg.device)
     params = list(seg.decoder.parameters())
-    betas = tuple(cfg.betas)
+    betas = (float(cfg.betas[0]), float(cfg.betas[1]))  # a list when it comes from JSON or the command line
     opt = AdamW(params, lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay)
     enc_opt = None if cfg.freeze_encoder else AdamW(enc.parameters(), lr=cfg.encoder_lr, betas=betas,
                                                     weight_decay=cfg.weight_decay)

@@ -63,6 +63,8 @@ class ImageEncoder(nn.Module):
     pyramid_channels: list[int]
     pyramid_strides: list[int]
     first_conv: str = ""
+    input_mean: Tensor  # buffers [1, C, 1, 1]: the input normalisation (set_input_stats)
+    input_std: Tensor
     # state-dict prefixes of classification heads, dropped silently when loading weights
     head_prefixes: tuple[str, ...] = ()
     # what ``build_image_encoder`` loaded (a ``weights.LoadReport``), None for a random init

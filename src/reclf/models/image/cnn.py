@@ -20,7 +20,7 @@ from reclf.models.image.base import STAGE_STRIDES, ImageEncoder, resolve_stage
 WIDTHS = (24, 32, 64, 128, 256)  # stem (stride 2), layer1 (4), layer2 (8), layer3 (16), layer4 (32)
 
 
-def _norm(kind: str, channels: int) -> nn.Module:
+def _norm(kind: str, channels: int) -> nn.BatchNorm2d | nn.GroupNorm:
     if kind == "bn":
         return nn.BatchNorm2d(channels)
     if kind == "gn":

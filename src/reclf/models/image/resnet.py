@@ -80,7 +80,7 @@ class ResNetEncoder(ImageEncoder):
     """ResNet backbone; attribute names equal torchvision's (conv1, bn1, layer1..4, fc)."""
 
     first_conv = "conv1.weight"
-    head_prefixes = ("fc.",)
+    head_prefixes: tuple[str, ...] = ("fc.",)
 
     def __init__(
         self, arch: str = "resnet50", in_chans: int = 1, local_stage: str | None = None, keep_head: bool = False

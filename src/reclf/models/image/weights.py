@@ -108,7 +108,7 @@ def strip_prefixes(state: dict[str, Tensor], model_keys: set[str]) -> tuple[dict
     # search prefix chains (up to 3 deep, only prefixes some key carries); the best overlap wins,
     # the shortest chain on ties
     best_state, best_chain, best = state, [], overlap(state)
-    frontier = [(state, [])]
+    frontier: list[tuple[dict[str, Tensor], list[str]]] = [(state, [])]
     for _ in range(3):
         nxt = []
         for cur, chain in frontier:

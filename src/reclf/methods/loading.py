@@ -11,6 +11,9 @@ through :func:`load_model_file`; ``reclf export`` uses :func:`model_from_checkpo
 
 Whatever is not one of these raises :class:`NotAModelError` ("not a reclf model or checkpoint: PATH
 (why); give ..."), never a traceback from deep inside torch or safetensors.
+
+It lives in ``reclf.methods`` beside ``create_model`` / ``from_pretrained``, not in ``reclf.train``: reading a
+model needs torch alone, so evaluating one never imports Lightning (``tests/test_import_map.py`` checks it).
 """
 
 from __future__ import annotations
@@ -34,13 +37,37 @@ class NotAModelError(ValueError):
 
     def __init__(self, path: str | Path, reason: Any) -> None:
         if isinstance(reason, BaseException):
-            from reclf.train.runs import unsafe_load_reason
-
             reason = unsafe_load_reason(reason)
         super().__init__(
             f"not a reclf model or checkpoint: {path} ({reason}); give a folder written by `reclf export` / "
             "save_pretrained, a run folder, or a checkpoint of `reclf pretrain`"
         )
+
+
+def unsafe_load_reason(exc: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in one line (never advising weights_only=False)."""
+    import pickle
+
+    if isinstance(exc, pickle.UnpicklingError):
+        return "it holds Python objects besides tensors and plain values; refused, as loading them could run code"
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    return f"not a readable torch file: {type(exc).__name__}: {first}"
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """Read a training checkpoint safely (tensors and plain values only: ``torch.load(weights_only=True)``)."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated file, or one with objects we refuse to unpickle
+        raise ValueError(
+            f"not a reclf model or checkpoint: {path} ({unsafe_load_reason(exc)}); "
+            "give a checkpoint written by `reclf pretrain`"
+        ) from exc
 
 
 @dataclass
@@ -99,8 +126,6 @@ def model_from_checkpoint(path: str | Path, checkpoint: dict[str, Any] | None = 
     the weights into, left in its mode (default: built from the run config stored in the checkpoint, and
     returned in eval mode).
     """
-    from reclf.train.runs import load_checkpoint
-
     if checkpoint is None:
         try:
             checkpoint = load_checkpoint(path)
