@@ -124,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
         else:  # raised by reclf with its own message
             message = str(exc) or type(exc).__name__
         print(f"reclf {args.command}: error: {message}", file=sys.stderr)
-        return 1
+        from reclf.config import ConfigError
+
+        return 2 if isinstance(exc, ConfigError) else 1  # a config the command cannot take: a usage error, as argparse
 
 
 if __name__ == "__main__":  # pragma: no cover
