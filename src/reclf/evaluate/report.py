@@ -19,19 +19,12 @@ from typing import Any
 
 import numpy as np
 
+from reclf.evaluate.tasks import TASKS
+
 SEED_SUFFIX = re.compile(r"^(?P<base>.+)@seed(?P<seed>\d+)$")
-HEADLINE = {
-    "zeroshot": ["method/accuracy", "global/accuracy", "fused/accuracy"],
-    "linear": ["1%/auroc", "10%/auroc", "100%/auroc", "1%/accuracy", "10%/accuracy", "100%/accuracy"],
-    "segment": ["100%/dice", "pneumothorax/100%/dice", "opacity/100%/dice", "10%/dice"],
-    "retrieve": ["method/i2t/R@5", "method/t2i/R@5", "global/i2t/R@5", "global/t2i/R@5", "method/i2t/P@10"],
-    "relations": [
-        "side", "zone", "severity", "negation", "swap_side", "swap_zone", "all_foils_single", "all_foils_binding",
-        "all_foils",
-    ],
-    "grounding": ["pointing_game", "attention_iou"],
-}
-TASK_ORDER = ("zeroshot", "linear", "segment", "retrieve", "relations", "grounding")
+# the registry says which tasks there are, in which order a report shows them, and which metrics it charts
+HEADLINE = {name: list(spec.headline) for name, spec in TASKS.items()}
+TASK_ORDER = tuple(TASKS)
 # the one-table summary at the top of a report: (task, metric, column header); a method without the
 # method-score variant (global-only methods) is shown with its global score
 SUMMARY = (
