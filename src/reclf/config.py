@@ -487,7 +487,13 @@ def save_config(cfg: Any, path: str | Path) -> None:
 
 #: Keys that say where a run writes or how it reports, not what it trains: a run resumed, moved or run with
 #: another progress display is the same recipe (they are left out of :func:`recipe` and its fingerprint).
-BOOKKEEPING_KEYS = ("train.resume", "train.progress", "train.runs_dir", "text_encoder.cache_file")
+BOOKKEEPING_KEYS = (
+    "train.resume",
+    "train.progress",
+    "train.runs_dir",
+    "train.checkpoint_every_n_steps",
+    "text_encoder.cache_file",
+)
 
 
 def recipe(cfg: Any) -> dict[str, Any]:

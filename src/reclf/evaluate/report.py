@@ -285,6 +285,14 @@ def demo_sections(demo: dict[str, Any], results: list[dict[str, Any]], figs: Pat
             f"{tr['max_steps']} steps of batch {cfg['data']['batch_size']}, {lr}, "
             f"weight decay {tr['weight_decay']}, warm-up {tr['warmup_fraction']} then cosine; seeds: "
             f"{demo.get('settings', {}).get('seeds')}. The resolved config of every run is in `demo.json`.", ""]
+        prints = {label: r.get("config_fingerprint") for label, r in recipes.items() if r.get("config_fingerprint")}
+        if prints:  # the recipe each number came from (results.json holds the same fingerprint of its model)
+            lines += ["Config fingerprints (the recipe each run was trained with): "
+                      + ", ".join(f"{label} `{fp}`" for label, fp in prints.items()) + ".", ""]
+    resumed = demo.get("resumed") or {}
+    if resumed:
+        lines += ["Resumed runs (a killed demo's run continued from its last checkpoint, not started over): "
+                  + ", ".join(f"{label} from step {step}" for label, step in resumed.items()) + ".", ""]
     text = demo.get("text_features") or {}
     if text.get("frozen"):
         lines += [f"Text features: {text['reports']} distinct reports encoded once by the frozen `{text['encoder']}` "
