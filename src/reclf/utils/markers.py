@@ -119,7 +119,7 @@ def refuse_changed(marker: Marker, what: str, hint: str) -> None:
     if marker.matches:
         return
     shown = "; ".join(marker.changed[:8]) + (f"; and {len(marker.changed) - 8} more" if len(marker.changed) > 8 else "")
-    raise StageChangedError(f"{what} ran another recipe ({marker.path}): {shown}. {hint}")
+    raise StageChangedError(f"{what} ran with another config ({marker.path}): {shown}. {hint}")
 
 
 __all__ = [
