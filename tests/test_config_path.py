@@ -56,9 +56,14 @@ def test_evaluate_overrides_reach_the_config():
 def test_demo_unknown_keys_exit_2_with_nothing_written(tmp_path, capsys):
     out, synth = tmp_path / "demo", tmp_path / "synth"
     base = ["demo", "--quick", "--out", out, "--synth", synth, "--methods", "convirt", "--jobs", "1"]
-    for extra, named in ((["--set", "train.lrr=1"], "train.lr"), (["--eval-set", "zeroshot.n_bot=5"], "zeroshot.n_boot"),
-                         (["--eval-set", "zeroshoot.n_boot=5"], "zeroshot"), (["--tasks", "zeroshot,lineer"], "linear"),
-                         (["--set", "train.betas=[0.9, 1.5]"], "train.betas")):
+    cases = (
+        (["--set", "train.lrr=1"], "train.lr"),
+        (["--eval-set", "zeroshot.n_bot=5"], "zeroshot.n_boot"),
+        (["--eval-set", "zeroshoot.n_boot=5"], "zeroshot"),
+        (["--tasks", "zeroshot,lineer"], "linear"),
+        (["--set", "train.betas=[0.9, 1.5]"], "train.betas"),
+    )
+    for extra, named in cases:
         code, text = run_cli(capsys, *base, *extra)
         assert code == 2 and named in text, (extra, text)
     assert not out.exists() and not synth.exists()
@@ -111,3 +116,13 @@ def test_the_commands_read_the_task_registry():
         assert callable(spec.runner)
         assert spec.make_config() == (spec.config_class() if not spec.builder else spec.make_config({}))
         assert set(spec.choices) <= set(spec.field_names())
+
+
+def test_the_docs_task_table_lists_every_registered_task():
+    from pathlib import Path
+
+    from reclf.evaluate.tasks import TASKS
+
+    table = (Path(__file__).resolve().parents[1] / "docs" / "evaluation.md").read_text()
+    missing = [name for name in TASKS if f"| `{name}` |" not in table]
+    assert not missing, f"docs/evaluation.md (## Tasks) has no row for {missing}"

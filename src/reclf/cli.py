@@ -24,7 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("reclf.train.export", "turn a training checkpoint into a save_pretrained folder"),
     "evaluate": (
         "reclf.evaluate.cli",
-        "evaluate a model: zeroshot, linear, segment, retrieve, relations, grounding, baseline",
+        "evaluate a model on a registered task (zeroshot, linear, segment, retrieve, relations, grounding, "
+        "diagnostics, ...) or build a baseline",
     ),
     "tune": (
         "reclf.tune",
