@@ -195,7 +195,7 @@ def given(cls: type, opts: dict[str, Any], **fixed: Any) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for key, value in opts.items():
         name = RENAMED.get(key, key)
-        if value is None or key in CLI_ONLY:
+        if value is None or (key in CLI_ONLY and name not in names):  # --device is also segment's field
             continue
         if name not in names:
             raise unknown_key_error(name, names, prefix="") from None
