@@ -48,6 +48,7 @@ def test_evaluate_overrides_reach_the_config():
     cfg = task_config("linear", {"fractions": [0.5]}, ["seeds=[3]", "max_steps=7"], cache="c")
     assert (cfg.fractions, cfg.seeds, cfg.max_steps, cfg.cache_dir) == ([0.5], [3], 7, "c")
     assert task_config("segment", {"device": "cuda", "model": "m", "data": "d"}).device == "cuda"  # a field too
+    assert task_config("zeroshot", {"cache_dir": ""}).cache_dir is None  # --cache-dir '': no cache (run resolves it)
     cfg = task_config("segment", {"preset": "mgca"}, ["epochs=2", "seg_task=opacity"])
     assert (cfg.preset, cfg.epochs, cfg.loss, cfg.seg_task) == ("mgca", 2, "focal_dice", "opacity")
     with pytest.raises(ConfigError, match="unknown task 'zeroshoot' \\(did you mean zeroshot\\?\\)"):

@@ -195,8 +195,8 @@ def given(cls: type, opts: dict[str, Any], **fixed: Any) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for key, value in opts.items():
         name = RENAMED.get(key, key)
-        if value is None or (key in CLI_ONLY and name not in names):  # --device is also segment's field
-            continue
+        if value is None or (key in CLI_ONLY and not (key == "device" and name in names)):
+            continue  # the command's own options (--cache-dir is resolved by `run`); --device is segment's too
         if name not in names:
             raise unknown_key_error(name, names, prefix="") from None
         values[name] = value.split(",") if name in ("modes", "sections") and isinstance(value, str) else value
