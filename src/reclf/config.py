@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -246,7 +247,7 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     return cls(**coerce_fields(cls, data, prefix))
 
 
-def overrides_to_dict(overrides: list[str] | tuple[str, ...], data: dict[str, Any] | None = None) -> dict[str, Any]:
+def overrides_to_dict(overrides: Sequence[str], data: dict[str, Any] | None = None) -> dict[str, Any]:
     """``["a.b=3", "c=x"]`` -> ``{"a": {"b": 3}, "c": "x"}`` (on top of ``data``, which is changed in place)."""
     data = {} if data is None else data
     for text in overrides:

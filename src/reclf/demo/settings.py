@@ -143,14 +143,14 @@ def eval_values(task: str, s: DemoSettings) -> dict[str, Any]:
     """The demo's settings of one task's config (field -> value); the rest keep the config's defaults."""
     names = set(task_spec(task).field_names())
     values: dict[str, Any] = {k: getattr(s, k) for k in COMMON_EVAL if k in names}
-    values |= {
+    per_task: dict[str, dict[str, Any]] = {
         "zeroshot": {"prompts_per_class": s.prompts_per_class, "binary": True},
         "linear": {"fractions": s.linear_fractions, "seeds": s.linear_seeds},
         "segment": {"fractions": s.segment_fractions, "seeds": s.segment_seeds, "epochs": s.segment_epochs,
                     "min_steps": s.segment_min_steps, "seg_task": s.segment_task},
         "retrieve": {"rerank_k": 50},
-    }.get(task, {})
-    return values
+    }
+    return values | per_task.get(task, {})
 
 
 def eval_config(task: str, s: DemoSettings, cache: Path | None = None) -> Any:

@@ -160,7 +160,7 @@ _POSITIVE = ("lr", "encoder_lr", "mgca_lr", "temperature")
 _UNIT = ("threshold",)  # in [0, 1]
 
 
-def check_task_config(cfg: Any, choices: Mapping[str, tuple[str, ...]] = (), prefix: str = "") -> None:
+def check_task_config(cfg: Any, choices: Mapping[str, tuple[str, ...]] | None = None, prefix: str = "") -> None:
     """Range checks of a task config, by field name (the same rule for every task that has the field).
 
     Run by :meth:`TaskSpec.make_config`, i.e. before any model is loaded or data read: a label fraction of
@@ -189,7 +189,7 @@ def check_task_config(cfg: Any, choices: Mapping[str, tuple[str, ...]] = (), pre
             bad("fractions", fractions, "label fractions must be in (0, 1], e.g. [0.01, 0.1, 1.0]")
     if "seeds" in names and not list(cfg.seeds or []):
         bad("seeds", cfg.seeds, "give at least one seed, e.g. [0]")
-    for key, allowed in dict(choices).items():
+    for key, allowed in dict(choices or {}).items():
         value = getattr(cfg, key, None)
         if value is not None and value not in allowed:
             bad(key, value, f"must be one of {', '.join(allowed)}")
