@@ -9,7 +9,7 @@ from reclf.evaluate.tasks.linear import LinearConfig
 from reclf.evaluate.tasks.retrieve import RetrieveConfig
 from reclf.evaluate.tasks.segment import SegmentConfig, segment_preset
 
-REQUIRED = {"model", "data", "out", "task", "kind"}
+REQUIRED = {"model", "data", "out", "task", "kind", "overrides"}  # overrides: the key=value list
 
 
 def parse(*argv):

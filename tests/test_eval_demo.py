@@ -17,23 +17,30 @@ def test_demo_configs_are_valid_for_every_method(tmp_path):
 
 
 def test_finished_evaluations_are_skipped(tmp_path):
+    from reclf.demo.stages import EVAL_MARKER, eval_stage
+    from reclf.utils.markers import write_marker
+
+    model = tmp_path / "missing"
     for task in ("zeroshot", "linear"):
         out = tmp_path / "eval" / task / "reclf@seed0"
         out.mkdir(parents=True)
         (out / "results.json").write_text("{}")
+        cfg = demo.settings.eval_config(task, demo.QUICK, tmp_path / "cache")
+        write_marker(out / EVAL_MARKER, "evaluate", eval_stage(task, cfg, model), None)
     # the model path does not exist: loading it would fail, so passing proves nothing was re-run
-    done = demo.evaluate_all({"reclf@seed0": tmp_path / "missing"}, ["zeroshot", "linear"], demo.QUICK,
-                             tmp_path / "synth", tmp_path)
+    done = demo.evaluate_all({"reclf@seed0": model}, ["zeroshot", "linear"], demo.QUICK, tmp_path / "synth", tmp_path)
     assert len(done) == 2
 
 
 def test_finished_pretraining_is_reused(tmp_path):
+    from reclf.config import recipe
+    from reclf.utils.markers import write_marker
+
     export = tmp_path / "export"
     export.mkdir()
     (export / "config.json").write_text("{}")
-    marker = tmp_path / "pretrain" / "gloria@seed0" / "done.json"
-    marker.parent.mkdir(parents=True)
-    marker.write_text(f'{{"export_dir": "{export}"}}')
+    asked = recipe(demo.demo_config("gloria", 0, demo.QUICK, tmp_path / "synth", tmp_path / "pretrain"))
+    write_marker(tmp_path / "pretrain" / "gloria@seed0" / "done.json", "pretrain", asked, None, export_dir=str(export))
     assert demo.pretrain_one("gloria", 0, demo.QUICK, tmp_path / "synth", tmp_path) == export
 
 

@@ -24,7 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("reclf.train.export", "turn a training checkpoint into a save_pretrained folder"),
     "evaluate": (
         "reclf.evaluate.cli",
-        "evaluate a model: zeroshot, linear, segment, retrieve, relations, grounding, baseline",
+        "evaluate a model on a registered task (zeroshot, linear, segment, retrieve, relations, grounding, "
+        "diagnostics, ...) or build a baseline",
     ),
     "embed": ("reclf.evaluate.embed", "embed your own PNG / JPEG / DICOM images (--local: regions too) into one file"),
     "classify": ("reclf.evaluate.classify", "zero-shot classify your own images with a model's prompts and score"),
@@ -143,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         else:  # raised by reclf with its own message
             message = str(exc) or type(exc).__name__
         print(f"reclf {args.command}: error: {message}", file=sys.stderr)
-        return 1
+        from reclf.config import ConfigError
+
+        return 2 if isinstance(exc, ConfigError) else 1  # a config the command cannot take: a usage error, as argparse
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -133,6 +134,12 @@ class TrainConfig:
     progress: bool = True
 
 
+#: ``train.scheduler`` values (``PretrainModule.configure_optimizers`` builds each)
+SCHEDULERS = ("cosine", "plateau")
+#: ``train.precision`` values (Lightning's names; the short ones are its older spellings)
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "32", "bf16", "16")
+
+
 @dataclass
 class Config:
     """The whole run: encoders, method, data, training and the seed."""
@@ -214,17 +221,42 @@ def _field_names(cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 
 
-def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
-    """Build dataclass ``cls`` from a mapping; unknown keys and wrong types are errors."""
+def unknown_key_error(key: str, valid: list[str], prefix: str = "") -> ConfigError:
+    """The error for a key that is not in ``valid``: it names the key, the nearest valid one and all of them."""
+    import difflib
+
+    near = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f" (did you mean {prefix}{near[0]}?)" if near else ""
+    return ConfigError(
+        f"unknown config key {prefix}{key!s}{hint}; valid keys here: {', '.join(prefix + n for n in valid)}"
+    )
+
+
+def coerce_fields(cls: type, data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The values of ``data`` checked against the fields of dataclass ``cls`` (types coerced, nothing added).
+
+    An unknown key is an error naming it and the nearest valid key; so is a value of the wrong type.
+    """
     hints = typing.get_type_hints(cls)
     names = _field_names(cls)
-    unknown = [k for k in data if k not in names]
-    if unknown:
-        raise ConfigError(
-            f"unknown config key {prefix}{unknown[0]!s}; valid keys here: {', '.join(prefix + n for n in names)}"
-        )
-    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
-    return cls(**kwargs)
+    for key in data:
+        if key not in names:
+            raise unknown_key_error(str(key), names, prefix)
+    return {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+
+
+def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    """Build dataclass ``cls`` from a mapping; unknown keys and wrong types are errors."""
+    return cls(**coerce_fields(cls, data, prefix))
+
+
+def overrides_to_dict(overrides: Sequence[str], data: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``["a.b=3", "c=x"]`` -> ``{"a": {"b": 3}, "c": "x"}`` (on top of ``data``, which is changed in place)."""
+    data = {} if data is None else data
+    for text in overrides:
+        keys, value = parse_override(text)
+        set_dotted(data, keys, value)
+    return data
 
 
 def to_dict(obj: Any) -> Any:
@@ -348,10 +380,7 @@ def resolve(
     cls: type[T], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> T:
     """Defaults <- YAML preset <- ``key=value`` overrides, validated against ``cls``."""
-    data: dict[str, Any] = load_yaml(path) if path is not None else {}
-    for text in overrides:
-        keys, value = parse_override(text)
-        set_dotted(data, keys, value)
+    data = overrides_to_dict(overrides, load_yaml(path) if path is not None else {})
     obj = from_dict(cls, data)
     if isinstance(obj, Config):
         validate_values(obj)
@@ -369,6 +398,29 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 def _check(ok: bool, key: str, value: Any, rule: str) -> None:
     if not ok:
         raise ConfigError(f"{key}={value!r}: {rule}")
+
+
+def check_optimizer(train: TrainConfig) -> None:
+    """The optimiser's and scheduler's settings (``PretrainModule.configure_optimizers`` relies on them).
+
+    Part of :func:`validate_values`, so that a bad ``train.betas`` fails when the config is resolved,
+    before any data is read or run folder made, not when Lightning first builds the optimiser.
+    """
+    import math
+
+    def at_least(key: str, value: Any, lo: float) -> None:
+        _check(isinstance(value, int | float) and math.isfinite(value) and value >= lo, key, value, f"must be >= {lo}")
+
+    _check(
+        len(train.betas) == 2 and all(math.isfinite(b) and 0.0 <= b < 1.0 for b in train.betas),
+        "train.betas",
+        train.betas,
+        "must be two numbers in [0, 1), e.g. [0.9, 0.999]",
+    )
+    _check(train.scheduler in SCHEDULERS, "train.scheduler", train.scheduler, f"must be one of {', '.join(SCHEDULERS)}")
+    if train.scheduler == "plateau":
+        _check(0.0 < train.plateau_factor < 1.0, "train.plateau_factor", train.plateau_factor, "must be in (0, 1)")
+        at_least("train.plateau_patience", train.plateau_patience, 0)
 
 
 def validate_values(cfg: Config) -> None:
@@ -420,6 +472,14 @@ def validate_values(cfg: Config) -> None:
     at_least("train.val_every_n_epochs", train.val_every_n_epochs, 1)
     at_least("train.log_every_n_steps", train.log_every_n_steps, 1)
     at_least("train.checkpoint_every_n_steps", train.checkpoint_every_n_steps, 0)
+    check_optimizer(train)
+    _check(train.precision in PRECISIONS, "train.precision", train.precision, f"must be one of {', '.join(PRECISIONS)}")
+    _check(
+        train.max_epochs >= 1 or train.max_steps >= 1,
+        "train.max_steps",
+        train.max_steps,
+        "set train.max_epochs >= 1 or train.max_steps >= 1 (both are -1: the run would never end)",
+    )
     if isinstance(train.devices, int):
         _check(train.devices >= 1 or train.devices == -1, "train.devices", train.devices, "must be >= 1, -1 or 'auto'")
 
@@ -427,3 +487,54 @@ def validate_values(cfg: Config) -> None:
 def save_config(cfg: Any, path: str | Path) -> None:
     """Write the resolved config as YAML, atomically."""
     atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+#: Keys that say where a run writes or how it reports, not what it trains: a run resumed, moved or run with
+#: another progress display is the same recipe (they are left out of :func:`recipe` and its fingerprint).
+BOOKKEEPING_KEYS = (
+    "train.resume",
+    "train.progress",
+    "train.runs_dir",
+    "train.checkpoint_every_n_steps",
+    "text_encoder.cache_file",
+)
+
+
+def recipe(cfg: Any) -> dict[str, Any]:
+    """The resolved config as a plain mapping, without :data:`BOOKKEEPING_KEYS`: what a run's result depends on.
+
+    ``cfg`` is a :class:`Config` or its mapping (a saved ``config.yaml``); stage markers key on this.
+    """
+    import copy
+
+    data = copy.deepcopy(to_dict(cfg))
+    for key in BOOKKEEPING_KEYS:
+        section, _, name = key.partition(".")
+        if isinstance(data.get(section), dict):
+            data[section].pop(name, None)
+    return data
+
+
+def config_fingerprint(cfg: Any) -> str:
+    """The stable hash of :func:`recipe` (equal configs, equal fingerprints, whatever the key order)."""
+    from reclf.utils.markers import fingerprint
+
+    return fingerprint(recipe(cfg))
+
+
+def run_config_fingerprint(model_path: str | Path) -> str | None:
+    """The recipe fingerprint of the run that produced the model at ``model_path``, when it can be found.
+
+    A model exported by ``reclf pretrain`` sits in ``<run>/export`` beside the run's ``config.yaml``; a
+    checkpoint in ``<run>/checkpoints``. ``None`` for a model without its run (a baseline, a copied folder).
+    """
+    path = Path(model_path)
+    for folder in (path, path.parent, path.parent.parent):
+        candidate = folder / "config.yaml"
+        if candidate.is_file():
+            try:
+                data = load_yaml(candidate)
+            except ConfigError:
+                return None
+            return config_fingerprint(data) if {"train", "method"} <= set(data) else None
+    return None

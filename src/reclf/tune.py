@@ -15,8 +15,10 @@ Tuning). ``val/loss`` (lower is better) and any other logged ``val/`` metric can
 table shows the criterion beside the loss. The valid split only, never a test set.
 
 Output under ``--out`` (default ``runs/tune``): one pretraining run per (preset, point), a marker
-``trial.json`` beside each (a finished trial is skipped when the command runs again with the same
-config: resumable; a marker of another config is refused, never reused),
+``trial.json`` beside each (a stage marker, ``reclf.utils.markers``, keyed by the fingerprints of the
+trial's recipe and of the pretraining table: a finished trial is skipped when the command runs again
+with the same recipe and data, so tuning is resumable; a marker of another recipe or data is refused,
+naming what changed, never reused),
 and ``tuning.json`` + ``tuning.md`` with every trial and the chosen point per preset. A trial that
 fails (a NaN loss, bad data) is recorded as failed and never chosen; the others go on.
 
@@ -32,7 +34,7 @@ import json
 import math
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +88,7 @@ class Trial:
     seconds: float
     run_dir: str | None = None
     export_dir: str | None = None
-    config: dict[str, Any] | None = None  # the resolved config it ran (a marker is reused only for the same)
+    config: dict[str, Any] | None = None  # the recipe it ran (reclf.config.recipe; a marker is reused only for it)
 
     def score(self, criterion: str) -> float | None:
         """The best value of ``criterion`` over the run's validations (read from its ``metrics.csv``)."""
@@ -195,21 +197,31 @@ def trial_config(preset: str, point: dict[str, str], overrides: list[str], seed:
     )
 
 
-def finished_trial(preset: str, point: dict[str, str], overrides: list[str], seed: int, root: Path) -> Trial | None:
-    """The trial of ``trial.json`` when it ran this very config; ``None`` when it has not run. A marker of
-    another config (the preset or a common override changed) is an error, never silently reused."""
-    from reclf.config import to_dict
+def data_fingerprint(cfg) -> str | None:
+    """The fingerprint of the pretraining table a trial reads (``None`` when there is none yet)."""
+    from reclf.data.studies import table_path
+    from reclf.utils.markers import file_fingerprint
 
-    marker = trial_dir(preset, point, root) / TRIAL_FILE
-    if not marker.is_file():
+    try:
+        return file_fingerprint(table_path(cfg.data.root))
+    except (OSError, ValueError):
         return None
-    trial = Trial(**json.loads(marker.read_text()))
-    if trial.config != to_dict(trial_config(preset, point, overrides, seed, root)):
-        raise ValueError(
-            f"{marker}: this trial ran with another config (the preset or a --set changed since); "
-            f"choose another --out, or delete {marker.parent} to run it again"
-        )
-    return trial
+
+
+def finished_trial(preset: str, point: dict[str, str], overrides: list[str], seed: int, root: Path) -> Trial | None:
+    """The trial of ``trial.json`` when it ran this very recipe on this data (``reclf.utils.markers``); ``None``
+    when it has not run. A marker of another recipe or data is an error naming what changed, never reused."""
+    from reclf.config import recipe
+    from reclf.utils.markers import read_marker, refuse_changed
+
+    cfg = trial_config(preset, point, overrides, seed, root)
+    marker = read_marker(trial_dir(preset, point, root) / TRIAL_FILE, recipe(cfg), data_fingerprint(cfg))
+    if marker is None:
+        return None
+    refuse_changed(marker, f"the trial {marker.path.parent}",
+                   f"Choose another --out, or delete {marker.path.parent} to run it again")
+    names = {f.name for f in fields(Trial)}
+    return Trial(**{k: v for k, v in marker.payload.items() if k in names}, config=recipe(cfg))
 
 
 def run_trial(preset: str, point: dict[str, str], overrides: list[str], seed: int, root: Path) -> Trial:
@@ -217,8 +229,9 @@ def run_trial(preset: str, point: dict[str, str], overrides: list[str], seed: in
     done = finished_trial(preset, point, overrides, seed, root)
     if done is not None:
         return done
-    from reclf.config import to_dict
+    from reclf.config import recipe
     from reclf.train import pretrain
+    from reclf.utils.markers import write_marker
 
     cfg = trial_config(preset, point, overrides, seed, root)
     folder = trial_dir(preset, point, root)
@@ -239,7 +252,7 @@ def run_trial(preset: str, point: dict[str, str], overrides: list[str], seed: in
             round(time.time() - start, 1),
             str(result.run_dir),
             str(result.export_dir) if result.export_dir else None,
-            to_dict(cfg),
+            recipe(cfg),
         )
     except Exception as exc:  # noqa: BLE001 - one failed trial must not end the tuning of the others
         trial = Trial(
@@ -250,9 +263,10 @@ def run_trial(preset: str, point: dict[str, str], overrides: list[str], seed: in
             None,
             None,
             round(time.time() - start, 1),
-            config=to_dict(cfg),
+            config=recipe(cfg),
         )
-    atomic_write_json(folder / TRIAL_FILE, asdict(trial))
+    record = {k: v for k, v in asdict(trial).items() if k != "config"}  # the marker holds the config itself
+    write_marker(folder / TRIAL_FILE, "tune-trial", recipe(cfg), data_fingerprint(cfg), **record)
     return trial
 
 

@@ -18,9 +18,15 @@
 The console shows one line per stage (progress and time) and the summary table at the end; what
 Lightning and the tasks print goes to ``<out>/logs/``.
 
-Idempotent and resumable: each finished step leaves a marker (``done.json`` of a pretraining
-run, ``baseline.json`` of a baseline, ``results.json`` of an evaluation) and is skipped when the
-demo runs again; an interrupted step simply runs again. ``--fresh`` starts over.
+Every config is resolved first (the pretraining recipes with ``--set``, the task configs with
+``--eval-set TASK.key=value``): an unknown key stops the demo (exit 2) before anything is generated.
+
+Idempotent and resumable: each finished step leaves a marker keyed by the fingerprint of its recipe
+and of the SynthCXR data (``reclf.demo.stages``) and is skipped when the demo runs again with the same
+recipe. A demo folder whose runs were trained with another recipe (``--steps 30``, then ``--steps 400``)
+is refused, naming what changed: ``--fresh`` starts over, another ``--out`` keeps both. A pretraining
+run killed midway is resumed from its last checkpoint; the report says which runs were resumed and
+from which step. A task config that changed is evaluated again.
 """
 
 from __future__ import annotations
@@ -34,8 +40,17 @@ from pathlib import Path
 from typing import Any
 
 from reclf.demo.learning import learning_verdicts
-from reclf.demo.settings import FULL, METHODS, QUICK, TASK_DATA, TASKS, demo_config, demo_preset
-from reclf.demo.stages import baselines, ensure_synth, evaluate_all, pretrain_one, text_features
+from reclf.demo.settings import FULL, METHODS, QUICK, TASKS, demo_config, demo_preset, eval_config
+from reclf.demo.stages import (
+    PRETRAIN_MARKER,
+    baselines,
+    check_recipes,
+    ensure_synth,
+    evaluate_all,
+    pretrain_one,
+    run_label,
+    text_features,
+)
 from reclf.utils.console import clock, say
 from reclf.utils.jobs import make_pool, map_jobs
 
@@ -62,6 +77,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "ablations with the demo's own recipe; use another --out",
     )
     parser.add_argument(
+        "--eval-set",
+        dest="eval_overrides",
+        action="append",
+        default=[],
+        metavar="TASK.KEY=VALUE",
+        help="a field of one task's config (repeatable), e.g. --eval-set zeroshot.prompts_per_class=5 "
+        "(docs/evaluation.md lists the fields)",
+    )
+    parser.add_argument(
         "--synth-seed", type=int, default=0, help="SynthCXR seed (0: the reported numbers; choose designs on another)"
     )
     parser.add_argument("--no-baselines", action="store_true", help="skip the floor and ceiling")
@@ -83,9 +107,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from reclf.config import to_dict
+    from reclf.config import ConfigError, config_fingerprint
     from reclf.evaluate.report import merge_seeds, summary_rows, write_report
     from reclf.evaluate.results import find_results
+    from reclf.evaluate.tasks import task_spec
     from reclf.utils.io import atomic_write_json
 
     s = replace(QUICK if args.quick else FULL)
@@ -95,9 +120,10 @@ def run(args: argparse.Namespace) -> int:
         s.pretrain_steps = args.steps
     s.synth_seed = args.synth_seed
     s.overrides = list(args.overrides)
+    s.eval_overrides = list(getattr(args, "eval_overrides", []) or [])
     for item in s.overrides:
         if "=" not in item:
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. --set method.node_where=false")
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set method.node_where=false")
     root = Path(args.out or ("runs/demo-quick" if args.quick else "runs/demo"))
     default_synth = "out/synth-quick" if args.quick else "out/synth"
     if s.synth_seed:
@@ -108,11 +134,17 @@ def run(args: argparse.Namespace) -> int:
     if unknown or not methods:
         raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    bad_tasks = [t for t in tasks if t not in TASK_DATA]
-    if bad_tasks:
-        raise ValueError(f"unknown task(s) {bad_tasks}; choose from {', '.join(TASK_DATA)}")
+    for task in tasks:
+        task_spec(task)  # an unknown task: the error names the nearest registered one
+    # every config before any work: an unknown key or a bad value stops here, with nothing generated or written
+    pretrain_runs = [(m, seed) for m in methods for seed in range(s.seeds)]
+    for method, seed in pretrain_runs:
+        demo_config(method, seed, s, synth, root / "pretrain")
+    for task in TASKS:
+        eval_config(task, s, root / "cache")  # every task, so that a --eval-set of a task not run is checked too
     if args.fresh and root.exists():
         shutil.rmtree(root)
+    check_recipes(pretrain_runs, s, synth, root)  # a changed recipe is refused before anything is trained
     root.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, args.threads))
     timings: dict[str, float] = {}
@@ -133,21 +165,35 @@ def run(args: argparse.Namespace) -> int:
     runs = [(method, seed, s, synth, root, text_cache) for method in order for seed in range(s.seeds)]
     say(f"pretrain: {len(runs)} runs, {min(args.jobs, len(runs))} at a time")
 
+    def marker_of(label: str) -> dict[str, Any]:
+        return json.loads((root / "pretrain" / label / PRETRAIN_MARKER).read_text())
+
     def pretrained(i: int, export: Path, seconds: float, n_done: int) -> None:
         method, seed = runs[i][:2]
-        marker = json.loads((root / "pretrain" / f"{method}@seed{seed}" / "done.json").read_text())
+        marker = marker_of(run_label(method, seed))
         c = marker.get("learning", {})
         verdict = "loss fell" if c.get("learned") else "LOSS DID NOT FALL"
+        resumed = marker.get("resumed_from_step")
         say(
-            f"pretrain [{n_done}/{len(runs)}] {method} seed {seed}: {marker.get('seconds', 0):.0f} s, "
-            f"loss {c.get('first_loss')} -> {c.get('last_loss')} ({verdict}) · {clock(seconds)} elapsed"
+            f"pretrain [{n_done}/{len(runs)}] {method} seed {seed}: {marker.get('seconds', 0):.0f} s"
+            + (f" (resumed from step {resumed})" if resumed is not None else "")
+            + f", loss {c.get('first_loss')} -> {c.get('last_loss')} ({verdict}) · {clock(seconds)} elapsed"
         )
 
     exports = map_jobs(pool, pretrain_one, runs, pretrained)
-    models: dict[str, Path] = {f"{m}@seed{seed}": e for (m, seed, *_), e in zip(runs, exports)}
-    checks = {
-        label: json.loads((root / "pretrain" / label / "done.json").read_text()).get("learning", {}) for label in models
+    models: dict[str, Path] = {run_label(m, seed): e for (m, seed, *_), e in zip(runs, exports)}
+    markers = {label: marker_of(label) for label in models}
+    checks = {label: marker.get("learning", {}) for label, marker in markers.items()}
+    # the recipe each run was trained with, as its marker recorded it (the same as asked: a changed one is refused)
+    recipes = {
+        label: {
+            "preset": demo_preset(label.split("@seed")[0]),
+            "config": marker["config"],
+            "config_fingerprint": marker.get("config_fingerprint") or config_fingerprint(marker["config"]),
+        }
+        for label, marker in markers.items()
     }
+    resumed = {label: m["resumed_from_step"] for label, m in markers.items() if m.get("resumed_from_step") is not None}
     timings["pretrain_s"] = round(time.time() - t, 1)
     if not args.no_baselines and models:
         t = time.time()
@@ -163,7 +209,8 @@ def run(args: argparse.Namespace) -> int:
     if pool is not None:
         pool.shutdown()
     t = time.time()
-    results = find_results([root / "eval"])
+    # the numbers of this demo's models only (an earlier demo into this folder may have evaluated others)
+    results = [r for r in find_results([root / "eval"]) if r["model"].get("label") in models]
     merged = merge_seeds(results)
     by_method: dict[str, dict[str, Any]] = {}
     for label, check in checks.items():
@@ -171,13 +218,6 @@ def run(args: argparse.Namespace) -> int:
         by_method.setdefault(base, {"learned": True, "ratio": check.get("ratio")})
         by_method[base]["learned"] &= bool(check.get("learned"))
     verdicts = learning_verdicts(merged, by_method)
-    recipes = {
-        f"{m}@seed{seed}": {
-            "preset": demo_preset(m),
-            "config": to_dict(demo_config(m, seed, s, synth, root / "pretrain", text_cache)),
-        }
-        for (m, seed, *_) in runs
-    }
     demo_info = {
         "settings": asdict(s),
         "methods": methods,
@@ -188,9 +228,10 @@ def run(args: argparse.Namespace) -> int:
         "learning": checks,
         "did_not_learn": {k: v for k, v in verdicts.items() if v},
         "models": {k: str(v) for k, v in models.items()},
-        # the recipe of every pretraining run: its shipped preset and the resolved config (as saved
-        # beside the run in pretrain/<run>/<time>/config.yaml)
+        # the recipe of every pretraining run: its shipped preset and the resolved config it was trained with
+        # (its marker's; as saved beside the run in pretrain/<run>/<time>/config.yaml) and that config's fingerprint
         "recipes": recipes,
+        "resumed": resumed,  # run -> the step its killed run was resumed from
         "timings": timings,
     }
     path = write_report(

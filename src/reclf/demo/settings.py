@@ -11,11 +11,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reclf.evaluate.tasks import TASKS as TASK_REGISTRY
+from reclf.evaluate.tasks import task_spec
+
 #: Demo runs by label: a registered method, or ``<method>+<trick>`` — a baseline given a training trick that
 #: RECLF uses and any method could (``gloria+bind``: binding-aware negatives), so that a gain is credited to
 #: RECLF's modules only when they earn it. Each label has its shipped preset ``demo_<label>``.
 METHODS = ("convirt", "gloria", "gloria+bind", "mgca", "reclf", "reclf-no-srm", "reclf-no-irm")
-TASKS = ("zeroshot", "linear", "segment", "retrieve", "relations", "grounding", "phrase-grounding", "diagnostics")
+#: every registered evaluation task (``reclf.evaluate.tasks.TASKS``), in the registry's order
+TASKS = tuple(TASK_REGISTRY)
 
 
 @dataclass
@@ -47,6 +51,7 @@ class DemoSettings:
     method_overrides: dict[str, Any] = field(default_factory=dict)
     synth_seed: int = 0  # SynthCXR's seed: 0 for the reported numbers, another for design choices
     overrides: list[str] = field(default_factory=list)  # `key=value` applied to every pretraining run (--set)
+    eval_overrides: list[str] = field(default_factory=list)  # `TASK.key=value` of a task's config (--eval-set)
 
 
 QUICK = DemoSettings(
@@ -130,14 +135,42 @@ def demo_config(method: str, seed: int, s: DemoSettings, synth: Path, runs: Path
     return load_config(preset_path(demo_preset(method)), overrides)
 
 
-TASK_DATA = {
-    "zeroshot": "zeroshot_5x200",
-    "linear": "classification",
-    "segment": "segmentation",
-    "retrieve": "retrieval_8x200",
-    "relations": "relations",
-    "grounding": "relations",
-    "phrase-grounding": "relations",
-    "diagnostics": "relations",
-}
-IMAGE_ONLY = ("linear", "segment")
+#: the demo's sizes given to every task whose config has the field (a new task gets them without an entry)
+COMMON_EVAL = ("n_boot", "image_size")
+
+
+def eval_values(task: str, s: DemoSettings) -> dict[str, Any]:
+    """The demo's settings of one task's config (field -> value); the rest keep the config's defaults."""
+    names = set(task_spec(task).field_names())
+    values: dict[str, Any] = {k: getattr(s, k) for k in COMMON_EVAL if k in names}
+    per_task: dict[str, dict[str, Any]] = {
+        "zeroshot": {"prompts_per_class": s.prompts_per_class, "binary": True},
+        "linear": {"fractions": s.linear_fractions, "seeds": s.linear_seeds},
+        "segment": {"fractions": s.segment_fractions, "seeds": s.segment_seeds, "epochs": s.segment_epochs,
+                    "min_steps": s.segment_min_steps, "seg_task": s.segment_task},
+        "retrieve": {"rerank_k": 50},
+    }
+    return values | per_task.get(task, {})
+
+
+def eval_config(task: str, s: DemoSettings, cache: Path | None = None) -> Any:
+    """The typed config of ``task`` in the demo: its defaults, the demo's sizes, then ``--eval-set TASK.key=value``.
+
+    An unknown task or key is a ``ConfigError`` naming it (``zeroshot.n_bot``: did you mean ``zeroshot.n_boot``?).
+    """
+    from reclf.config import ConfigError
+
+    spec = task_spec(task)
+    mine: list[str] = []
+    for item in s.eval_overrides:
+        key, sep, _ = item.partition("=")
+        name, dot, _ = key.partition(".")
+        if not sep or not dot:
+            raise ConfigError(f"--eval-set {item!r}: expected TASK.KEY=VALUE, e.g. zeroshot.prompts_per_class=5")
+        task_spec(name.strip())  # an unknown task: the error names the nearest
+        if name.strip() == task:
+            mine.append(item.split(".", 1)[1])
+    values = eval_values(task, s)
+    if cache is not None and "cache_dir" in spec.field_names():
+        values["cache_dir"] = str(cache)
+    return spec.make_config(values, mine, prefix=f"{task}.")

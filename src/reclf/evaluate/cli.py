@@ -1,24 +1,30 @@
-"""``reclf evaluate TASK --model DIR|CKPT --data DIR [options] [--out DIR] [--seed N]``.
+"""``reclf evaluate TASK --model DIR|CKPT --data DIR [options] [key=value ...] [--out DIR]``.
 
-Tasks: zeroshot, linear, segment, retrieve, relations, grounding, phrase-grounding, diagnostics, and ``baseline``
-(write the floor / ceiling model folders: a random-init twin, or a supervised encoder trained on the labels).
-Each run writes ``OUT/results.json`` atomically and prints a table. Heavy imports happen in
+One sub-command per entry of the task registry (``reclf.evaluate.tasks.TASKS``), and ``baseline``
+(write the floor / ceiling model folders: a random-init twin, or a supervised encoder trained on the
+labels). Each run writes ``OUT/results.json`` atomically and prints a table. Heavy imports happen in
 ``run`` only, so ``reclf --help`` stays instant.
 
-Defaults live in one place, the task's ``*Config`` dataclass: every option here defaults to ``None``
-("not given"), and :func:`run_task` sets only the fields that were given (as training does with dotted
-overrides). The one default of this module is the feature cache folder, a command-line convenience
-(the library caches nothing unless asked).
+The task's config is resolved as ``reclf pretrain`` resolves its own (:func:`task_config`): the task's
+``*Config`` dataclass defaults, then the options given (every option defaults to ``None``, "not given"),
+then ``key=value`` overrides of any config field (``n_boot=200 prompts_per_class=5``). An unknown key,
+or an option the task has no field for, is an error naming it and the nearest valid key (exit 2), and
+the ranges are checked, all before the model is loaded. The one default of this module is the feature
+cache folder, a command-line convenience (the library caches nothing unless asked).
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-TASKS = ("zeroshot", "linear", "segment", "retrieve", "relations", "grounding", "phrase-grounding", "diagnostics")
+from reclf.evaluate.tasks import TASKS
+
+__all__ = ["TASKS", "add_arguments", "given", "run", "run_task", "task_config"]
+
 #: ``--cache-dir`` when not given ('' disables the cache).
 DEFAULT_CACHE_DIR = "runs/.cache/features"
 #: Option names that differ from their config field.
@@ -47,10 +53,7 @@ def _common(p: argparse.ArgumentParser, needs_data: bool = True) -> None:
     p.add_argument("--device", default=None, help="cpu (default) or cuda")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="task", metavar="TASK", required=True)
-    p = sub.add_parser("zeroshot", help="zero-shot classification with prompt files")
-    _common(p)
+def _zeroshot_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompts", default=None, help="prompt YAML or built-in name (synthcxr, chexpert; default auto)")
     p.add_argument("--prompts-per-class", type=int, default=None, help="sample K prompts per class (default all)")
     p.add_argument("--reduce", choices=("mean", "max"), default=None, help="over a class's prompts (default mean)")
@@ -58,8 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="also the positive/negative prompt tasks (AUROC)")
     p.add_argument("--split", default=None)
 
-    p = sub.add_parser("linear", help="linear probe on the frozen global feature")
-    _common(p)
+
+def _linear_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fractions", type=_floats, default=None, help="label fractions, e.g. 1,10,100 (default)")
     p.add_argument("--seeds", type=_ints, default=None, help="probe seeds, e.g. 0,1,2 (default)")
     p.add_argument("--target", choices=("auto", "labels", "class"), default=None, help="default auto")
@@ -74,8 +77,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "augmentation)")
     p.add_argument("--epochs", type=int, default=None, help="epochs of the mgca recipe (50)")
 
-    p = sub.add_parser("segment", help="U-Net segmentation on the encoder's feature pyramid")
-    _common(p)
+
+def _segment_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fractions", type=_floats, default=None, help="label fractions, e.g. 1,10,100 (default)")
     p.add_argument("--seeds", type=_ints, default=None, help="seeds, e.g. 0,1,2 (default)")
     g = p.add_mutually_exclusive_group()
@@ -94,27 +97,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--seg-task", default=None,
                    help="rows whose `task` column equals this (SynthCXR: pneumothorax | opacity); default: each")
 
-    p = sub.add_parser("retrieve", help="image<->report retrieval (Recall@K, Precision@K)")
-    _common(p)
+
+def _retrieve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--modes", default=None, help="comma list of global, local, method (default global,method)")
     p.add_argument("--chunk", type=int, default=None, help="queries scored at a time (bounds memory; 64)")
     p.add_argument("--rerank-k", type=int, default=None,
                    help="score local/method only on each query's global top K (two-stage; 0: all pairs)")
     p.add_argument("--split", default=None)
 
-    p = sub.add_parser("relations", help="true caption vs side/zone/severity/negation and binding (swap) foils")
-    _common(p)
+
+def _relations_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--score", choices=("method", "global", "local"), default=None, help="default method")
     p.add_argument("--split", default=None,
                    help="rows of this split (SynthCXR relations: valid | test; default test; 'all': every row)")
 
-    p = sub.add_parser("grounding", help="word-region attention vs the true masks (pointing game, IoU)")
-    _common(p)
+
+def _grounding_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-images", type=int, default=None)
 
-    p = sub.add_parser("phrase-grounding",
-                       help="BioViL's phrase grounding (MS-CXR, SynthCXR): CNR, mIoU over thresholds, pointing game")
-    _common(p)
+
+def _phrase_grounding_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--map", choices=("similarity", "attention"), default=None,
                    help="the phrase's map: word-region cosine (default, BioViL's kind) or the method's attention")
     p.add_argument("--smooth-sigma", type=float, default=None, help="Gaussian on the region grid (0; BioViL 1.5)")
@@ -123,11 +125,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default=None, help="rows of this split (default: all)")
     p.add_argument("--max-images", type=int, default=None)
 
-    p = sub.add_parser("diagnostics", help="word importance, SRM relations and grounding by word role (SynthCXR)")
-    _common(p)
+
+def _diagnostics_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sections", default=None, help="report sections the model reads (default: its own)")
     p.add_argument("--split", default=None)
     p.add_argument("--max-reports", type=int, default=None)
+
+
+#: the hand-written options of a task (its most used config fields, with choices and help); every field is
+#: also a ``key=value`` override, so a task without an entry here has its config all the same
+TASK_OPTIONS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
+    "zeroshot": _zeroshot_options,
+    "linear": _linear_options,
+    "segment": _segment_options,
+    "retrieve": _retrieve_options,
+    "relations": _relations_options,
+    "grounding": _grounding_options,
+    "phrase-grounding": _phrase_grounding_options,
+    "diagnostics": _diagnostics_options,
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from reclf.evaluate.tasks import TASKS
+
+    sub = parser.add_subparsers(dest="task", metavar="TASK", required=True)
+    for spec in TASKS.values():
+        p = sub.add_parser(spec.name, help=spec.description, description=f"{spec.description}. Data: {spec.data}.")
+        _common(p)
+        TASK_OPTIONS.get(spec.name, lambda _: None)(p)
+        p.add_argument(
+            "overrides",
+            nargs="*",
+            metavar="key=value",
+            help=f"a field of the task's config ({spec.config_name}; docs/evaluation.md), e.g. n_boot=200; "
+            "applied over the options",
+        )
 
     p = sub.add_parser("baseline", help="write a floor (random init) or ceiling (supervised) model folder")
     p.add_argument("--kind", choices=("random", "supervised"), required=True)
@@ -145,71 +178,67 @@ def default_out(task: str, label: str) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from reclf.evaluate.loading import load_model
+    from reclf.evaluate.tasks import task_spec
 
     if args.task == "baseline":
         return _baseline(args)
+    spec = task_spec(args.task)
+    cache = (DEFAULT_CACHE_DIR if args.cache_dir is None else args.cache_dir) or None
+    cfg = task_config(args.task, vars(args), args.overrides or (), cache)  # checked before the model is loaded
     loaded = load_model(args.model, args.device or "cpu")
     out = Path(args.out) if args.out else default_out(args.task, loaded.label)
-    cache = (DEFAULT_CACHE_DIR if args.cache_dir is None else args.cache_dir) or None
-    run_task(args.task, loaded, args.data, out, vars(args), cache)
+    spec.run(loaded, args.data, out, cfg)
     print(f"wrote {out / 'results.json'}")
     return 0
 
 
+#: ``reclf evaluate`` options that are not task config fields (the model, the data, where to write)
+CLI_ONLY = frozenset({"model", "data", "out", "device", "cache_dir", "task", "overrides", "kind", "command", "_module"})
+
+
 def given(cls: type, opts: dict[str, Any], **fixed: Any) -> dict[str, Any]:
     """The fields of dataclass ``cls`` that ``opts`` gives (not ``None``), plus ``fixed``; the rest keep their
-    defaults. Comma lists (``modes``, ``sections``) become lists."""
-    names = {f.name for f in fields(cls)}
+    defaults. Comma lists (``modes``, ``sections``) become lists. An option given for a field ``cls`` does not
+    have (``--batch-size`` for grounding) is an error naming it, never dropped without a word."""
+    from reclf.config import unknown_key_error
+
+    names = [f.name for f in fields(cls)]
     values: dict[str, Any] = {}
     for key, value in opts.items():
         name = RENAMED.get(key, key)
-        if name in names and value is not None:
-            values[name] = value.split(",") if name in ("modes", "sections") and isinstance(value, str) else value
+        if value is None or (key in CLI_ONLY and not (key == "device" and name in names)):
+            continue  # the command's own options (--cache-dir is resolved by `run`); --device is segment's too
+        if name not in names:
+            raise unknown_key_error(name, names, prefix="") from None
+        values[name] = value.split(",") if name in ("modes", "sections") and isinstance(value, str) else value
     return values | fixed
 
 
-def run_task(task: str, loaded, data: str | Path, out: Path | None, opts: dict, cache: str | None = None):
-    """Run one task with options given as a flat mapping (CLI args or the demo's settings).
+def task_config(task: str, opts: Mapping[str, Any] | None = None, overrides: Sequence[str] = (),
+                cache: str | None = None, prefix: str = "") -> Any:
+    """The config of ``task``: its dataclass defaults <- the options given (``opts``, CLI or the demo's sizes,
+    ``None`` = not given) <- ``key=value`` ``overrides``; ``cache`` fills ``cache_dir`` where the task has one.
 
-    Keys are config field names (``freeze`` stands for ``freeze_encoder``); a missing or ``None`` value
-    keeps the task config's default. ``cache``: the feature cache folder (``None``: no cache).
+    Unknown keys and out-of-range values are :class:`~reclf.config.ConfigError` s naming the key.
     """
-    if task == "zeroshot":
-        from reclf.evaluate.tasks.zeroshot import ZeroShotConfig, run_zeroshot
+    from reclf.evaluate.tasks import task_spec
 
-        return run_zeroshot(loaded, data, out, ZeroShotConfig(**given(ZeroShotConfig, opts, cache_dir=cache)))
-    if task == "linear":
-        from reclf.evaluate.tasks.linear import LinearConfig, run_linear
+    spec = task_spec(task)
+    cls = spec.config_class
+    fixed = {"cache_dir": cache} if "cache_dir" in spec.field_names() and cache is not None else {}
+    values = given(cls, dict(opts or {}), **fixed)
+    return spec.make_config(values, overrides, prefix)
 
-        return run_linear(loaded, data, out, LinearConfig(**given(LinearConfig, opts, cache_dir=cache)))
-    if task == "segment":
-        from reclf.evaluate.tasks.segment import SegmentConfig, run_segment_tasks, segment_preset
 
-        values = given(SegmentConfig, opts)
-        cfg = segment_preset(values.pop("preset", None), **values)
-        return run_segment_tasks(loaded, data, out, cfg, opts.get("seg_task"))
-    if task == "retrieve":
-        from reclf.evaluate.tasks.retrieve import RetrieveConfig, run_retrieve
+def run_task(task: str, loaded, data: str | Path, out: Path | None, cfg: Any, cache: str | None = None):
+    """Run one task on ``loaded``. ``cfg``: the task's config object (``task_config``), or a mapping of its
+    fields (unknown keys are errors); ``cache``: the feature cache folder for a mapping (``None``: no cache)."""
+    from reclf.evaluate.tasks import task_spec
 
-        return run_retrieve(loaded, data, out, RetrieveConfig(**given(RetrieveConfig, opts, cache_dir=cache)))
-    if task == "relations":
-        from reclf.evaluate.tasks.relations import RelationsConfig, run_relations
-
-        return run_relations(loaded, data, out, RelationsConfig(**given(RelationsConfig, opts, cache_dir=cache)))
-    if task == "grounding":
-        from reclf.evaluate.tasks.grounding import GroundingConfig, run_grounding
-
-        return run_grounding(loaded, data, out, GroundingConfig(**given(GroundingConfig, opts)))
-    if task == "phrase-grounding":
-        from reclf.evaluate.tasks.phrase_grounding import PhraseGroundingConfig, run_phrase_grounding
-
-        cfg = PhraseGroundingConfig(**given(PhraseGroundingConfig, opts))
-        return run_phrase_grounding(loaded, data, out, cfg)
-    if task == "diagnostics":
-        from reclf.evaluate.tasks.diagnostics import DiagnosticsConfig, run_diagnostics
-
-        return run_diagnostics(loaded, data, out, DiagnosticsConfig(**given(DiagnosticsConfig, opts)))
-    raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    spec = task_spec(task)
+    if isinstance(cfg, Mapping):
+        cfg = task_config(task, cfg, (), cache)
+    return spec.run(loaded, data, out, cfg)
 
 
 def _baseline(args: argparse.Namespace) -> int:

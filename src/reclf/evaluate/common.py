@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from reclf.config import run_config_fingerprint
 from reclf.data.studies import CHEXPERT_LABELS
 from reclf.evaluate.loading import LoadedModel
 from reclf.methods.interface import EvaluableModel
@@ -63,6 +64,8 @@ def model_info(loaded: LoadedModel) -> dict[str, Any]:
         "config": m.config,
         "sections": sections,
         "section_rule_sha256": section_rule_sha256(sections),
+        # the recipe of the run that trained it (reclf.config.config_fingerprint of its config.yaml); None: unknown
+        "config_fingerprint": run_config_fingerprint(loaded.path),
     }
 
 

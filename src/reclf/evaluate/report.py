@@ -19,20 +19,12 @@ from typing import Any
 
 import numpy as np
 
+from reclf.evaluate.tasks import TASKS
+
 SEED_SUFFIX = re.compile(r"^(?P<base>.+)@seed(?P<seed>\d+)$")
-HEADLINE = {
-    "zeroshot": ["method/accuracy", "global/accuracy", "fused/accuracy"],
-    "linear": ["1%/auroc", "10%/auroc", "100%/auroc", "1%/accuracy", "10%/accuracy", "100%/accuracy"],
-    "segment": ["100%/dice", "pneumothorax/100%/dice", "opacity/100%/dice", "10%/dice"],
-    "retrieve": ["method/i2t/R@5", "method/t2i/R@5", "global/i2t/R@5", "global/t2i/R@5", "method/i2t/P@10"],
-    "relations": [
-        "side", "zone", "severity", "negation", "swap_side", "swap_zone", "all_foils_single", "all_foils_binding",
-        "all_foils",
-    ],
-    "grounding": ["pointing_game", "attention_iou"],
-    "phrase-grounding": ["cnr", "miou", "pointing_game"],
-}
-TASK_ORDER = ("zeroshot", "linear", "segment", "retrieve", "relations", "grounding", "phrase-grounding")
+# the registry says which tasks there are, in which order a report shows them, and which metrics it charts
+HEADLINE = {name: list(spec.headline) for name, spec in TASKS.items()}
+TASK_ORDER = tuple(TASKS)
 # the one-table summary at the top of a report: (task, metric, column header); a method without the
 # method-score variant (global-only methods) is shown with its global score
 SUMMARY = (
@@ -296,6 +288,14 @@ def demo_sections(demo: dict[str, Any], results: list[dict[str, Any]], figs: Pat
             f"{tr['max_steps']} steps of batch {cfg['data']['batch_size']}, {lr}, "
             f"weight decay {tr['weight_decay']}, warm-up {tr['warmup_fraction']} then cosine; seeds: "
             f"{demo.get('settings', {}).get('seeds')}. The resolved config of every run is in `demo.json`.", ""]
+        prints = {label: r.get("config_fingerprint") for label, r in recipes.items() if r.get("config_fingerprint")}
+        if prints:  # the recipe each number came from (results.json holds the same fingerprint of its model)
+            lines += ["Config fingerprints (the recipe each run was trained with): "
+                      + ", ".join(f"{label} `{fp}`" for label, fp in prints.items()) + ".", ""]
+    resumed = demo.get("resumed") or {}
+    if resumed:
+        lines += ["Resumed runs (a killed demo's run continued from its last checkpoint, not started over): "
+                  + ", ".join(f"{label} from step {step}" for label, step in resumed.items()) + ".", ""]
     text = demo.get("text_features") or {}
     if text.get("frozen"):
         lines += [f"Text features: {text['reports']} distinct reports encoded once by the frozen `{text['encoder']}` "

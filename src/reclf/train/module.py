@@ -22,7 +22,7 @@ import torch
 from lightning.pytorch.utilities.types import LRSchedulerConfigType, OptimizerLRSchedulerConfig
 from torch import nn
 
-from reclf.config import TrainConfig
+from reclf.config import TrainConfig, check_optimizer
 from reclf.methods.interface import TrainableModel, missing_members
 from reclf.train.distributed import all_gather_with_grad, world_size
 from reclf.train.schedule import WarmupCosine, warmup_steps
@@ -243,8 +243,7 @@ class PretrainModule(L.LightningModule):
 
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         cfg = self.train_cfg
-        if len(cfg.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.betas):
-            raise ValueError(f"train.betas must be two numbers in [0, 1), got {cfg.betas}")
+        check_optimizer(cfg)  # done when the config was resolved; again for a TrainConfig built in code
         optimizer = torch.optim.AdamW(self.param_groups(), lr=cfg.lr, betas=(cfg.betas[0], cfg.betas[1]))
         if cfg.scheduler == "plateau":  # GLoRIA: halve the lr when val/loss has not improved for 5 epochs
             plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -254,8 +253,6 @@ class PretrainModule(L.LightningModule):
             sched: LRSchedulerConfigType = {
                 "scheduler": plateau, "monitor": "val/loss", "interval": "epoch", "frequency": 1, "strict": False}
             return {"optimizer": optimizer, "lr_scheduler": sched}
-        if cfg.scheduler != "cosine":
-            raise ValueError(f"train.scheduler must be cosine or plateau, got {cfg.scheduler!r}")
         total = self.trainer.estimated_stepping_batches
         total = int(total) if math.isfinite(total) and total > 0 else max(cfg.max_steps, 1)
         schedule = WarmupCosine(total, warmup_steps(total, cfg.warmup_fraction))

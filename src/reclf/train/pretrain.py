@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from reclf.config import BUILTIN_TEXT_ENCODERS, Config, ConfigError, save_config, to_dict
+from reclf.config import BUILTIN_TEXT_ENCODERS, Config, ConfigError, save_config, to_dict, validate_values
 from reclf.data.datasets import ON_ERROR, BadDataError, check_bad_fraction
 from reclf.methods.interface import MethodModel, TrainableModel
 from reclf.train.runs import (
@@ -34,7 +34,6 @@ from reclf.train.runs import (
 from reclf.utils.io import atomic_write_json
 from reclf.utils.seed import seed_everything
 
-PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "32", "bf16", "16")
 DRY_RUN_PAIRS = 4
 DRY_RUN_BATCH = 2
 
@@ -56,20 +55,11 @@ class PretrainResult:
 
 
 def validate_train_config(cfg: Config) -> None:
-    """Value checks the type-checked config cannot express (before any work starts)."""
-    t, d = cfg.train, cfg.data
-    if t.precision not in PRECISIONS:
-        raise ConfigError(f"train.precision={t.precision!r}; allowed: 32-true, bf16-mixed, 16-mixed")
-    if d.on_error not in ON_ERROR:
-        raise ConfigError(f"data.on_error={d.on_error!r}; allowed: {', '.join(ON_ERROR)}")
-    if not 0.0 <= d.max_bad_fraction <= 1.0:
-        raise ConfigError(f"data.max_bad_fraction={d.max_bad_fraction} must be in [0, 1]")
-    if d.batch_size < 1 or t.accumulate < 1:
-        raise ConfigError("data.batch_size and train.accumulate must be >= 1")
-    if t.max_epochs < 1 and t.max_steps < 1:
-        raise ConfigError("set train.max_epochs >= 1 or train.max_steps >= 1")
-    if not 0.0 <= t.warmup_fraction < 1.0:
-        raise ConfigError(f"train.warmup_fraction={t.warmup_fraction} must be in [0, 1)")
+    """Value checks before any work starts: the ranges of ``reclf.config.validate_values`` (where they live, run
+    already when the config is resolved; again here for a ``Config`` built in code) and ``data.on_error``."""
+    validate_values(cfg)
+    if cfg.data.on_error not in ON_ERROR:
+        raise ConfigError(f"data.on_error={cfg.data.on_error!r}; allowed: {', '.join(ON_ERROR)}")
 
 
 def _hf_available_offline(name: str) -> bool:

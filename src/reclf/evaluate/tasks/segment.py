@@ -64,6 +64,7 @@ class SegmentConfig:
     image_size: int | None = None
     n_boot: int = 1000
     device: str = "cpu"
+    seg_task: str | None = None  # only the rows whose `task` column equals this (SynthCXR: pneumothorax | opacity)
 
 
 SEGMENT_PRESETS: dict[str, dict[str, Any]] = {
@@ -83,6 +84,11 @@ def segment_preset(name: str | None, **overrides: Any) -> SegmentConfig:
         raise ValueError(f"segmentation preset {name!r}: choose one of {sorted(SEGMENT_PRESETS)}")
     values = (SEGMENT_PRESETS[name] if name else {}) | {k: v for k, v in overrides.items() if v is not None}
     return SegmentConfig(**values, preset=name)
+
+
+def segment_config(**values: Any) -> SegmentConfig:
+    """The registry's builder: ``preset`` (if given) first, then the other values given over it."""
+    return segment_preset(values.pop("preset", None), **values)
 
 
 def balanced_rows(masks_nonempty: np.ndarray, rows: np.ndarray, seed: int) -> np.ndarray:
@@ -193,6 +199,7 @@ def run_segment_tasks(loaded: LoadedModel, data: str | Path, out: str | Path | N
     metric names get the task as a prefix (``pneumothorax/10%/dice``).
     """
     model = loaded.model
+    seg_task = seg_task if seg_task is not None else cfg.seg_task
     table = load_table(data, require=("mask_path", "patient_id"))
     size = cfg.image_size or image_size_of(model)
     groups: list[tuple[str, Table]] = [("", table)]
