@@ -164,8 +164,9 @@ def test_binding_negatives_join_the_image_to_report_softmax_only(method):
     txt = TextFeatures(unit(B, 128, seed=4), unit(B, WORDS, 128, seed=3), mask, sentences)
     sw = TextFeatures(unit(B, 128, seed=6), unit(B, WORDS, 128, seed=5), mask, sentences)
     torch.manual_seed(0)
-    model = create_model(method, image_encoder=IMAGE, text_encoder=TEXT, binding_negatives="side", **(
-        ALL_SWITCHES if method == "reclf" else {})).eval()
+    # local_inference "aggregator": local_similarity as training aggregates (GLoRIA's inference takes the max)
+    model = create_model(method, image_encoder=IMAGE, text_encoder=TEXT, binding_negatives="side",
+                         local_inference="aggregator", **(ALL_SWITCHES if method == "reclf" else {})).eval()
     model.encode_image = lambda images: img
     model.encode_text = lambda reports: sw if reports[0] != REPORTS[0] else txt
     with torch.no_grad():

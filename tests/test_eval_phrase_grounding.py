@@ -1,6 +1,7 @@
 """Phrase grounding (BioViL's metrics): CNR and mIoU by hand, an oracle and an inverted map, SynthCXR's captions
 as phrases, the methods without local features, and the demo's call."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -100,10 +101,13 @@ def test_phrase_grounding_on_synthcxr_for_local_methods_and_not_convirt(synth, t
                                                   "pneumonia", "lung_lesion"}
         assert sum(c["n"] for c in res.extra["per_category"].values()) == n_pairs
         assert 0 <= res.metrics["miou"].value <= 1 and res.metrics["cnr"].value >= 0
-    # the demo's call: the floor (a random-init twin) through run_task with the demo's options
+    # the demo's call: the floor (a random-init twin) through run_task with the demo's typed task config
+    from reclf.demo.settings import QUICK, eval_config
+
     floor = load_model(make_random(model, tmp_path / "floor", seed=1))
-    res = run_task("phrase-grounding", floor, synth, tmp_path / "floor-eval",
-                   {"n_boot": 10, "image_size": 64, "prompts_per_class": 3, "binary": True, "rerank_k": 50})
+    cfg = eval_config("phrase-grounding", dataclasses.replace(QUICK, n_boot=10, image_size=64))
+    assert isinstance(cfg, PhraseGroundingConfig) and cfg.n_boot == 10 and cfg.image_size == 64
+    res = run_task("phrase-grounding", floor, synth, tmp_path / "floor-eval", cfg)
     assert res.data["pairs"] == n_pairs
     saved = json.loads((tmp_path / "floor-eval" / "results.json").read_text())
     assert saved["task"] == "phrase-grounding" and set(saved["metrics"]) == {"cnr", "cnr_signed", "miou",

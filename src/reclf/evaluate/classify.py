@@ -20,6 +20,7 @@ them to ``<preds>.results.json``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -192,7 +193,9 @@ def run(args: argparse.Namespace) -> int:
     from reclf.utils.console import say
     from reclf.utils.io import atomic_write_json
 
-    cfg = ZeroShotConfig(**given(ZeroShotConfig, vars(args)))
+    # the zero-shot fields among classify's options (the rest: images, classes, labels, ... are classify's own)
+    fields_of = {f.name for f in dataclasses.fields(ZeroShotConfig)}
+    cfg = ZeroShotConfig(**given(ZeroShotConfig, {k: v for k, v in vars(args).items() if k in fields_of}))
     classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
     prompts, prompt_info = class_prompts(classes, args.prompts, cfg.prompts_per_class, cfg.seed)
     names = list(prompts)
