@@ -2,7 +2,6 @@
 model (cnn-small 64 px + bert-tiny, a few steps): classify --labels agrees with `evaluate zeroshot` on the same
 images to the last digit; embed is resumable and names what it could not read; the Python API gives the same."""
 
-import argparse
 import json
 
 import numpy as np
@@ -12,6 +11,7 @@ import torch
 from PIL import Image
 
 from helpers.eval_stub import CLASSES, make_folder
+from helpers.eval_stub import run_command as _run
 from helpers.image_files import write_dicom, write_jpeg
 from reclf.cli import main
 from reclf.data.studies import read_studies, write_studies
@@ -19,12 +19,6 @@ from reclf.evaluate import classify as classify_cli
 from reclf.evaluate import cli as eval_cli
 from reclf.evaluate.embed import embed_files, list_folder, list_table, read_embeddings
 from reclf.evaluate.loading import load_model
-
-
-def _run(module, argv):
-    parser = argparse.ArgumentParser()
-    module.add_arguments(parser)
-    return module.run(parser.parse_args(argv))
 
 
 @pytest.fixture(scope="module")

@@ -1,21 +1,15 @@
 """The evaluate / report / explain commands end to end on a real tiny model (cnn-small 64 px + bert-tiny)."""
 
-import argparse
 import json
 
 import pytest
 import torch
 
 from helpers.eval_stub import make_folder
+from helpers.eval_stub import run_command as _run
 from reclf.evaluate import cli as eval_cli
 from reclf.evaluate import explain as explain_cli
 from reclf.evaluate import report as report_cli
-
-
-def _run(module, argv):
-    parser = argparse.ArgumentParser()
-    module.add_arguments(parser)
-    return module.run(parser.parse_args(argv))
 
 
 @pytest.fixture(scope="module")

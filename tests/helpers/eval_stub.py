@@ -198,3 +198,12 @@ def make_folder(root, n: int = 20, size: int = 64, seed: int = 0, with_masks: bo
                       "contrast": "negation"})
     pd.DataFrame(cands).to_csv(root / "candidates.csv", index=False)
     return root
+
+
+def run_command(module, argv: list[str]) -> int:
+    """Run a command module (``add_arguments`` + ``run``) on ``argv``, as ``reclf`` does."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    return module.run(parser.parse_args(argv))
