@@ -55,11 +55,12 @@ def test_report_recipe_names_each_methods_learning_rate_when_they_differ(tmp_pat
 
     tuned = {"recipes": {"reclf@seed0": recipe(3e-3), "convirt@seed0": recipe(1e-3)}, "settings": {"seeds": 1}}
     text = "\n".join(demo_sections(tuned, [], tmp_path))
-    assert "tuned learning rates (heads / image: reclf 0.003, convirt 0.001" in text and "AdamW lr" not in text
+    assert "tuned learning rates (reclf 0.003; convirt 0.001" in text and "AdamW lr" not in text
     same = {"recipes": {"reclf@seed0": recipe(1e-3), "convirt@seed0": recipe(1e-3)}, "settings": {"seeds": 1}}
     assert "AdamW lr 0.001," in "\n".join(demo_sections(same, [], tmp_path))
     # per-part rates: the image encoder's is named too, never only the heads' rate as if it were everyone's
     parts = {"recipes": {"reclf@seed0": recipe(3e-4, 1e-2), "mgca@seed0": recipe(3e-4, 1e-2)}, "settings": {}}
-    assert "AdamW lr 0.0003 / image 0.01," in "\n".join(demo_sections(parts, [], tmp_path))
+    assert "AdamW lr heads 0.0003, image 0.01," in "\n".join(demo_sections(parts, [], tmp_path))
     mixed = {"recipes": {"reclf@seed0": recipe(3e-4, 1e-2), "convirt@seed0": recipe(3e-4, 3e-2)}, "settings": {}}
-    assert "reclf 0.0003 / image 0.01, convirt 0.0003 / image 0.03" in "\n".join(demo_sections(mixed, [], tmp_path))
+    assert "reclf heads 0.0003, image 0.01; convirt heads 0.0003, image 0.03" in "\n".join(
+        demo_sections(mixed, [], tmp_path))

@@ -276,14 +276,15 @@ def demo_sections(demo: dict[str, Any], results: list[dict[str, Any]], figs: Pat
         cfg = next(iter(recipes.values()))["config"]
         te, tr, ie = cfg["text_encoder"], cfg["train"], cfg["image_encoder"]
         def rates(t: dict[str, Any]) -> str:  # heads, and each part that has its own rate (train.lr_<part>)
-            parts = [f"{t['lr']:g}"] + [f"{k[3:]} {t[k]:g}" for k in ("lr_image", "lr_text") if t.get(k) is not None]
-            return " / ".join(parts)
+            own = [f"{k[3:]} {t[k]:g}" for k in ("lr_image", "lr_text") if t.get(k) is not None]
+            parts = [f"heads {t['lr']:g}", *own]
+            return ", ".join(parts) if len(parts) > 1 else f"{t['lr']:g}"
 
         lrs = {label.split("@seed")[0]: rates(r["config"]["train"]) for label, r in recipes.items()}
         if len(set(lrs.values())) == 1:
             lr = f"AdamW lr {next(iter(lrs.values()))}"
         else:  # tuned per method (`reclf tune`): say each one, never one method's as everyone's
-            lr = ("AdamW at each method's tuned learning rates (heads / image: " + ", ".join(
+            lr = ("AdamW at each method's tuned learning rates (" + "; ".join(
                 f"{m} {v}" for m, v in lrs.items()) + "; `reclf tune`, docs/training.md)")
         lines += [
             f"Every method: the shipped preset `demo_<method>` (`reclf presets`), image encoder `{ie['name']}` at "
