@@ -17,7 +17,7 @@ from reclf.align.aggregators import (
     structure_buckets,
     where_features,
 )
-from reclf.align.matching import attend
+from reclf.align.matching import append_phrase_nodes, attend
 from reclf.data.reports import swap_laterality
 from reclf.methods import create_model
 from reclf.models.features import ImageFeatures, TextFeatures
@@ -232,3 +232,39 @@ def test_prenorm_srm_starts_as_the_identity_so_reclf_starts_as_reclf_no_srm():
     torch.testing.assert_close(
         full(words, ctx, mask, sent, img_g, txt_g).score, no_srm(words, ctx, mask, sent, img_g, txt_g).score
     )
+
+
+def test_phrase_nodes_are_the_normalised_sums_of_their_sentences():
+    words = torch.randn(2, 5, 4)
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 0, 0, 0]], dtype=torch.bool)
+    sid = torch.tensor([[0, 0, 1, 1, -1], [0, 0, -1, -1, -1]])
+    out, out_mask, out_sid = append_phrase_nodes(words, mask, sid)
+    assert out.shape == (2, 7, 4) and torch.equal(out[:, :5], words)  # the words keep their positions
+    torch.testing.assert_close(out[0, 5], F.normalize(words[0, :2].sum(0), dim=0))
+    torch.testing.assert_close(out[0, 6], F.normalize(words[0, 2:4].sum(0), dim=0))
+    assert out_mask.tolist() == [[1, 1, 1, 1, 0, 1, 1], [1, 1, 0, 0, 0, 1, 0]]  # report 1 has one sentence
+    assert out_sid[:, 5:].tolist() == [[0, 1], [0, -1]]
+
+
+def test_phrase_nodes_tell_two_findings_from_the_same_report_with_their_places_swapped():
+    """Context-free words score a report and its swapped twin alike (same bag of words); a phrase's one
+    softmax peaks only where what and where agree, so the true report wins."""
+    eff, nod, left, right = torch.eye(128)[:4]
+    # image: the effusion lies where "left" looks, the nodule where "right" looks, two empty places
+    regions = F.normalize(torch.stack([eff + left, nod + right, left, right] * 4), dim=-1).unsqueeze(0)
+    true = torch.stack([eff, left, nod, right]).unsqueeze(0)
+    swap = torch.stack([eff, right, nod, left]).unsqueeze(0)
+    sid = torch.tensor([[0, 0, 1, 1]])
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    img = ImageFeatures(unit(1, 128, seed=1), regions, GRID)
+    texts = [TextFeatures(unit(1, 128, seed=2), w, mask, sid) for w in (true, swap)]
+    scores = {}
+    for phrases in (False, True):
+        model = create_model("reclf", image_encoder=IMAGE, text_encoder=TEXT, aggregator="mean",
+                             phrase_nodes=phrases).eval()
+        with torch.no_grad():
+            scores[phrases] = [float(model.local_similarity(img, t)) for t in texts]
+    assert scores[False][0] == pytest.approx(scores[False][1], abs=1e-6)
+    assert scores[True][0] > scores[True][1] + 0.05
+    with pytest.raises(Exception, match="phrase_nodes"):
+        create_model("convirt", image_encoder=IMAGE, text_encoder=TEXT, phrase_nodes=True)

@@ -417,6 +417,32 @@ def region_position_logits(words: Tensor, projection: Tensor, n_regions: int) ->
     return (words @ projection.t()) @ phi.t()
 
 
+def append_phrase_nodes(words: Tensor, word_mask: Tensor, sentence_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Append one node per sentence to each report: ``(words[T, W + K, d], mask[T, W + K], ids[T, W + K])``.
+
+    A phrase node is the L2-normalised sum of its sentence's valid word vectors (``K`` = the largest number
+    of sentences in the batch; a report's missing sentences are masked). It is matched like a word, so it
+    attends over the regions with *one* softmax: its logits add what the sentence names and where it says
+    it is, and peak only where both hold. Single words cannot tell "effusion left, nodule right" from the
+    same report with the sides swapped (each word finds its own place either way); a phrase can. The
+    phrase nodes carry their sentence's id, so sentence-aware edges link them to their words. Word nodes
+    keep their positions ``0 .. W-1``: explanations cut to the words are unchanged.
+    """
+    valid = word_mask.bool() & (sentence_ids >= 0)
+    if not bool(valid.any()):
+        return words, word_mask, sentence_ids
+    n_sent = int(sentence_ids[valid].max().item()) + 1
+    member = F.one_hot(sentence_ids.clamp_min(0), n_sent).to(words.dtype) * valid.unsqueeze(-1)  # [T, W, K]
+    phrases = F.normalize(member.transpose(1, 2) @ words, dim=-1, eps=NORM_EPS)  # [T, K, d]
+    present = member.sum(1) > 0  # [T, K]
+    ids = torch.arange(n_sent, device=sentence_ids.device).expand_as(present)
+    return (
+        torch.cat([words, phrases], dim=1),
+        torch.cat([word_mask.bool(), present], dim=1),
+        torch.cat([sentence_ids, torch.where(present, ids, torch.full_like(ids, -1))], dim=1),
+    )
+
+
 POSITION_DIM = REGION_ENCODING_DIM
 
 
@@ -447,6 +473,7 @@ __all__ = [
     "GLORIA_ATTN_TEMPERATURE",
     "GLORIA_TEMP1",
     "attend",
+    "append_phrase_nodes",
     "attend_paired",
     "normalized_entropy",
     "region_position_logits",

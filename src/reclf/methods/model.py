@@ -40,6 +40,7 @@ from reclf.align.losses import (
 from reclf.align.matching import (
     POSITION_DIM,
     AttentionMode,
+    append_phrase_nodes,
     attend_paired,
     pairwise_local_outputs,
     pairwise_local_scores,
@@ -226,10 +227,13 @@ class VLModel(nn.Module):
             raise ValueError(f"method {self.method!r} has no local matcher; use global_similarity")
         p = self.params
         fn = pairwise_local_outputs if extras else pairwise_local_scores
+        words, word_mask, sentence_ids = txt.words, txt.word_mask, txt.sentence_ids
+        if p.phrase_nodes:
+            words, word_mask, sentence_ids = append_phrase_nodes(words, word_mask, sentence_ids)
         return fn(
-            txt.words,
-            txt.word_mask,
-            txt.sentence_ids,
+            words,
+            word_mask,
+            sentence_ids,
             img.local,
             img.global_,
             txt.global_,
@@ -240,7 +244,7 @@ class VLModel(nn.Module):
             pairs=pairs,
             checkpoint=p.checkpoint_chunks and self.training,
             scale=self._match_scale(),
-            position=self._position_logits(txt.words, img.local.shape[1]),
+            position=self._position_logits(words, img.local.shape[1]),
         )
 
     def _position_logits(self, words: Tensor, n_regions: int) -> Tensor | None:
@@ -456,6 +460,8 @@ class VLModel(nn.Module):
                 node_valid = txt.word_mask[0]
                 if global_node:
                     node_valid = torch.cat([node_valid.new_ones(1), node_valid])
+                n_nodes = out.node_weights.shape[-1] if out.node_weights is not None else len(node_valid)
+                node_valid = F.pad(node_valid, (0, n_nodes - len(node_valid)))  # phrase nodes: words only
                 if out.node_weights is not None:
                     w = out.node_weights[0, 0][node_valid]
                     word_weights = (w[1:] if global_node else w).cpu()

@@ -59,6 +59,12 @@ class MethodParams:
     # the matcher: each word's attention also gets (U e_w) . phi(r), a learned look at a *place* by the word's
     # meaning (softmax mode; any local method can use it)
     region_positions: bool = False
+    # phrase nodes: each sentence of a report also attends over the regions as one query, the normalised sum
+    # of its valid words (reclf.align.matching.append_phrase_nodes), and joins the matchings as a node. A word
+    # looks alone ("effusion" finds the effusion, "left" the left side, whatever the report pairs them with);
+    # a phrase's single softmax peaks where what *and* where agree, so two findings' places swapped between
+    # them change its matching (any local method can use it)
+    phrase_nodes: bool = False
     # binding-aware negatives in the local loss: each image also scores its own report with the sides
     # ("side": left <-> right) or sides and zones ("side+zone": also upper <-> lower) swapped
     # (reclf.data.reports.swap_laterality); any local method can use it (GLoRIA's "+trick" rows)
@@ -184,6 +190,7 @@ def _validate(p: MethodParams) -> None:
             not p.region_positions or (p.has_local and p.match_mode == "softmax"),
             "method.region_positions needs a local matcher in softmax mode",
         ),
+        (not p.phrase_nodes or p.has_local, "method.phrase_nodes needs a local matcher (method.local_weight > 0)"),
         (
             p.binding_negatives in BINDING_NEGATIVES,
             f"method.binding_negatives must be one of {BINDING_NEGATIVES}, got {p.binding_negatives!r}",
