@@ -489,14 +489,19 @@ def save_config(cfg: Any, path: str | Path) -> None:
     atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-#: Keys that say where a run writes or how it reports, not what it trains: a run resumed, moved or run with
-#: another progress display is the same recipe (they are left out of :func:`recipe` and its fingerprint).
+#: Keys that say where a run writes, how it reports or how it splits its work, not what it trains: a run
+#: resumed, moved, run with another progress display or with the all-pairs matcher cut into other chunks
+#: (the same scores up to float rounding, tests/test_align_matching.py, test_align_perf.py) is the same recipe
+#: (they are left out of :func:`recipe` and its fingerprint).
 BOOKKEEPING_KEYS = (
     "train.resume",
     "train.progress",
     "train.runs_dir",
     "train.checkpoint_every_n_steps",
     "text_encoder.cache_file",
+    "method.chunk_size",
+    "method.checkpoint_chunks",
+    "method.length_groups",
 )
 
 
