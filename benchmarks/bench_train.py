@@ -8,6 +8,10 @@ model is the bottleneck; the reverse means more ``data.num_workers`` would help.
     python benchmarks/bench_train.py [--steps 10] [--batch 16] [--size 128] [--data out/synth/pretrain]
         [--methods convirt,gloria,...] [--out out/bench/train.json]
 
+A run may carry config overrides after ``@``: ``--methods gloria,reclf,reclf@method.length_groups=1`` times
+RECLF with and without length-grouped matching side by side (``x gloria`` is always against plain
+``gloria``).
+
 The demo's shape: ``--batch 32 --size 64 --threads 1`` (one core per run, as the demo runs them); the
 ``x gloria`` column is RECLF's cost target (docs/training.md).
 
@@ -42,12 +46,14 @@ def _batches(loader, n: int):
                 return
 
 
-def bench_method(method: str, args: argparse.Namespace, synthetic: bool) -> dict:
+def bench_method(label: str, args: argparse.Namespace, synthetic: bool) -> dict:
+    method, *extra = label.split("@")
     overrides = [
         f"data.batch_size={args.batch}",
         f"image_encoder.image_size={args.size}",
         f"data.num_workers={args.workers}",
         f"data.root={args.data}",
+        *extra,
     ]
     cfg = load_config(f"demo_{method}", overrides)  # the shipped preset
     seed_everything(cfg.seed)
@@ -76,7 +82,7 @@ def bench_method(method: str, args: argparse.Namespace, synthetic: bool) -> dict
             pairs += batch["images"].shape[0]
     step_s = sum(times) / len(times)
     return {
-        "method": method,
+        "method": label,
         "loader_pairs_per_s": round(n_pairs / loader_s, 1),
         "step_pairs_per_s": round(pairs / sum(times), 1),
         "step_time_s": round(step_s, 4),
@@ -104,12 +110,14 @@ def main(argv: list[str] | None = None) -> int:
     base = next((r["step_time_s"] for r in rows if r["method"] == "convirt"), None)
     gloria = next((r["step_time_s"] for r in rows if r["method"] == "gloria"), None)
     header = ("method", "loader pairs/s", "step pairs/s", "step s", "x convirt", "x gloria", "params M")
-    print(f"{header[0]:14s} " + " ".join(f"{h:>14s}" for h in header[1:]))
+    width = max(14, *(len(r["method"]) for r in rows))
+    print(f"{header[0]:{width}s} " + " ".join(f"{h:>14s}" for h in header[1:]))
     for r in rows:
         r["step_time_vs_convirt"] = round(r["step_time_s"] / base, 2) if base else None
         r["step_time_vs_gloria"] = round(r["step_time_s"] / gloria, 2) if gloria else None
         print(
-            f"{r['method']:14s} {r['loader_pairs_per_s']:14.1f} {r['step_pairs_per_s']:14.1f} {r['step_time_s']:14.3f} "
+            f"{r['method']:{width}s} {r['loader_pairs_per_s']:14.1f} {r['step_pairs_per_s']:14.1f} "
+            f"{r['step_time_s']:14.3f} "
             f"{r['step_time_vs_convirt'] or float('nan'):14.2f} {r['step_time_vs_gloria'] or float('nan'):14.2f} "
             f"{r['params_m']:14.2f}"
         )

@@ -119,15 +119,15 @@ class Tuning:
         """Per preset, the usable trial with the best criterion (ties: the earlier grid point)."""
         low = lower_is_better(self.criterion)
         out: dict[str, Trial | None] = {}
+        held: dict[str, float] = {}  # the chosen trial's score per preset: each metrics.csv is read once
         for t in self.trials:
             out.setdefault(t.preset, None)
-            best = out[t.preset]
-            if not t.usable_for(self.criterion):
+            value = t.score(self.criterion) if t.status == "completed" else None
+            if value is None or not math.isfinite(value):
                 continue
-            value = t.score(self.criterion)
-            held = None if best is None else best.score(self.criterion)
-            if held is None or (value < held if low else value > held):  # type: ignore[operator]
-                out[t.preset] = t
+            best = held.get(t.preset)
+            if best is None or (value < best if low else value > best):
+                out[t.preset], held[t.preset] = t, value
         return out
 
     def to_dict(self) -> dict[str, Any]:

@@ -97,6 +97,8 @@ class VLModel(nn.Module):
         hidden = params.projection_hidden
         self.image_global = GlobalProjection(self.image_encoder.global_dim, d, kind, hidden)
         self.text_global = GlobalProjection(self.text_encoder.hidden_size, d, kind, hidden)
+        if params.sentence_global:  # one MLP per sentence (a non-linear head: a linear one would pool a bag again)
+            self.sentence_global = LocalProjection(self.text_encoder.hidden_size, d, "mlp", hidden)
         if params.needs_local_features:
             self.image_local = LocalProjection(self.image_encoder.local_dim, d, kind, hidden)
             self.text_local = LocalProjection(self.text_encoder.hidden_size, d, kind, hidden)
@@ -186,7 +188,10 @@ class VLModel(nn.Module):
         tokens = reports if isinstance(reports, WordTokens) else self.tokenizer(reports)
         need_attn = self.params.token_weight > 0 and self.training
         out = self.text_encoder(tokens.to(self.device), need_cls_attention=need_attn)
-        g = self.text_global(out.global_)
+        if self.params.sentence_global:
+            g = sentence_pooled(out.words, out.word_mask, out.sentence_ids, self.sentence_global)
+        else:
+            g = self.text_global(out.global_)
         if self.params.needs_local_features:
             words = self.text_local(out.words, out.word_mask)
         else:
@@ -541,6 +546,18 @@ class VLModel(nn.Module):
 def _match_mode(p: MethodParams) -> AttentionMode:
     """``method.match_mode`` as the matcher's type (``method_params`` accepts softmax | gloria only)."""
     return "gloria" if p.match_mode == "gloria" else "softmax"
+
+
+def sentence_pooled(words: Tensor, word_mask: Tensor, sentence_ids: Tensor, head: nn.Module) -> Tensor:
+    """``normalise(sum_k head(mean of sentence k's valid word states))``: ``[B, W, C] -> [B, d]``
+    (``method.sentence_global``). A report without a valid word gets the zero vector."""
+    valid = word_mask.bool() & (sentence_ids >= 0)
+    n_sent = int(sentence_ids[valid].max().item()) + 1 if bool(valid.any()) else 1
+    member = F.one_hot(sentence_ids.clamp_min(0), n_sent).to(words.dtype) * valid.unsqueeze(-1)  # [B, W, K]
+    counts = member.sum(1)  # [B, K]
+    means = (member.transpose(1, 2) @ words) / counts.clamp_min(1).unsqueeze(-1)
+    sentences = head(means, counts > 0)  # [B, K, d], unit vectors; absent sentences are zeros
+    return F.normalize(sentences.sum(1), dim=-1, eps=1e-8)
 
 
 def length_groups(word_mask: Tensor, n_groups: int) -> list[tuple[Tensor, int]]:

@@ -28,6 +28,11 @@ class MethodParams:
 
     # global image-report contrast: InfoNCE(cos(g, h) / tau_g)
     global_weight: float = 1.0
+    # the report's global vector h as the normalised sum of an MLP of each sentence's mean word state, instead
+    # of one projection of the whole report's pooled state (a bag of words across sentences: "effusion left,
+    # nodule right" and its swapped twin pool to nearly the same vector); the MLP sees one sentence's finding
+    # and place together, so h can hold their conjunction (any method can use it)
+    sentence_global: bool = False
     global_temperature: float = 0.07
     learn_temperature: bool = False
     i2t_weight: float = 0.5  # weight of image->report (ConVIRT: 0.75); report->image gets 1 - it
