@@ -8,9 +8,8 @@ model is the bottleneck; the reverse means more ``data.num_workers`` would help.
     python benchmarks/bench_train.py [--steps 10] [--batch 16] [--size 128] [--data out/synth/pretrain]
         [--methods convirt,gloria,...] [--out out/bench/train.json]
 
-A run may carry config overrides after ``@``: ``--methods gloria,reclf,reclf@method.length_groups=1`` times
-RECLF with and without length-grouped matching side by side (``x gloria`` is always against plain
-``gloria``).
+A run may carry config overrides after ``@``: ``--methods gloria,reclf,reclf@method.d_z=32`` times RECLF
+as shipped and with narrower matching vectors side by side (``x gloria`` is always against plain ``gloria``).
 
 The demo's shape: ``--batch 32 --size 64 --threads 1`` (one core per run, as the demo runs them); the
 ``x gloria`` column is RECLF's cost target (docs/training.md).

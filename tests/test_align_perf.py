@@ -132,29 +132,3 @@ def test_non_finite_padding_never_leaks(mode):
     out.sum().backward()
     assert torch.isfinite(words.grad).all()
 
-
-@pytest.mark.parametrize("method,extra", [("reclf", {}), ("reclf", {"phrase_nodes": True}), ("gloria", {})])
-def test_length_groups_give_the_same_scores_and_gradients(method, extra):
-    """Reports matched in groups of similar length (each padded to its own longest) score as one padded batch."""
-    from reclf.methods import create_model
-    from reclf.methods.model import length_groups
-
-    reports = ["left effusion. right nodule in the upper lobe, with more words after it.", "no acute process.",
-               "right pneumothorax.", "heart normal. lungs clear. no effusion. bones intact."] * 2
-    torch.manual_seed(0)
-    model = create_model(method, image_encoder={"name": "cnn-small", "image_size": 64},
-                         text_encoder={"name": "bert-tiny", "max_tokens": 64}, **extra).eval()  # no dropout
-    images = torch.rand(3, 1, 64, 64)
-    grads = {}
-    for groups in (1, 3):
-        model.params.length_groups = groups
-        model.zero_grad()
-        img, txt = model.encode_image(images), model.encode_text(reports)
-        scores = model._local(img, txt)
-        scores.sum().backward()
-        grads[groups] = (scores.detach(), next(model.image_local.parameters()).grad.clone())
-    torch.testing.assert_close(grads[3][0], grads[1][0], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(grads[3][1], grads[1][1], atol=1e-5, rtol=1e-5)
-    groups = length_groups(txt.word_mask, 3)
-    assert sorted(torch.cat([idx for idx, _ in groups]).tolist()) == list(range(len(reports)))
-    assert groups[0][1] < groups[-1][1] <= txt.word_mask.shape[1]  # the short group is cut shorter

@@ -491,7 +491,7 @@ def save_config(cfg: Any, path: str | Path) -> None:
 
 #: Keys that say where a run writes, how it reports or how it splits its work, not what it trains: a run
 #: resumed, moved, run with another progress display or with the all-pairs matcher cut into other chunks
-#: (the same scores up to float rounding, tests/test_align_matching.py, test_align_perf.py) is the same recipe
+#: (the same scores up to float rounding, tests/test_align_matching.py) is the same recipe
 #: (they are left out of :func:`recipe` and its fingerprint).
 BOOKKEEPING_KEYS = (
     "train.resume",
@@ -501,7 +501,6 @@ BOOKKEEPING_KEYS = (
     "text_encoder.cache_file",
     "method.chunk_size",
     "method.checkpoint_chunks",
-    "method.length_groups",
 )
 
 

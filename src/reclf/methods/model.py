@@ -231,13 +231,6 @@ class VLModel(nn.Module):
         if not self.has_local:
             raise ValueError(f"method {self.method!r} has no local matcher; use global_similarity")
         p = self.params
-        if not extras and pairs is None and p.length_groups > 1 and len(txt) > 1:
-            # reports grouped by length, each group padded to its own longest: a pair's score does not
-            # depend on the other reports, so the result is the same, without ~half the nodes being padding
-            groups = length_groups(txt.word_mask, p.length_groups)
-            parts = [self._local(img, _trimmed(txt, idx, width), aggregator=aggregator) for idx, width in groups]
-            order = torch.cat([idx for idx, _ in groups])
-            return torch.cat(parts, dim=1)[:, torch.argsort(order)]
         fn = pairwise_local_outputs if extras else pairwise_local_scores
         words, word_mask, sentence_ids = txt.words, txt.word_mask, txt.sentence_ids
         if p.phrase_nodes:
@@ -558,23 +551,6 @@ def sentence_pooled(words: Tensor, word_mask: Tensor, sentence_ids: Tensor, head
     means = (member.transpose(1, 2) @ words) / counts.clamp_min(1).unsqueeze(-1)
     sentences = head(means, counts > 0)  # [B, K, d], unit vectors; absent sentences are zeros
     return F.normalize(sentences.sum(1), dim=-1, eps=1e-8)
-
-
-def length_groups(word_mask: Tensor, n_groups: int) -> list[tuple[Tensor, int]]:
-    """Reports sorted by length (last valid word + 1) and cut into up to ``n_groups`` groups of equal size:
-    ``[(indices, width)]``, each group's width its longest member's (at least 1)."""
-    n_words = word_mask.shape[1]
-    pos = torch.arange(1, n_words + 1, device=word_mask.device)
-    lengths = (word_mask.long() * pos).amax(dim=1)
-    order = torch.argsort(lengths, stable=True)
-    return [(idx, max(1, int(lengths[idx].max()))) for idx in torch.tensor_split(order, n_groups) if len(idx)]
-
-
-def _trimmed(txt: TextFeatures, idx: Tensor, width: int) -> TextFeatures:
-    """The reports ``idx`` of ``txt`` cut to their first ``width`` words (what the local matcher reads)."""
-    return TextFeatures(
-        txt.global_[idx], txt.words[idx, :width], txt.word_mask[idx, :width], txt.sentence_ids[idx, :width]
-    )
 
 
 def _normalised(w: Tensor) -> Tensor:

@@ -80,9 +80,6 @@ class MethodParams:
     hard_negatives: int = 0  # >0: score only the positive + this many hardest negatives (by global sim)
     chunk_size: int = 8  # images per chunk in the all-pairs matcher (bounds peak memory)
     checkpoint_chunks: bool = False  # recompute chunks in backward (memory bounded by the chunk)
-    # all-pairs scores run on the reports in this many groups of similar length, each padded to its own
-    # longest (the same scores; padding was about half of the nodes at the demo's batch). 1: one group
-    length_groups: int = 4
 
     # MGCA: token-level intra-pair alignment and prototype clustering
     token_weight: float = 0.0
@@ -190,10 +187,7 @@ def _validate(p: MethodParams) -> None:
             f"method.local_inference must be one of {LOCAL_INFERENCE}, got {p.local_inference!r}",
         ),
         (p.similarity == "global" or p.has_local, f"method.similarity={p.similarity!r} needs a local matcher"),
-        (
-            p.embed_dim > 0 and p.chunk_size > 0 and p.length_groups > 0,
-            "method.embed_dim, method.chunk_size and method.length_groups must be positive",
-        ),
+        (p.embed_dim > 0 and p.chunk_size > 0, "method.embed_dim and method.chunk_size must be positive"),
         (0.0 <= p.i2t_weight <= 1.0, "method.i2t_weight must be in [0, 1]"),
         (p.global_temperature > 0 and p.local_temperature > 0, "temperatures must be positive"),
         (p.hard_negatives >= 0, "method.hard_negatives must be >= 0"),
