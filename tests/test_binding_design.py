@@ -268,3 +268,40 @@ def test_phrase_nodes_tell_two_findings_from_the_same_report_with_their_places_s
     assert scores[True][0] > scores[True][1] + 0.05
     with pytest.raises(Exception, match="phrase_nodes"):
         create_model("convirt", image_encoder=IMAGE, text_encoder=TEXT, phrase_nodes=True)
+
+
+def test_srm_topk_reasons_over_the_most_important_nodes_and_passes_the_rest_through():
+    from reclf.align.aggregators import key_padding_mask
+
+    words, ctx, mask, sent, img_g, txt_g, attn = inputs()
+    torch.manual_seed(0)
+    agg = build_aggregator("srm+irm", D, d_z=8, heads=2, irm_before_srm=True, irm_text_prior=True, topk=3,
+                           structure_edges=True)
+    with torch.no_grad():
+        agg.srm.structure.normal_()  # edge biases that matter: each kept node's own rows and columns
+    out = agg(words, ctx, mask, sent, img_g, txt_g)
+    # written out: IRM's logits before SRM pick the global node and the 3 most important valid words
+    z, valid = agg.matchings(words, ctx, mask, img_g, txt_g)
+    u = agg.irm.logits(z, valid, agg._irm_prior(words, ctx, mask, img_g, txt_g))
+    bias = agg.srm.edge_bias(structure_buckets(sent[None], True), None, ctx.shape[0], ctx.shape[1])  # [P, H, N, N]
+    after = z.clone()
+    for p in range(z.shape[0]):
+        ranked = [int(i) + 1 for i in torch.argsort(u[p, 1:].masked_fill(~valid[p, 1:], -1e9), descending=True)]
+        idx = torch.tensor([0] + ranked[:3])
+        sub_bias = bias[p][:, idx][:, :, idx][None]
+        new, _ = agg.srm(z[p, idx][None], key_padding_mask(valid[p, idx][None]), bias=sub_bias)
+        after[p, idx] = new[0]
+    ref, _ = agg.irm(after, valid, u=u)
+    torch.testing.assert_close(out.score.reshape(-1), ref)
+    # relations: only among the kept nodes (4 of the 9 nodes of every pair get a row)
+    rows = out.relations.reshape(-1, 9, 9).abs().sum(-1) > 0
+    assert (rows.sum(-1) == 4).all()
+    # k >= the words: every node, the same as no top-k
+    torch.manual_seed(0)
+    full = build_aggregator("srm+irm", D, d_z=8, heads=2, irm_before_srm=True, irm_text_prior=True)
+    torch.manual_seed(0)
+    big = build_aggregator("srm+irm", D, d_z=8, heads=2, irm_before_srm=True, irm_text_prior=True, topk=8)
+    torch.testing.assert_close(big(words, ctx, mask, sent, img_g, txt_g).score,
+                               full(words, ctx, mask, sent, img_g, txt_g).score)
+    with pytest.raises(Exception, match="srm_topk"):
+        create_model("reclf-no-irm", image_encoder=IMAGE, text_encoder=TEXT, srm_topk=4)

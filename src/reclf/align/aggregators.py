@@ -89,6 +89,10 @@ class SRMConfig:
     # edges that know grounding: per head, lambda_h * log(R * sum_r a_ir a_jr), the overlap of two words'
     # region-attention maps (0 when either map is uniform); lambda_h learned, starting at 0
     grounding_edges: bool = False
+    # SRM over the k most important word nodes of each pair only (by IRM's logits, scored before SRM), plus
+    # the global node; the others pass through unchanged. 0: every node. SRM's cost is ~linear in the
+    # nodes, and most of a report's words are filler that IRM weighs down anyway
+    topk: int = 0
 
 
 @dataclass
@@ -507,15 +511,23 @@ class IRM(nn.Module):
         self.cos_gamma = nn.Parameter(torch.tensor(GLORIA_GAMMA)) if cfg.cos_prior else None
         self.last_logit_std: Tensor | None = None
 
+    def logits(self, z: Tensor, valid: Tensor, prior: Tensor | None = None) -> Tensor:
+        """The importance ``u[P, N]`` of each node of ``z[P, N, d_z]`` (plus the priors)."""
+        mean = masked_mean(z, valid, dim=1)  # [P, d_z]
+        u = self.importance(torch.tanh(self.node(z) + self.ctx(mean).unsqueeze(1))).squeeze(-1)  # [P, N]
+        return u if prior is None else u + prior
+
     def forward(
-        self, z: Tensor, valid: Tensor, prior: Tensor | None = None, score_from: Tensor | None = None
+        self,
+        z: Tensor,
+        valid: Tensor,
+        prior: Tensor | None = None,
+        score_from: Tensor | None = None,
+        u: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """``z[P, N, d_z]`` is pooled; importance is scored from ``score_from`` (default ``z``)."""
-        zs = z if score_from is None else score_from
-        mean = masked_mean(zs, valid, dim=1)  # [P, d_z]
-        u = self.importance(torch.tanh(self.node(zs) + self.ctx(mean).unsqueeze(1))).squeeze(-1)  # [P, N]
-        if prior is not None:
-            u = u + prior
+        """``z[P, N, d_z]`` is pooled; importance is scored from ``score_from`` (default ``z``), or given as ``u``."""
+        if u is None:
+            u = self.logits(z if score_from is None else score_from, valid, prior)
         beta = masked_softmax(u, valid, dim=-1)
         with torch.no_grad():
             m = valid.to(u.dtype)
@@ -567,6 +579,9 @@ class RelationAggregator(Aggregator):
         z, valid = self.matchings(words, context, word_mask, img_global, txt_global, attention)
         z_before = z
         relations = head_relations = None
+        u = None
+        if self.irm is not None and self.cfg.irm.before_srm:  # importance from the matchings before SRM
+            u = self.irm.logits(z, valid, self._irm_prior(words, context, word_mask, img_global, txt_global))
         if self.srm is not None:
             node_sentence = None
             if self.cfg.srm.sentence_edges:
@@ -583,14 +598,19 @@ class RelationAggregator(Aggregator):
                 buckets = structure_buckets(sentence_ids, self.global_node) if self.cfg.srm.structure_edges else None
                 overlap = grounding_overlap(attention, self.global_node) if self.cfg.srm.grounding_edges else None
                 bias = self.srm.edge_bias(buckets, overlap, n_img, n_txt)
-            z, rel = self.srm(z, edges, need_relations=extras, bias=bias)
+            keep = self._srm_nodes(u, valid) if self.cfg.srm.topk > 0 else None
+            if keep is None:
+                z, rel = self.srm(z, edges, need_relations=extras, bias=bias)
+            else:
+                z, rel = self._srm_on(keep, z, valid, edges, bias, extras)
             if rel is not None:
                 pair_valid = (valid.unsqueeze(2) & valid.unsqueeze(1)).unsqueeze(1)
                 rel = (rel * pair_valid).reshape(n_img, n_txt, *rel.shape[1:])
                 head_relations, relations = rel, rel.mean(dim=2)
         if self.irm is not None:
-            prior = self._irm_prior(words, context, word_mask, img_global, txt_global)
-            score, weights = self.irm(z, valid, prior, z_before if self.cfg.irm.before_srm else None)
+            if u is None:
+                u = self.irm.logits(z, valid, self._irm_prior(words, context, word_mask, img_global, txt_global))
+            score, weights = self.irm(z, valid, u=u)
         else:
             assert self.node_readout is not None
             r = self.node_readout(z).squeeze(-1)
@@ -604,6 +624,50 @@ class RelationAggregator(Aggregator):
             self.global_node,
             head_relations,
         )
+
+
+    def _srm_nodes(self, u: Tensor | None, valid: Tensor) -> Tensor | None:
+        """``[P, K]`` node indices SRM reasons over (``srm.topk``): the global node and the ``topk`` valid word
+        nodes with the largest importance; ``None`` when that is every node."""
+        n_nodes = valid.shape[1]
+        k = self.cfg.srm.topk + int(self.global_node)
+        if k >= n_nodes:
+            return None
+        if u is None:
+            raise ValueError("srm.topk needs IRM's importance before SRM (irm_before_srm)")
+        rank = u.detach().masked_fill(~valid, float("-inf"))
+        if self.global_node:
+            rank = rank.clone()
+            rank[:, 0] = float("inf")
+        return rank.topk(k, dim=1).indices
+
+    def _srm_on(
+        self, keep: Tensor, z: Tensor, valid: Tensor, edges: Tensor, bias: Tensor | None, extras: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """SRM over the nodes ``keep[P, K]`` only; the other nodes keep their matching vectors. Relations of
+        the nodes left out are 0."""
+        assert self.srm is not None
+        p, n_nodes, d = z.shape
+        sub_valid = valid.gather(1, keep)
+        sub_edges = key_padding_mask(sub_valid)
+        if edges.shape[1] != 1:  # a sentence graph [P, N, N]: its rows and columns of the kept nodes
+            rows = edges.gather(1, keep.unsqueeze(-1).expand(-1, -1, n_nodes))
+            sub_edges = rows.gather(2, keep.unsqueeze(1).expand(-1, keep.shape[1], -1))
+        sub_bias = None
+        if bias is not None:
+            h = bias.shape[1]
+            rows = bias.gather(2, keep[:, None, :, None].expand(-1, h, -1, n_nodes))
+            sub_bias = rows.gather(3, keep[:, None, None, :].expand(-1, h, keep.shape[1], -1))
+        index = keep.unsqueeze(-1).expand(-1, -1, d)
+        out, rel = self.srm(z.gather(1, index), sub_edges, need_relations=extras, bias=sub_bias)
+        z = z.scatter(1, index, out)
+        if rel is not None:
+            h, k = rel.shape[1], keep.shape[1]
+            cols = rel.new_zeros(p, h, k, n_nodes).scatter(3, keep[:, None, None, :].expand(-1, h, k, -1), rel)
+            rel = rel.new_zeros(p, h, n_nodes, n_nodes).scatter(
+                2, keep[:, None, :, None].expand(-1, h, -1, n_nodes), cols
+            )
+        return z, rel
 
 
 # ---------------------------------------------------------------------------------------------

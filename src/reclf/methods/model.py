@@ -111,6 +111,7 @@ class VLModel(nn.Module):
                 d_z=params.d_z,
                 layers=params.srm_layers,
                 heads=params.srm_heads,
+                topk=params.srm_topk,
                 sentence_edges=params.sentence_edges,
                 prenorm=params.srm_prenorm,
                 structure_edges=params.structure_edges,

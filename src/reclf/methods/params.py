@@ -52,6 +52,7 @@ class MethodParams:
     d_z: int = 64  # RECLF matching-vector width
     srm_layers: int = 1
     srm_heads: int = 4
+    srm_topk: int = 0  # SRM over the k most important word nodes of each pair (by IRM before SRM); 0: all
     sentence_edges: bool = False
     # RECLF's binding design (docs/methods.md, "SRM that binds"): each a switch with its own ablation
     srm_prenorm: bool = False  # SRM as pre-norm residual layers starting at the identity (keeps match strength)
@@ -191,6 +192,11 @@ def _validate(p: MethodParams) -> None:
         (0.0 <= p.i2t_weight <= 1.0, "method.i2t_weight must be in [0, 1]"),
         (p.global_temperature > 0 and p.local_temperature > 0, "temperatures must be positive"),
         (p.hard_negatives >= 0, "method.hard_negatives must be >= 0"),
+        (
+            p.srm_topk >= 0 and (p.srm_topk == 0 or (p.aggregator == "srm+irm" and p.irm_before_srm)),
+            "method.srm_topk must be >= 0; a positive value needs aggregator srm+irm with irm_before_srm "
+            "(SRM's nodes are chosen by IRM's importance before SRM)",
+        ),
         (
             not p.region_positions or (p.has_local and p.match_mode == "softmax"),
             "method.region_positions needs a local matcher in softmax mode",
