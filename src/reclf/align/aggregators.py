@@ -577,7 +577,6 @@ class RelationAggregator(Aggregator):
     ) -> AggregateOutput:
         n_img, n_txt, n_words, _ = context.shape
         z, valid = self.matchings(words, context, word_mask, img_global, txt_global, attention)
-        z_before = z
         relations = head_relations = None
         u = None
         if self.irm is not None and self.cfg.irm.before_srm:  # importance from the matchings before SRM

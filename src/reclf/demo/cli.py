@@ -56,7 +56,11 @@ from reclf.utils.jobs import make_pool, map_jobs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true", help="a first look in about ten minutes (RECLF and ConVIRT, smaller data and evaluation sets, the same 500 steps)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a first look in about ten minutes (RECLF and ConVIRT, smaller data and evaluation sets, 500 steps)",
+    )
     parser.add_argument("--out", default=None, help="demo folder (default runs/demo or runs/demo-quick)")
     parser.add_argument("--synth", default=None, help="SynthCXR folder (default out/synth or out/synth-quick)")
     parser.add_argument(
