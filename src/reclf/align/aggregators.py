@@ -518,16 +518,12 @@ class IRM(nn.Module):
         return u if prior is None else u + prior
 
     def forward(
-        self,
-        z: Tensor,
-        valid: Tensor,
-        prior: Tensor | None = None,
-        score_from: Tensor | None = None,
-        u: Tensor | None = None,
+        self, z: Tensor, valid: Tensor, prior: Tensor | None = None, u: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        """``z[P, N, d_z]`` is pooled; importance is scored from ``score_from`` (default ``z``), or given as ``u``."""
+        """Pool ``z[P, N, d_z]`` by importance scored from ``z`` itself, or given as ``u`` (RECLF's
+        ``irm_before_srm`` scores the matchings before SRM and pools those after it)."""
         if u is None:
-            u = self.logits(z if score_from is None else score_from, valid, prior)
+            u = self.logits(z, valid, prior)
         beta = masked_softmax(u, valid, dim=-1)
         with torch.no_grad():
             m = valid.to(u.dtype)
@@ -623,7 +619,6 @@ class RelationAggregator(Aggregator):
             self.global_node,
             head_relations,
         )
-
 
     def _srm_nodes(self, u: Tensor | None, valid: Tensor) -> Tensor | None:
         """``[P, K]`` node indices SRM reasons over (``srm.topk``): the global node and the ``topk`` valid word
