@@ -64,7 +64,7 @@ def probe(model, root: Path) -> dict:
         text_cos.append(float((txt.global_[0] * txt.global_[1:]).sum(-1).mean()))
         if not model.params.needs_local_features:
             continue
-        one = model.encode_text([true])
+        one = txt.index(slice(0, 1))  # the true caption, as already encoded
         attn = model.word_region_attention(img, one)[0]  # [W, R]
         side = int(round(attn.shape[-1] ** 0.5))
         ctx = F.normalize(attn @ img.local[0], dim=-1)

@@ -96,9 +96,13 @@ class Trial:
             return self.best_val_loss
         return best_logged(self.run_dir, criterion)[0]
 
-    def usable_for(self, criterion: str) -> bool:
+    def usable_score(self, criterion: str) -> float | None:
+        """The score of a completed run with a finite ``criterion``; ``None`` for a run that cannot be chosen."""
         value = self.score(criterion) if self.status == "completed" else None
-        return value is not None and math.isfinite(value)
+        return value if value is not None and math.isfinite(value) else None
+
+    def usable_for(self, criterion: str) -> bool:
+        return self.usable_score(criterion) is not None
 
     @property
     def usable(self) -> bool:
@@ -122,8 +126,8 @@ class Tuning:
         held: dict[str, float] = {}  # the chosen trial's score per preset: each metrics.csv is read once
         for t in self.trials:
             out.setdefault(t.preset, None)
-            value = t.score(self.criterion) if t.status == "completed" else None
-            if value is None or not math.isfinite(value):
+            value = t.usable_score(self.criterion)
+            if value is None:
                 continue
             best = held.get(t.preset)
             if best is None or (value < best if low else value > best):

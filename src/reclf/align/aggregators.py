@@ -642,9 +642,9 @@ class RelationAggregator(Aggregator):
         the nodes left out are 0."""
         assert self.srm is not None
         p, n_nodes, d = z.shape
-        sub_valid = valid.gather(1, keep)
-        sub_edges = key_padding_mask(sub_valid)
-        if edges.shape[1] != 1:  # a sentence graph [P, N, N]: its rows and columns of the kept nodes
+        if edges.shape[1] == 1:  # fully connected: the key mask of the kept nodes
+            sub_edges = key_padding_mask(valid.gather(1, keep))
+        else:  # a sentence graph [P, N, N]: its rows and columns of the kept nodes
             rows = edges.gather(1, keep.unsqueeze(-1).expand(-1, -1, n_nodes))
             sub_edges = rows.gather(2, keep.unsqueeze(1).expand(-1, keep.shape[1], -1))
         sub_bias = None

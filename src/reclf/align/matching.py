@@ -417,6 +417,14 @@ def region_position_logits(words: Tensor, projection: Tensor, n_regions: int) ->
     return (words @ projection.t()) @ phi.t()
 
 
+def sentence_membership(word_mask: Tensor, sentence_ids: Tensor, dtype: torch.dtype) -> Tensor:
+    """``[T, W, K]``: 1 where word ``w`` is a valid word of sentence ``k`` (``K`` = the batch's largest sentence
+    count, at least 1; masked words and words without a sentence belong to none)."""
+    valid = word_mask.bool() & (sentence_ids >= 0)
+    n_sent = int(sentence_ids[valid].max().item()) + 1 if bool(valid.any()) else 1
+    return F.one_hot(sentence_ids.clamp_min(0), n_sent).to(dtype) * valid.unsqueeze(-1)
+
+
 def append_phrase_nodes(words: Tensor, word_mask: Tensor, sentence_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Append one node per sentence to each report: ``(words[T, W + K, d], mask[T, W + K], ids[T, W + K])``.
 
@@ -428,14 +436,12 @@ def append_phrase_nodes(words: Tensor, word_mask: Tensor, sentence_ids: Tensor) 
     phrase nodes carry their sentence's id, so sentence-aware edges link them to their words. Word nodes
     keep their positions ``0 .. W-1``: explanations cut to the words are unchanged.
     """
-    valid = word_mask.bool() & (sentence_ids >= 0)
-    if not bool(valid.any()):
-        return words, word_mask, sentence_ids
-    n_sent = int(sentence_ids[valid].max().item()) + 1
-    member = F.one_hot(sentence_ids.clamp_min(0), n_sent).to(words.dtype) * valid.unsqueeze(-1)  # [T, W, K]
-    phrases = F.normalize(member.transpose(1, 2) @ words, dim=-1, eps=NORM_EPS)  # [T, K, d]
+    member = sentence_membership(word_mask, sentence_ids, words.dtype)  # [T, W, K]
     present = member.sum(1) > 0  # [T, K]
-    ids = torch.arange(n_sent, device=sentence_ids.device).expand_as(present)
+    if not bool(present.any()):
+        return words, word_mask, sentence_ids
+    phrases = F.normalize(member.transpose(1, 2) @ words, dim=-1, eps=NORM_EPS)  # [T, K, d]
+    ids = torch.arange(present.shape[1], device=sentence_ids.device).expand_as(present)
     return (
         torch.cat([words, phrases], dim=1),
         torch.cat([word_mask.bool(), present], dim=1),
@@ -477,6 +483,7 @@ __all__ = [
     "attend_paired",
     "normalized_entropy",
     "region_position_logits",
+    "sentence_membership",
     "POSITION_DIM",
     "pairwise_local_outputs",
     "pairwise_local_scores",

@@ -45,6 +45,7 @@ from reclf.align.matching import (
     pairwise_local_outputs,
     pairwise_local_scores,
     region_position_logits,
+    sentence_membership,
 )
 from reclf.align.prototypes import PrototypeLoss
 from reclf.config import ImageEncoderConfig, TextEncoderConfig
@@ -545,9 +546,7 @@ def _match_mode(p: MethodParams) -> AttentionMode:
 def sentence_pooled(words: Tensor, word_mask: Tensor, sentence_ids: Tensor, head: nn.Module) -> Tensor:
     """``normalise(sum_k head(mean of sentence k's valid word states))``: ``[B, W, C] -> [B, d]``
     (``method.sentence_global``). A report without a valid word gets the zero vector."""
-    valid = word_mask.bool() & (sentence_ids >= 0)
-    n_sent = int(sentence_ids[valid].max().item()) + 1 if bool(valid.any()) else 1
-    member = F.one_hot(sentence_ids.clamp_min(0), n_sent).to(words.dtype) * valid.unsqueeze(-1)  # [B, W, K]
+    member = sentence_membership(word_mask, sentence_ids, words.dtype)  # [B, W, K]
     counts = member.sum(1)  # [B, K]
     means = (member.transpose(1, 2) @ words) / counts.clamp_min(1).unsqueeze(-1)
     sentences = head(means, counts > 0)  # [B, K, d], unit vectors; absent sentences are zeros
