@@ -182,11 +182,39 @@ def test_binding_negatives_join_the_image_to_report_softmax_only(method):
     torch.testing.assert_close(terms["local"], ref, atol=1e-5, rtol=1e-5)
 
 
-def test_binding_negatives_need_a_local_matcher():
+@pytest.mark.parametrize("method", ["reclf", "convirt"])
+def test_binding_global_adds_the_twin_to_the_global_image_to_report_softmax(method):
+    img = ImageFeatures(unit(B, 128, seed=1), unit(B, 16, 128, seed=2), GRID)
+    mask = torch.ones(B, WORDS, dtype=torch.bool)
+    sentences = torch.tensor([0, 0, 1, 1, 1]).repeat(B, 1)
+    txt = TextFeatures(unit(B, 128, seed=4), unit(B, WORDS, 128, seed=3), mask, sentences)
+    sw = TextFeatures(unit(B, 128, seed=6), unit(B, WORDS, 128, seed=5), mask, sentences)
+    torch.manual_seed(0)
+    model = create_model(method, image_encoder=IMAGE, text_encoder=TEXT, binding_negatives="side",
+                         binding_global=True).eval()
+    model.encode_image = lambda images: img
+    model.encode_text = lambda reports: sw if reports[0] != REPORTS[0] else txt
+    with torch.no_grad():
+        terms = model.loss({"images": torch.zeros(B, 1, 64, 64), "reports": REPORTS})
+    changed = torch.tensor([True, False, True, False])  # reports 0 and 2 have a side word
+    cos = img.global_ @ txt.global_.t()
+    twin = (img.global_ * sw.global_).sum(-1).masked_fill(~changed, float("-inf"))
+    tau = float(model.global_tau.tau)
+    l_i2t = F.cross_entropy(torch.cat([cos, twin.unsqueeze(1)], dim=1) / tau, torch.arange(B))
+    l_t2i = F.cross_entropy(cos.t() / tau, torch.arange(B))
+    w = model.params.i2t_weight
+    torch.testing.assert_close(terms["global"], w * l_i2t + (1 - w) * l_t2i, atol=1e-5, rtol=1e-5)
+    own = (img.global_ * txt.global_).sum(-1)
+    assert float(terms["binding_global_acc"]) == float((own > twin)[changed].float().mean())
+
+
+def test_binding_negatives_need_a_local_matcher_or_the_global_twin():
     from reclf.config import ConfigError
 
     with pytest.raises(ConfigError, match="binding_negatives"):
         create_model("convirt", image_encoder=IMAGE, text_encoder=TEXT, binding_negatives="side")
+    with pytest.raises(ConfigError, match="binding_global"):
+        create_model("convirt", image_encoder=IMAGE, text_encoder=TEXT, binding_global=True)
     with pytest.raises(ConfigError, match="binding_negatives"):
         create_model("reclf", image_encoder=IMAGE, text_encoder=TEXT, binding_negatives="sides")
 

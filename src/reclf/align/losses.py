@@ -123,13 +123,26 @@ def global_contrastive_loss(
     tau: float | Temperature,
     i2t_weight: float = 0.5,
     sum_directions: bool = False,
+    extra_negatives: Tensor | None = None,
 ) -> Tensor:
     """InfoNCE on the cosines of global embeddings divided by ``tau`` (every method's global term).
 
     ConVIRT: ``tau 0.1``, ``i2t_weight 0.75``; GLoRIA: ``tau 0.1`` (``temp3 = 10``), directions summed;
     MGCA's instance loss: ``tau 0.07``, directions summed; RECLF: ``tau_g 0.07``, the symmetric mean.
+    ``extra_negatives[I, E]``: cosines of reports only image ``i`` is contrasted with (as for the local term).
     """
-    return info_nce(_scale(cosine_logits(img, txt), tau), i2t_weight=i2t_weight, sum_directions=sum_directions)
+    scores = _with_extra_negatives(cosine_logits(img, txt), extra_negatives)
+    return info_nce(_scale(scores, tau), i2t_weight=i2t_weight, sum_directions=sum_directions)
+
+
+def _with_extra_negatives(scores: Tensor, extra_negatives: Tensor | None) -> Tensor:
+    """``scores[I, T]`` with ``extra_negatives[I, E]`` appended as columns that join the image->report
+    softmax only (``info_nce`` reads the report->image side from the first ``I`` columns)."""
+    if extra_negatives is None:
+        return scores
+    if extra_negatives.dim() != 2 or extra_negatives.shape[0] != scores.shape[0]:
+        raise ValueError(f"extra_negatives must be [{scores.shape[0]}, E]; got {tuple(extra_negatives.shape)}")
+    return torch.cat([scores, extra_negatives.to(scores.dtype)], dim=1)
 
 
 def local_contrastive_loss(
@@ -151,10 +164,7 @@ def local_contrastive_loss(
     """
     if pairs is not None:
         scores = scatter_candidate_scores(scores, pairs, n_txt if n_txt is not None else scores.shape[0])
-    if extra_negatives is not None:
-        if extra_negatives.dim() != 2 or extra_negatives.shape[0] != scores.shape[0]:
-            raise ValueError(f"extra_negatives must be [{scores.shape[0]}, E]; got {tuple(extra_negatives.shape)}")
-        scores = torch.cat([scores, extra_negatives.to(scores.dtype)], dim=1)
+    scores = _with_extra_negatives(scores, extra_negatives)
     return info_nce(_scale(scores, tau), i2t_weight=i2t_weight, sum_directions=sum_directions)
 
 

@@ -340,15 +340,31 @@ class VLModel(nn.Module):
         img = self.encode_image(batch["images"])
         txt = self.encode_text(tokens if tokens is not None else batch["reports"])
         terms: dict[str, Tensor] = {}
+        swapped = self._binding_negative_texts(batch)
         g_img, g_txt = img.global_, txt.global_
+        g_extra = None
+        if swapped is not None and p.binding_global:
+            # image i against its own report's twin (same words, places swapped), before any gathering
+            sw_txt, changed = swapped
+            twin_cos = F.cosine_similarity(g_img, sw_txt.global_, dim=-1)
+            g_extra = twin_cos.masked_fill(~changed, float("-inf")).unsqueeze(1)
         if gather is not None:
             g_img, g_txt = gather(g_img), gather(g_txt)
+            g_extra = gather(g_extra) if g_extra is not None else None
         terms["global"] = global_contrastive_loss(
-            g_img, g_txt, self.global_tau, i2t_weight=p.i2t_weight, sum_directions=p.sum_directions
+            g_img,
+            g_txt,
+            self.global_tau,
+            i2t_weight=p.i2t_weight,
+            sum_directions=p.sum_directions,
+            extra_negatives=g_extra,
         )
         total = p.global_weight * terms["global"]
+        if g_extra is not None and gather is None and bool(changed.any()):
+            with torch.no_grad():  # the share of changed reports whose own report beats its twin globally
+                own_cos = F.cosine_similarity(img.global_, txt.global_, dim=-1)
+                terms["binding_global_acc"] = (own_cos[changed] > twin_cos[changed]).float().mean()
         if p.has_local:
-            swapped = self._binding_negative_texts(batch)
             terms.update(self._local_loss(img, txt, gather if gather_local else None, swapped))
             total = total + p.local_weight * terms["local"]
             if "binding" in terms and p.binding_weight > 0:

@@ -75,6 +75,10 @@ class MethodParams:
     # ("side": left <-> right) or sides and zones ("side+zone": also upper <-> lower) swapped
     # (reclf.data.reports.swap_laterality); any local method can use it (GLoRIA's "+trick" rows)
     binding_negatives: str = "none"  # none | side | side+zone
+    # the swapped twin also joins the image->report softmax of the *global* InfoNCE (its cosine with the image's
+    # global vector): the report vector h is then pushed to tell a report from its twin (with
+    # ``sentence_global``, h can hold each sentence's finding-place conjunction). Any method can use it
+    binding_global: bool = False
     # weight of the pairwise binding term (own report vs its swapped twin alone); 0: the twins only join
     # the local InfoNCE as extra negatives
     binding_weight: float = 0.0
@@ -147,11 +151,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # RECLF: global + relation-enhanced local (SRM + IRM) over all pairs, with the binding design chosen on
     # SynthCXR seed 1 (docs/methods.md, "What was tried"); the ablations keep everything but their module
-    "reclf": {"local_weight": 1.0, "aggregator": "srm+irm", "similarity": "fused", **RECLF_MATCHER, **RECLF_SRM,
-              **RECLF_IRM},
+    "reclf": {
+        "local_weight": 1.0,
+        "aggregator": "srm+irm",
+        "similarity": "fused",
+        **RECLF_MATCHER,
+        **RECLF_SRM,
+        **RECLF_IRM,
+    },
     "reclf-no-srm": {"local_weight": 1.0, "aggregator": "irm", "similarity": "fused", **RECLF_MATCHER, **RECLF_IRM},
-    "reclf-no-irm": {"local_weight": 1.0, "aggregator": "srm+lse", "similarity": "fused", **RECLF_MATCHER,
-                     **RECLF_SRM},
+    "reclf-no-irm": {"local_weight": 1.0, "aggregator": "srm+lse", "similarity": "fused", **RECLF_MATCHER, **RECLF_SRM},
 }
 
 METHODS: tuple[str, ...] = tuple(PRESETS)
@@ -211,8 +220,12 @@ def _validate(p: MethodParams) -> None:
             "method.binding_weight must be >= 0 and needs method.binding_negatives",
         ),
         (
-            p.binding_negatives == "none" or p.has_local,
-            "method.binding_negatives needs a local matcher (method.local_weight > 0)",
+            p.binding_negatives == "none" or p.has_local or p.binding_global,
+            "method.binding_negatives needs a local matcher (method.local_weight > 0) or method.binding_global",
+        ),
+        (
+            not p.binding_global or p.binding_negatives != "none",
+            "method.binding_global needs method.binding_negatives (side or side+zone)",
         ),
         (1.0 <= p.match_scale <= 100.0, f"method.match_scale must be in [1, 100], got {p.match_scale}"),
         (
