@@ -108,6 +108,23 @@ def test_reclf_hard_negatives_leave_unscored_pairs_out(features):
     torch.testing.assert_close(out["local"], (ce_i2t(s) + ce_t2i(s)) / 2)
 
 
+@pytest.mark.parametrize("method", ["reclf", "gloria"])
+def test_local_group_contrasts_within_groups_of_the_batch(method, features):
+    img, txt = features
+    out = loss_on(method, img, txt, local_group=3)  # groups {0, 1, 2} and {3}, weighted by their size
+    scale = 10.0 if method == "gloria" else 1 / 0.1
+    s = out["scores"] * scale
+
+    def nce(block: torch.Tensor) -> torch.Tensor:
+        both = ce_i2t(block) + ce_t2i(block)
+        return both if method == "gloria" else both / 2
+
+    expected = (3 * nce(s[:3, :3]) + nce(s[3:, 3:])) / 4
+    torch.testing.assert_close(out["local"], expected)
+    whole = loss_on(method, img, txt, local_group=B)
+    torch.testing.assert_close(whole["local"], nce(s))
+
+
 def mgca_token_reference(img: ImageFeatures, txt: TextFeatures, tau: float = 0.1) -> torch.Tensor:
     """MGCA's token loss with uniform weights, one report at a time: words pick their own attended
     patch context within the report (rows and columns averaged), and patches their word context."""

@@ -433,23 +433,31 @@ class VLModel(nn.Module):
         if p.hard_negatives > 0:
             with torch.no_grad():
                 pairs = topk_candidates(self.global_similarity(img, txt), p.hard_negatives)
-        scores = self._local(img, txt, pairs)
-        terms: dict[str, Tensor] = {}
+        n = len(txt)
+        # the local InfoNCE within groups of ``local_group`` consecutive pairs of the (shuffled) batch, or over
+        # the whole batch; a group's loss counts by its size
+        size = p.local_group if 0 < p.local_group < n else n
+        losses, own_scores = [], []
+        for start in range(0, n, size):
+            group = slice(start, min(start + size, n))
+            scores = self._local(img.index(group), txt.index(group), pairs)
+            own_scores.append(scores[:, 0] if pairs is not None else scores.diagonal())
+            group_loss = local_contrastive_loss(
+                scores,
+                self.local_tau,
+                pairs,
+                n_txt=group.stop - group.start,
+                i2t_weight=p.i2t_weight,
+                sum_directions=p.sum_directions,
+                extra_negatives=extra[group] if extra is not None else None,
+            )
+            losses.append(group_loss * (group.stop - group.start))
+        terms: dict[str, Tensor] = {"local": torch.stack(losses).sum() / n}
         if extra is not None and gather is None:
-            own_score = scores[:, 0] if pairs is not None else scores.diagonal()
-            margin = self.local_tau(own_score - extra[:, 0])[changed]
-            terms["binding"] = F.softplus(-margin).mean() if bool(changed.any()) else scores.new_zeros(())
+            margin = self.local_tau(torch.cat(own_scores) - extra[:, 0])[changed]
+            terms["binding"] = F.softplus(-margin).mean() if bool(changed.any()) else margin.new_zeros(())
             if bool(changed.any()):
                 terms["binding_acc"] = (margin.detach() > 0).float().mean()
-        terms["local"] = local_contrastive_loss(
-            scores,
-            self.local_tau,
-            pairs,
-            n_txt=len(txt),
-            i2t_weight=p.i2t_weight,
-            sum_directions=p.sum_directions,
-            extra_negatives=extra,
-        )
         return terms
 
     # ------------------------------------------------------------------------------------------

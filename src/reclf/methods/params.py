@@ -83,6 +83,10 @@ class MethodParams:
     # the local InfoNCE as extra negatives
     binding_weight: float = 0.0
     hard_negatives: int = 0  # >0: score only the positive + this many hardest negatives (by global sim)
+    # >0: the local InfoNCE within groups of this many consecutive pairs of the (shuffled) batch, not over all
+    # B x B pairs: the matching, SRM and IRM then cost B * G pairs instead of B^2 (each image meets G - 1
+    # negatives in the local term, all B - 1 in the global one); 0: the whole batch
+    local_group: int = 0
     chunk_size: int = 8  # images per chunk in the all-pairs matcher (bounds peak memory)
     checkpoint_chunks: bool = False  # recompute chunks in backward (memory bounded by the chunk)
 
@@ -201,6 +205,10 @@ def _validate(p: MethodParams) -> None:
         (0.0 <= p.i2t_weight <= 1.0, "method.i2t_weight must be in [0, 1]"),
         (p.global_temperature > 0 and p.local_temperature > 0, "temperatures must be positive"),
         (p.hard_negatives >= 0, "method.hard_negatives must be >= 0"),
+        (
+            p.local_group >= 0 and (p.local_group == 0 or p.hard_negatives == 0),
+            "method.local_group must be >= 0 and cannot be combined with method.hard_negatives",
+        ),
         (
             p.srm_topk >= 0 and (p.srm_topk == 0 or (p.aggregator == "srm+irm" and p.irm_before_srm)),
             "method.srm_topk must be >= 0; a positive value needs aggregator srm+irm with irm_before_srm "
