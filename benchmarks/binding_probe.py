@@ -10,7 +10,14 @@ between them: the same words, another binding), this prints
   attention on the image half it names (radiology convention: the patient's left is the image's right;
   chance 0.5), and a finding word's peak over uniform and its ``cos(e_w, c_w)``.
 
-    python benchmarks/binding_probe.py MODEL_DIR [--synth out/synth-seed1] [--out probe.json]
+It also asks whether the *image* side holds the binding at all (``--image-probe``): per finding type, a
+logistic regression on frozen image features predicts the side of that finding in images with two
+different findings on opposite sides (trained on the pretraining table's train split, scored on the
+relations studies), from the global vector and from the region vectors (flattened, so they keep the grid);
+beside it the same probe on one-finding images (side without binding) and on a random-init encoder of the
+same architecture (what the grid's geometry gives for free).
+
+    python benchmarks/binding_probe.py MODEL_DIR [--synth out/synth-seed1] [--image-probe] [--out probe.json]
 """
 
 from __future__ import annotations
@@ -96,15 +103,96 @@ def probe(model, root: Path) -> dict:
     }
 
 
+def lateral_samples(table: pd.DataFrame, binding: bool) -> list[tuple[str, str, int]]:
+    """``(image_path, finding, 1 if left)`` for every present left/right finding of a study: in studies whose
+    findings sit on both sides (``binding``; each finding type once), or in one-finding studies."""
+    out = []
+    for path, ann in zip(table.image_path, table.annotations):
+        present = [a for a in json.loads(ann) if a.get("certainty") == "present"]
+        lateral = [a for a in present if a["side"] in ("left", "right")]
+        kinds = [a["finding"] for a in lateral]
+        if binding:
+            if len({a["side"] for a in lateral}) < 2 or len(set(kinds)) != len(kinds):
+                continue
+        elif len(present) != 1 or len(lateral) != 1:
+            continue
+        out += [(path, a["finding"], int(a["side"] == "left")) for a in lateral]
+    return out
+
+
+@torch.no_grad()
+def image_features(model, root: Path, paths: list[str], batch: int = 64) -> dict[str, torch.Tensor]:
+    """Global ``[N, d]`` and flattened region ``[N, R*d]`` features of the images ``root/path``."""
+    glob, regions = [], []
+    for i in range(0, len(paths), batch):
+        images = torch.stack([preprocess(model, root / p) for p in paths[i : i + batch]])
+        feats = model.encode_image(images)
+        glob.append(feats.global_)
+        regions.append(feats.local.flatten(1))
+    return {"global": torch.cat(glob), "regions": torch.cat(regions)}
+
+
+def side_probe(model, root: Path, binding: bool) -> dict[str, float]:
+    """Accuracy of per-finding logistic regressions predicting a finding's side from image features."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    pre = pd.read_csv(root / "pretrain" / "studies.csv")
+    train = lateral_samples(pre[pre.split == "train"], binding)
+    if not binding:
+        train = train[:2000]  # plenty for a side probe; bounds the time
+    test = lateral_samples(pd.read_csv(root / "relations" / "studies.csv"), binding)
+    out: dict[str, float] = {"train_samples": len(train), "test_samples": len(test)}
+    for kind in ("global", "regions"):
+        tr = image_features(model, root / "pretrain", [p for p, _, _ in train])[kind].numpy()
+        te = image_features(model, root / "relations", [p for p, _, _ in test])[kind].numpy()
+        correct = 0
+        for finding in sorted({f for _, f, _ in test}):
+            i_tr = [i for i, (_, f, _) in enumerate(train) if f == finding]
+            i_te = [i for i, (_, f, _) in enumerate(test) if f == finding]
+            y_tr = [train[i][2] for i in i_tr]
+            y_te = [test[i][2] for i in i_te]
+            if len(set(y_tr)) < 2:  # one side only in training: predict it
+                correct += sum(y == (y_tr[0] if y_tr else 1) for y in y_te)
+                continue
+            clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
+            clf.fit(tr[i_tr], y_tr)
+            correct += int((clf.predict(te[i_te]) == y_te).sum())
+        out[kind] = round(correct / max(1, len(test)), 4)
+    return out
+
+
+def image_probe(model, root: Path) -> dict[str, dict[str, float]]:
+    """The side probes on the model and on a random-init encoder of the same architecture."""
+    from reclf.methods import create_model
+
+    cfg = model.config
+    method = dict(cfg["method"])
+    torch.manual_seed(0)
+    floor = create_model(method.pop("name"), cfg["image_encoder"], cfg["text_encoder"], **method).eval()
+    result = {}
+    for name, m in (("model", model), ("random_init", floor)):
+        for binding in (True, False):
+            result[f"{name}/{'two_findings' if binding else 'one_finding'}"] = side_probe(m, root, binding)
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="a model folder (reclf export / a demo's models)")
     p.add_argument("--synth", default="out/synth-seed1", help="SynthCXR folder (designs are chosen on seed 1)")
     p.add_argument("--out", default=None, help="also write the numbers as JSON")
+    p.add_argument("--image-probe", action="store_true", help="also probe the image features for the binding")
+    p.add_argument("--no-text", action="store_true", help="skip the caption scores (with --image-probe)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     model = reclf.from_pretrained(args.model).eval()
-    result = {"model": args.model, "synth": args.synth, **probe(model, Path(args.synth))}
+    result: dict = {"model": args.model, "synth": args.synth}
+    if not args.no_text:
+        result.update(probe(model, Path(args.synth)))
+    if args.image_probe:
+        result["image_side_probe"] = image_probe(model, Path(args.synth))
     print(json.dumps(result, indent=1))
     if args.out:
         atomic_write_json(args.out, result)
