@@ -67,3 +67,22 @@ def test_swapped_reports_are_cached_for_every_run_whose_method_swaps(tmp_path):
         "Small right effusion. Left lower lobe nodule."
     ]
     assert binding_negative_reports(cfgs("convirt", "gloria"), reports) == []
+
+
+def test_a_changed_method_preset_is_a_changed_recipe(tmp_path, monkeypatch):
+    """The demo's runs (and every run's config.yaml) carry the registry's preset values, so a change to
+    ``PRESETS`` is a changed recipe (refused, never a stale run reused); resolving is idempotent."""
+    from reclf.config import recipe
+    from reclf.methods import params
+    from reclf.utils.markers import changed_keys
+
+    def asked() -> dict:
+        return recipe(demo.demo_config("reclf", 0, demo.QUICK, tmp_path / "synth", tmp_path / "runs"))
+
+    before = asked()
+    assert before["method"]["srm_topk"] == params.PRESETS["reclf"]["srm_topk"] == 8
+    assert "phrase_nodes" not in before["method"]  # off by default: a new switch leaves old recipes alone
+    cfg = demo.demo_config("reclf", 0, demo.QUICK, tmp_path / "synth", tmp_path / "runs")
+    assert params.resolve_method_section(cfg) == cfg
+    monkeypatch.setitem(params.PRESETS, "reclf", {**params.PRESETS["reclf"], "srm_topk": 4})
+    assert changed_keys(before, asked()) == ["method.srm_topk: 8 -> 4"]

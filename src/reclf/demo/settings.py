@@ -134,7 +134,10 @@ def demo_config(method: str, seed: int, s: DemoSettings, synth: Path, runs: Path
         overrides.append(f"text_encoder.cache_file={text_cache}")
     overrides += [f"method.{k}={v}" for k, v in s.method_overrides.items()]
     overrides += list(s.overrides)
-    return load_config(preset_path(demo_preset(method)), overrides)
+    from reclf.methods.params import resolve_method_section
+
+    # the method's registry values too (as the run's config.yaml records them): a changed preset is a changed recipe
+    return resolve_method_section(load_config(preset_path(demo_preset(method)), overrides))
 
 
 #: the demo's sizes given to every task whose config has the field (a new task gets them without an entry)

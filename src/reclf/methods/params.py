@@ -280,3 +280,21 @@ def _validate(p: MethodParams) -> None:
 
 def params_dict(p: MethodParams) -> dict[str, Any]:
     return dataclasses.asdict(p)
+
+
+def resolve_method_section(cfg: Any) -> Any:
+    """``cfg`` (a ``reclf.config.Config``) with its ``method`` section resolved through the registry: the name
+    and every value that differs from ``MethodParams``' defaults (the preset's and the overrides').
+
+    A run saves this in its ``config.yaml`` and the demo's stage markers key on it, so a change to a method's
+    preset in ``PRESETS`` is a changed recipe, never a stale run reused; a new switch that is off by default
+    leaves old recipes as they were. Resolving twice gives the same section.
+    """
+    method = dict(cfg.method)
+    name = method.pop("name", None)
+    if name not in PRESETS:  # not a registered method (a model passed in by hand): nothing to resolve
+        return cfg
+    defaults = params_dict(MethodParams())
+    resolved = params_dict(method_params(name, **method))
+    section = {"name": name, **{k: v for k, v in resolved.items() if k != "name" and v != defaults[k]}}
+    return dataclasses.replace(cfg, method=section)

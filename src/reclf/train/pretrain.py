@@ -22,6 +22,7 @@ from torch import nn
 from reclf.config import BUILTIN_TEXT_ENCODERS, Config, ConfigError, save_config, to_dict, validate_values
 from reclf.data.datasets import ON_ERROR, BadDataError, check_bad_fraction
 from reclf.methods.interface import MethodModel, TrainableModel
+from reclf.methods.params import resolve_method_section
 from reclf.train.runs import (
     AtomicCheckpointIO,
     environment,
@@ -195,6 +196,7 @@ def build_trainer(
     from reclf.train.module import PretrainModule
 
     validate_train_config(cfg)
+    cfg = resolve_method_section(cfg)  # config.yaml records the preset's values, not only its name
     rank = global_rank_from_env()
     notes: list[str] = []
     if cfg.train.dry_run:
