@@ -309,12 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     if "c" in args.sections:
         rows = bench_c(
-            sizes,
-            args.words,
-            args.grid,
-            args.dim,
-            args.chunk,
-            args.threads,
+            sizes, args.words, args.grid, args.dim, args.chunk, args.threads,
             no_ckpt_max=32 if args.quick else args.plain_max,
         )
         print(f"\n(c) peak memory of RECLF scoring (MiB above the inputs), chunk {args.chunk}")

@@ -92,11 +92,7 @@ def _local_fns(batch: int, n_words: int, grid: int, dim: int, chunk: int, hard: 
 
     def gloria() -> None:
         s = pairwise_local_scores(
-            **x,
-            aggregator=lse,
-            temperature=GLORIA_ATTN_TEMPERATURE,
-            mode="gloria",
-            chunk_size=chunk,
+            **x, aggregator=lse, temperature=GLORIA_ATTN_TEMPERATURE, mode="gloria", chunk_size=chunk,
             scale=DEFAULT_MATCH_SCALE,
         )
         info_nce(s * 10.0, sum_directions=True).backward()
@@ -112,10 +108,8 @@ def _local_fns(batch: int, n_words: int, grid: int, dim: int, chunk: int, hard: 
 def bench_loss(args: argparse.Namespace) -> dict[str, float]:
     fns = _local_fns(args.batch, args.words, args.grid, args.dim, args.chunk, args.hard)
     t = interleaved(fns, args.repeats)
-    print(
-        f"\n(loss) local loss forward + backward: B {args.batch}, W {args.words}, R {args.grid**2}, d {args.dim}, "
-        f"chunk {args.chunk}"
-    )
+    print(f"\n(loss) local loss forward + backward: B {args.batch}, W {args.words}, R {args.grid ** 2}, d {args.dim}, "
+          f"chunk {args.chunk}")
     for k, v in t.items():
         print(f"  {k:<16}{v:>9.3f} s   x GLoRIA {v / t['gloria']:.2f}")
     return t
@@ -143,9 +137,8 @@ def bench_parts(args: argparse.Namespace) -> None:
             sl = slice(s, s + args.chunk)
             t0 = time.perf_counter()
             if method == "reclf":
-                ctx, _ = _attend_grouped(
-                    words[None], x["regions"][sl], 0.1, "softmax", mask[None], True, need_attention=False
-                )
+                ctx, _ = _attend_grouped(words[None], x["regions"][sl], 0.1, "softmax", mask[None], True,
+                                         need_attention=False)
                 t0 = tick("matcher", t0)
                 z, valid = reclf.matchings(words[None], ctx, mask[None], x["img_global"][sl], x["txt_global"][None])
                 t0 = tick("matching vectors", t0)
@@ -155,15 +148,8 @@ def bench_parts(args: argparse.Namespace) -> None:
                 scores.append(sc.reshape(ctx.shape[0], n))
                 tick("IRM", t0)
             else:
-                ctx, _ = _attend_grouped(
-                    words[None],
-                    x["regions"][sl],
-                    GLORIA_ATTN_TEMPERATURE,
-                    "gloria",
-                    mask[None],
-                    True,
-                    DEFAULT_MATCH_SCALE,
-                )
+                ctx, _ = _attend_grouped(words[None], x["regions"][sl], GLORIA_ATTN_TEMPERATURE, "gloria", mask[None],
+                                         True, DEFAULT_MATCH_SCALE)
                 t0 = tick("matcher", t0)
                 scores.append(lse(words, ctx, mask, x["sentence_ids"], x["img_global"][sl], x["txt_global"]).score)
                 tick("pooling (lse)", t0)
@@ -193,14 +179,8 @@ def bench_parts(args: argparse.Namespace) -> None:
 # (step)
 
 
-def build_models(
-    preset: str,
-    methods: list[str],
-    text_size: str = "tiny",
-    image: str = "cnn-small",
-    image_size: int | None = None,
-    **overrides,
-) -> dict:
+def build_models(preset: str, methods: list[str], text_size: str = "tiny", image: str = "cnn-small",
+                 image_size: int | None = None, **overrides) -> dict:
     """Models of ``methods`` on equal encoders, seeded identically."""
     from reclf.config import ImageEncoderConfig, TextEncoderConfig
     from reclf.methods import create_model
@@ -241,15 +221,11 @@ def bench_step(args: argparse.Namespace) -> dict[str, float]:
         fns[m] = step
     t = interleaved(fns, args.repeats)
     w, grid = shapes["reclf"]
-    print(
-        f"\n(step) full training step, preset {args.preset}: B {args.batch}, W {w}, R {grid[0]}x{grid[1]}, "
-        f"image {spec['image_size']} px, cnn-small + bert-tiny, all pairs, {torch.get_num_threads()} threads"
-    )
+    print(f"\n(step) full training step, preset {args.preset}: B {args.batch}, W {w}, R {grid[0]}x{grid[1]}, "
+          f"image {spec['image_size']} px, cnn-small + bert-tiny, all pairs, {torch.get_num_threads()} threads")
     for k, v in t.items():
-        print(
-            f"  {k:<10}{v:>9.3f} s  {args.batch / v:8.1f} pairs/s   x GLoRIA {v / t['gloria']:.2f}   "
-            f"x ConVIRT {v / t['convirt']:.2f}"
-        )
+        print(f"  {k:<10}{v:>9.3f} s  {args.batch / v:8.1f} pairs/s   x GLoRIA {v / t['gloria']:.2f}   "
+              f"x ConVIRT {v / t['convirt']:.2f}")
     return t
 
 

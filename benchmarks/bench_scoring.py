@@ -92,14 +92,10 @@ def rerank_cost(model_dir: str, data: str, n: int, rerank_ks: list[int], chunk: 
         return float(same.gather(1, top).any(dim=1).float().mean())
 
     m = len(df)
-    print(
-        f"\n# re-ranking cost: {model_dir} ({model.method}) on {data}, first {m} studies, "
-        f"grid {img.grid}, {txt.words.shape[1]} words max"
-    )
-    print(
-        f"time, all {m}x{m} pairs: global {t_glob:.3f} s, method ({model.params.similarity}) {t_full:.1f} s, "
-        f"ratio {t_full / t_glob:.0f}x"
-    )
+    print(f"\n# re-ranking cost: {model_dir} ({model.method}) on {data}, first {m} studies, "
+          f"grid {img.grid}, {txt.words.shape[1]} words max")
+    print(f"time, all {m}x{m} pairs: global {t_glob:.3f} s, method ({model.params.similarity}) {t_full:.1f} s, "
+          f"ratio {t_full / t_glob:.0f}x")
     print(f"{'scoring':<28}{'outside global top-K':>22}{'R@1':>8}{'R@5':>8}{'R@10':>8}")
     print(f"{'global':<28}{'-':>22}" + "".join(f"{recall(glob, k):>8.3f}" for k in (1, 5, 10)))
     print(f"{'method, every pair':<28}{'-':>22}" + "".join(f"{recall(full, k):>8.3f}" for k in (1, 5, 10)))
@@ -145,14 +141,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def local_score() -> torch.Tensor:
         s = pairwise_local_scores(
-            x["words"][:m],
-            x["word_mask"][:m],
-            x["sentence_ids"][:m],
-            x["regions"][: args.images],
-            img_g,
-            txt_g[:m],
-            agg,
-            chunk_size=args.chunk,
+            x["words"][:m], x["word_mask"][:m], x["sentence_ids"][:m], x["regions"][: args.images], img_g, txt_g[:m],
+            agg, chunk_size=args.chunk,
         )
         return (global_score()[:, :m] + s / 0.1) / 2
 
@@ -160,17 +150,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def gloria_score() -> torch.Tensor:  # GLoRIA's own all-pairs local score at the same shapes, for scale
         return pairwise_local_scores(
-            x["words"][:m],
-            x["word_mask"][:m],
-            x["sentence_ids"][:m],
-            x["regions"][: args.images],
-            img_g,
-            txt_g[:m],
-            lse,
-            temperature=GLORIA_ATTN_TEMPERATURE,
-            mode="gloria",
-            chunk_size=args.chunk,
-            scale=DEFAULT_MATCH_SCALE,
+            x["words"][:m], x["word_mask"][:m], x["sentence_ids"][:m], x["regions"][: args.images], img_g, txt_g[:m],
+            lse, temperature=GLORIA_ATTN_TEMPERATURE, mode="gloria", chunk_size=args.chunk, scale=DEFAULT_MATCH_SCALE,
         )
 
     with torch.no_grad():
@@ -178,15 +159,11 @@ def main(argv: list[str] | None = None) -> int:
         t_local = _timed(local_score) * args.reports / m
         t_gloria = _timed(gloria_score) * args.reports / m
     pairs = args.images * args.reports
-    print(
-        f"# bench_scoring: torch {torch.__version__}, {torch.get_num_threads()} threads; {args.images} images x "
-        f"{args.reports} reports = {pairs:,} pairs; W {args.words}, R {args.grid**2}, d {args.dim}"
-    )
+    print(f"# bench_scoring: torch {torch.__version__}, {torch.get_num_threads()} threads; {args.images} images x "
+          f"{args.reports} reports = {pairs:,} pairs; W {args.words}, R {args.grid ** 2}, d {args.dim}")
     print(f"global score (cosines, all pairs)          {t_global:10.4f} s")
-    print(
-        f"method score (fused, all pairs; {m} reports timed, scaled x{args.reports / m:g})"
-        f" {t_local:10.1f} s   {pairs / t_local:,.0f} pairs/s"
-    )
+    print(f"method score (fused, all pairs; {m} reports timed, scaled x{args.reports / m:g})"
+          f" {t_local:10.1f} s   {pairs / t_local:,.0f} pairs/s")
     print(f"GLoRIA local score (all pairs, same shapes) {t_gloria:10.1f} s   {pairs / t_gloria:,.0f} pairs/s")
     print(f"ratio method / global, scores only         {t_local / t_global:10.0f} x")
     print(f"ratio method / GLoRIA local score          {t_local / t_gloria:10.2f} x")

@@ -109,7 +109,6 @@ def main(argv: list[str] | None = None) -> int:
     if synthetic:
         print(f"note: no study table at {args.data}: loader numbers use in-memory random pairs", file=sys.stderr)
     rows = [bench_method(m, args, synthetic) for m in args.methods.split(",")]
-
     def first(name: str) -> float | None:  # the first run of that method (its overrides, if any, included)
         return next((r["step_time_s"] for r in rows if r["method"].split("@")[0] == name), None)
 

@@ -123,10 +123,8 @@ def main(argv: list[str] | None = None) -> list[CheckRow]:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     rows = [run_method(m, args, device) for m in args.methods.split(",")]
     preset = "tiny (cnn-small 64 px + bert-tiny)" if args.tiny else "ResNet-50 224->299 (19x19) + BERT-base-sized"
-    print(
-        f"# gpu_check: {name}, torch {torch.__version__}, {preset}, B {args.batch}, all pairs, {args.precision}, "
-        f"chunk {args.chunk}{' + checkpointing' if args.checkpoint else ''}, {args.steps} timed steps"
-    )
+    print(f"# gpu_check: {name}, torch {torch.__version__}, {preset}, B {args.batch}, all pairs, {args.precision}, "
+          f"chunk {args.chunk}{' + checkpointing' if args.checkpoint else ''}, {args.steps} timed steps")
     base = {r.method: r.step_s for r in rows}
     mem = "peak MiB (cuda)" if device.type == "cuda" else "max RSS MiB"
     print(f"{'method':<10}{'step s':>10}{'pairs/s':>10}{mem:>18}{'x GLoRIA':>10}{'loss':>10}")

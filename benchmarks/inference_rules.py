@@ -35,9 +35,8 @@ from reclf.evaluate.tasks.zeroshot import ZeroShotConfig, run_zeroshot
 def valid_pairs(root: str) -> tuple[list[str], list[str]]:
     df = pd.read_csv(f"{root}/studies.csv")
     df = df[df.split == "valid"].reset_index(drop=True)
-    return [f"{root}/{p}" for p in df.image_path], [
-        study_report_text(r, ["findings", "impression"]) for _, r in df.iterrows()
-    ]
+    return [f"{root}/{p}" for p in df.image_path], [study_report_text(r, ["findings", "impression"]) for _, r in
+                                                     df.iterrows()]
 
 
 @torch.no_grad()
@@ -71,18 +70,13 @@ def main() -> None:
         for pooling in ("aggregator", "max"):
             for sim in sims:
                 model.params = dataclasses.replace(own, local_inference=pooling, similarity=sim)
-                row = {
-                    "model": folder,
-                    "local_inference": pooling,
-                    "similarity": sim,
-                    "val_acc1": round(in_batch_acc1(model, img, txt), 4),
-                }
+                row = {"model": folder, "local_inference": pooling, "similarity": sim,
+                       "val_acc1": round(in_batch_acc1(model, img, txt), 4)}
                 if args.zeroshot:
                     with contextlib.redirect_stdout(io.StringIO()):
                         res = run_zeroshot(loaded, args.zeroshot, None, ZeroShotConfig(n_boot=10, cache_dir=""))
-                    row["zeroshot"] = {
-                        k.split("/")[0]: round(v.value, 3) for k, v in res.metrics.items() if k.endswith("/accuracy")
-                    }
+                    row["zeroshot"] = {k.split("/")[0]: round(v.value, 3) for k, v in res.metrics.items()
+                                       if k.endswith("/accuracy")}
                     row["length_bias"] = res.extra["length_bias"]
                 print(json.dumps(row), flush=True)
         model.params = own

@@ -61,7 +61,6 @@ def reference_pairwise_scores(agg: RelationAggregator, x: dict, temperature: flo
     for s in range(0, x["regions"].shape[0], chunk):
         sl = slice(s, s + chunk)
         ctx = reference_context(x["words"], x["regions"][sl], temperature)
-        out.append(
-            reference_relation_scores(agg, x["words"], ctx, x["word_mask"], x["img_global"][sl], x["txt_global"])
-        )
+        out.append(reference_relation_scores(agg, x["words"], ctx, x["word_mask"], x["img_global"][sl],
+                                             x["txt_global"]))
     return torch.cat(out)

@@ -131,3 +131,4 @@ def test_non_finite_padding_never_leaks(mode):
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     out.sum().backward()
     assert torch.isfinite(words.grad).all()
+

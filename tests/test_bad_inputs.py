@@ -140,7 +140,7 @@ def build_corpus(tmp: Path) -> dict:
     lines.append("s-middle,img/a.png,another unquoted, comma")  # malformed, middle
     for k, rel in bad_images.items():
         lines.append(f"{k},{rel},{REPORT}")
-    lines.append(f'big,img/a.png,"FINDINGS: {"clear lungs. " * 90_000}"')  # a 1 MB report (kept)
+    lines.append(f"big,img/a.png,\"FINDINGS: {'clear lungs. ' * 90_000}\"")  # a 1 MB report (kept)
     lines.append("empty,img/a.png,")  # an empty report
     lines.append(f"a,img/e.png,{REPORT}")  # duplicate id
     lines.append("missing,img/nope.png," + REPORT)
@@ -163,21 +163,8 @@ def corpus(tmp_path_factory) -> dict:
 
 
 def prepare_args(root: Path, out: Path, *extra: str, ids: bool = True) -> list[str]:
-    return [
-        "prepare",
-        "pairs-csv",
-        "--root",
-        root,
-        "--out",
-        out,
-        "--size",
-        "16",
-        "--workers",
-        "1",
-        "--no-progress",
-        *(["--id-column", "id"] if ids else []),
-        *extra,
-    ]
+    return ["prepare", "pairs-csv", "--root", root, "--out", out, "--size", "16", "--workers", "1",
+            "--no-progress", *(["--id-column", "id"] if ids else []), *extra]
 
 
 # --- prepare ---------------------------------------------------------------------------------------------------
@@ -199,10 +186,7 @@ def test_prepare_counts_every_bad_item_and_keeps_every_good_one(corpus, tmp_path
     assert dropped["malformed_csv_row"]["count"] == 3
     lines = corpus["line_of"]
     assert [e.split(":")[0] for e in dropped["malformed_csv_row"]["examples"]] == [
-        f"line {lines['s-first']}",
-        f"line {lines['s-middle']}",
-        f"line {lines['s-end']}",
-    ]
+        f"line {lines['s-first']}", f"line {lines['s-middle']}", f"line {lines['s-end']}"]
     assert dropped["not_decodable_row"]["count"] == 1
     assert dropped["not_decodable_row"]["examples"] == [f"line {lines['latin']}"]
     assert dropped["report_no_sections"]["count"] == 1
@@ -270,7 +254,7 @@ def test_prepare_max_pixels(tmp_path, capsys):
         (b"", "is empty (0 bytes)"),
         (b"image,report\n", "no data rows"),
         (b"\n\n", "is empty"),
-        (b'image,report\nimg.png,"unterminated\n', None),  # parsed: the quote runs to the end -> one row
+        (b"image,report\nimg.png,\"unterminated\n", None),  # parsed: the quote runs to the end -> one row
         (b"im\xffage,report\na.png,x\n", "header line is not valid utf-8"),
     ],
 )
@@ -314,11 +298,8 @@ def model_dir(tmp_path_factory) -> Path:
     from reclf.methods import create_model
 
     torch.manual_seed(0)
-    model = create_model(
-        "convirt",
-        image_encoder={"name": "cnn-small", "image_size": 32},
-        text_encoder={"name": "bert-tiny", "max_tokens": 32},
-    )
+    model = create_model("convirt", image_encoder={"name": "cnn-small", "image_size": 32},
+                         text_encoder={"name": "bert-tiny", "max_tokens": 32})
     folder = tmp_path_factory.mktemp("model") / "m"
     model.save_pretrained(folder)
     return folder
@@ -344,48 +325,17 @@ def test_every_command_with_an_unwritable_output(corpus, blocker, model_dir, tin
     ckpt = tmp_path / "x.ckpt"
     torch.save({"state_dict": {}}, ckpt)
     results = tmp_path / "results"  # something for `report` to read
-    code, text = run_cli(
-        capsys,
-        "evaluate",
-        "zeroshot",
-        "--model",
-        model_dir,
-        "--data",
-        tiny_table,
-        "--out",
-        results,
-        "--cache-dir",
-        "",
-        "--n-boot",
-        "10",
-    )
+    code, text = run_cli(capsys, "evaluate", "zeroshot", "--model", model_dir, "--data", tiny_table, "--out", results,
+                         "--cache-dir", "", "--n-boot", "10")
     assert code == 0, text
     commands = {
         "synth": ["synth", "--out", bad, "--n", "20", "--per-class", "2", "--size", "64"],
         "prepare": prepare_args(corpus["root"], bad),
-        "pretrain": [
-            "pretrain",
-            "demo_convirt",
-            f"train.runs_dir={bad}",
-            f"data.root={pairs_of(tiny_table)}",
-            "train.max_steps=1",
-            "train.progress=false",
-        ],
+        "pretrain": ["pretrain", "demo_convirt", f"train.runs_dir={bad}",
+                     f"data.root={pairs_of(tiny_table)}", "train.max_steps=1", "train.progress=false"],
         "export": ["export", ckpt, "--out", bad],
-        "evaluate": [
-            "evaluate",
-            "zeroshot",
-            "--model",
-            model_dir,
-            "--data",
-            tiny_table,
-            "--out",
-            bad,
-            "--cache-dir",
-            "",
-            "--n-boot",
-            "10",
-        ],
+        "evaluate": ["evaluate", "zeroshot", "--model", model_dir, "--data", tiny_table, "--out", bad,
+                     "--cache-dir", "", "--n-boot", "10"],
         "report": ["report", results, "--out", bad, "--samples", "0"],
         "explain": ["explain", "--model", model_dir, "--image", image, "--report", REPORT, "--out", bad],
         "demo": ["demo", "--quick", "--out", bad, "--synth", bad / "synth"],
@@ -433,20 +383,8 @@ def test_bad_model_files_are_not_models(model_dir, tiny_table, tmp_path, capsys)
     image = tiny_table / "images" / sorted(os.listdir(tiny_table / "images"))[0]
     for model in (payload, trunc, noise, broken, notjson):
         for argv in (
-            [
-                "evaluate",
-                "zeroshot",
-                "--model",
-                model,
-                "--data",
-                tiny_table,
-                "--out",
-                tmp_path / "e",
-                "--cache-dir",
-                "",
-                "--n-boot",
-                "10",
-            ],
+            ["evaluate", "zeroshot", "--model", model, "--data", tiny_table, "--out", tmp_path / "e",
+             "--cache-dir", "", "--n-boot", "10"],
             ["explain", "--model", model, "--image", image, "--report", REPORT, "--out", tmp_path / "x"],
             ["export", model, "--out", tmp_path / "exp"],
         ):
@@ -463,15 +401,9 @@ def test_bad_text_encoder_folder(tiny_table, tmp_path, capsys):
     folder = tmp_path / "enc"
     folder.mkdir()
     (folder / "config.json").write_text("{ not json")
-    code, text = run_cli(
-        capsys,
-        "pretrain",
-        "demo_convirt",
-        f"text_encoder.name={folder}",
-        f"data.root={pairs_of(tiny_table)}",
-        f"train.runs_dir={tmp_path / 'runs'}",
-        "train.max_steps=1",
-    )
+    code, text = run_cli(capsys, "pretrain", "demo_convirt", f"text_encoder.name={folder}",
+                         f"data.root={pairs_of(tiny_table)}", f"train.runs_dir={tmp_path / 'runs'}",
+                         "train.max_steps=1")
     assert code == 1 and str(folder) in text
 
 
@@ -549,15 +481,8 @@ def test_explain_bad_image_and_report(model_dir, tmp_path, capsys):
 
 def test_a_run_that_fails_before_its_first_step_is_marked(tiny_table, tmp_path, capsys):
     runs = tmp_path / "runs"
-    code, text = run_cli(
-        capsys,
-        "pretrain",
-        "demo_convirt",
-        f"data.root={pairs_of(tiny_table)}",
-        f"train.runs_dir={runs}",
-        "train.accelerator=bogus",
-        "train.max_steps=1",
-    )
+    code, text = run_cli(capsys, "pretrain", "demo_convirt", f"data.root={pairs_of(tiny_table)}",
+                         f"train.runs_dir={runs}", "train.accelerator=bogus", "train.max_steps=1")
     assert code == 1, text
     folders = [p for p in runs.rglob("*") if (p / "config.yaml").exists()]
     for folder in folders:  # a folder, if one was made, says that it failed

@@ -23,9 +23,8 @@ from reclf.methods import create_model
 from reclf.models.features import ImageFeatures, TextFeatures
 
 D = 16
-ALL_SWITCHES = dict(
-    structure_edges=True, grounding_edges=True, node_where=True, irm_text_prior=True, irm_cos_prior=True
-)
+ALL_SWITCHES = dict(structure_edges=True, grounding_edges=True, node_where=True, irm_text_prior=True,
+                    irm_cos_prior=True)
 
 
 def test_swap_laterality_is_a_whole_word_case_keeping_exchange():
@@ -166,14 +165,8 @@ def test_binding_negatives_join_the_image_to_report_softmax_only(method):
     sw = TextFeatures(unit(B, 128, seed=6), unit(B, WORDS, 128, seed=5), mask, sentences)
     torch.manual_seed(0)
     # local_inference "aggregator": local_similarity as training aggregates (GLoRIA's inference takes the max)
-    model = create_model(
-        method,
-        image_encoder=IMAGE,
-        text_encoder=TEXT,
-        binding_negatives="side",
-        local_inference="aggregator",
-        **(ALL_SWITCHES if method == "reclf" else {}),
-    ).eval()
+    model = create_model(method, image_encoder=IMAGE, text_encoder=TEXT, binding_negatives="side",
+                         local_inference="aggregator", **(ALL_SWITCHES if method == "reclf" else {})).eval()
     model.encode_image = lambda images: img
     model.encode_text = lambda reports: sw if reports[0] != REPORTS[0] else txt
     with torch.no_grad():
@@ -197,9 +190,8 @@ def test_binding_global_adds_the_twin_to_the_global_image_to_report_softmax(meth
     txt = TextFeatures(unit(B, 128, seed=4), unit(B, WORDS, 128, seed=3), mask, sentences)
     sw = TextFeatures(unit(B, 128, seed=6), unit(B, WORDS, 128, seed=5), mask, sentences)
     torch.manual_seed(0)
-    model = create_model(
-        method, image_encoder=IMAGE, text_encoder=TEXT, binding_negatives="side", binding_global=True
-    ).eval()
+    model = create_model(method, image_encoder=IMAGE, text_encoder=TEXT, binding_negatives="side",
+                         binding_global=True).eval()
     model.encode_image = lambda images: img
     model.encode_text = lambda reports: sw if reports[0] != REPORTS[0] else txt
     with torch.no_grad():
@@ -296,9 +288,8 @@ def test_phrase_nodes_tell_two_findings_from_the_same_report_with_their_places_s
     texts = [TextFeatures(unit(1, 128, seed=2), w, mask, sid) for w in (true, swap)]
     scores = {}
     for phrases in (False, True):
-        model = create_model(
-            "reclf", image_encoder=IMAGE, text_encoder=TEXT, aggregator="mean", phrase_nodes=phrases
-        ).eval()
+        model = create_model("reclf", image_encoder=IMAGE, text_encoder=TEXT, aggregator="mean",
+                             phrase_nodes=phrases).eval()
         with torch.no_grad():
             scores[phrases] = [float(model.local_similarity(img, t)) for t in texts]
     assert scores[False][0] == pytest.approx(scores[False][1], abs=1e-6)
@@ -312,9 +303,8 @@ def test_srm_topk_reasons_over_the_most_important_nodes_and_passes_the_rest_thro
 
     words, ctx, mask, sent, img_g, txt_g, attn = inputs()
     torch.manual_seed(0)
-    agg = build_aggregator(
-        "srm+irm", D, d_z=8, heads=2, irm_before_srm=True, irm_text_prior=True, topk=3, structure_edges=True
-    )
+    agg = build_aggregator("srm+irm", D, d_z=8, heads=2, irm_before_srm=True, irm_text_prior=True, topk=3,
+                           structure_edges=True)
     with torch.no_grad():
         agg.srm.structure.normal_()  # edge biases that matter: each kept node's own rows and columns
     out = agg(words, ctx, mask, sent, img_g, txt_g)
@@ -339,8 +329,7 @@ def test_srm_topk_reasons_over_the_most_important_nodes_and_passes_the_rest_thro
     full = build_aggregator("srm+irm", D, d_z=8, heads=2, irm_before_srm=True, irm_text_prior=True)
     torch.manual_seed(0)
     big = build_aggregator("srm+irm", D, d_z=8, heads=2, irm_before_srm=True, irm_text_prior=True, topk=8)
-    torch.testing.assert_close(
-        big(words, ctx, mask, sent, img_g, txt_g).score, full(words, ctx, mask, sent, img_g, txt_g).score
-    )
+    torch.testing.assert_close(big(words, ctx, mask, sent, img_g, txt_g).score,
+                               full(words, ctx, mask, sent, img_g, txt_g).score)
     with pytest.raises(Exception, match="srm_topk"):
         create_model("reclf-no-irm", image_encoder=IMAGE, text_encoder=TEXT, srm_topk=4)

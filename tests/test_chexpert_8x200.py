@@ -42,24 +42,13 @@ def test_prepare_writes_8x200_and_excludes_patients(tmp_path):
     rows = []
     for k, c in enumerate(RETRIEVAL_CLASSES * 2):
         p = f"{pre}/patient{k:05d}/study1"
-        rows += [
-            _row(f"{p}/view1_frontal.jpg", **{c.replace(" ", "_"): "1.0"}),
-            _row(f"{p}/view2_lateral.jpg", frontal=False),
-        ]
+        rows += [_row(f"{p}/view1_frontal.jpg", **{c.replace(" ", "_"): "1.0"}),
+                 _row(f"{p}/view2_lateral.jpg", frontal=False)]
     rows.append(_row(f"{pre}/patient00099/study1/view1_frontal.jpg", Edema="1.0", Fracture="1.0"))
     _write(base / "train.csv", rows)
     out = tmp_path / "out"
-    report = prepare(
-        "chexpert",
-        PrepareOptions(
-            root=tmp_path,
-            out=out,
-            size=32,
-            progress=False,
-            metadata_only=True,
-            extra={"zeroshot_per_class": 0, "retrieval_per_class": 1},
-        ),
-    )
+    report = prepare("chexpert", PrepareOptions(root=tmp_path, out=out, size=32, progress=False, metadata_only=True,
+                                                extra={"zeroshot_per_class": 0, "retrieval_per_class": 1}))
     rt = read_studies(out / "retrieval_8x200")
     assert sorted(rt["class"]) == sorted(RETRIEVAL_CLASSES) and rt["report"].str.len().gt(0).all()
     main = read_studies(out)

@@ -36,9 +36,8 @@ def test_evaluate_unknown_key_exits_2_before_the_model_is_loaded(tmp_path, capsy
     code, text = run_cli(capsys, *base, "reduce=median")
     assert code == 2 and "reduce" in text and "mean, max" in text
     # an option the task has no field for is not dropped without a word
-    code, text = run_cli(
-        capsys, "evaluate", "grounding", "--model", tmp_path / "m", "--data", tmp_path, "--batch-size", "8"
-    )
+    code, text = run_cli(capsys, "evaluate", "grounding", "--model", tmp_path / "m", "--data", tmp_path,
+                         "--batch-size", "8")
     assert code == 2 and "batch_size" in text
     assert not (tmp_path / "o").exists()
 
@@ -74,9 +73,8 @@ def test_demo_unknown_keys_exit_2_with_nothing_written(tmp_path, capsys):
 
 def test_tune_unknown_key_exits_2_with_nothing_written(tmp_path, capsys):
     out = tmp_path / "tune"
-    code, text = run_cli(
-        capsys, "tune", "demo_convirt", "--grid", "train.lr=1e-3,1e-2", "--set", "train.lrr=1", "--out", out
-    )
+    code, text = run_cli(capsys, "tune", "demo_convirt", "--grid", "train.lr=1e-3,1e-2", "--set", "train.lrr=1",
+                         "--out", out)
     assert code == 2 and "train.lrr" in text and "did you mean train.lr?" in text
     code, text = run_cli(capsys, "tune", "demo_convirt", "--grid", "train.warmup_fractoin=0.1,0.2", "--out", out)
     assert code == 2 and "did you mean train.warmup_fraction?" in text
@@ -87,15 +85,8 @@ def test_tune_unknown_key_exits_2_with_nothing_written(tmp_path, capsys):
 def test_bad_optimiser_settings_fail_before_data_is_read(tmp_path, capsys, override):
     runs = tmp_path / "runs"
     # data.root does not exist: reading it would be the error; the config's is reported instead
-    code, text = run_cli(
-        capsys,
-        "pretrain",
-        "demo_convirt",
-        override,
-        f"data.root={tmp_path / 'no-data'}",
-        f"train.runs_dir={runs}",
-        "train.max_steps=1",
-    )
+    code, text = run_cli(capsys, "pretrain", "demo_convirt", override, f"data.root={tmp_path / 'no-data'}",
+                         f"train.runs_dir={runs}", "train.max_steps=1")
     assert code == 2 and override.split("=")[0] in text and "no-data" not in text
     assert not runs.exists()
 

@@ -32,9 +32,8 @@ def test_evaluating_a_saved_model_prints_only_reclf_lines(tmp_path, capfd):
     from reclf.evaluate.loading import load_model
     from reclf.methods import create_model
 
-    create_model(
-        "convirt", image_encoder={"name": "cnn-small", "image_size": 64}, text_encoder={"name": "minilm"}
-    ).save_pretrained(tmp_path / "model")
+    create_model("convirt", image_encoder={"name": "cnn-small", "image_size": 64},
+                 text_encoder={"name": "minilm"}).save_pretrained(tmp_path / "model")
     capfd.readouterr()
     loaded = load_model(tmp_path / "model")
     loaded.model.encode_text(["small left effusion"])

@@ -60,13 +60,10 @@ def torchvision_resnet(prefix, arch):
 
 
 def hf_bert(prefix, h, layers, inter, vocab, pos=512, pooler=True, token_types=True, cross=False):
-    s = {
-        f"{prefix}.embeddings.word_embeddings.weight": (vocab, h),
-        f"{prefix}.embeddings.position_embeddings.weight": (pos, h),
-        f"{prefix}.embeddings.LayerNorm.weight": (h,),
-        f"{prefix}.embeddings.LayerNorm.bias": (h,),
-        f"{prefix}.embeddings.position_ids": (1, pos),
-    }
+    s = {f"{prefix}.embeddings.word_embeddings.weight": (vocab, h),
+         f"{prefix}.embeddings.position_embeddings.weight": (pos, h),
+         f"{prefix}.embeddings.LayerNorm.weight": (h,), f"{prefix}.embeddings.LayerNorm.bias": (h,),
+         f"{prefix}.embeddings.position_ids": (1, pos)}
     if token_types:
         s[f"{prefix}.embeddings.token_type_embeddings.weight"] = (2, h)
     for i in range(layers):
@@ -74,61 +71,35 @@ def hf_bert(prefix, h, layers, inter, vocab, pos=512, pooler=True, token_types=T
         for att in ["attention", "crossattention"] if cross else ["attention"]:
             for n in ("query", "key", "value"):
                 s |= {f"{p}.{att}.self.{n}.weight": (h, h), f"{p}.{att}.self.{n}.bias": (h,)}
-            s |= {
-                f"{p}.{att}.output.dense.weight": (h, h),
-                f"{p}.{att}.output.dense.bias": (h,),
-                f"{p}.{att}.output.LayerNorm.weight": (h,),
-                f"{p}.{att}.output.LayerNorm.bias": (h,),
-            }
-        s |= {
-            f"{p}.intermediate.dense.weight": (inter, h),
-            f"{p}.intermediate.dense.bias": (inter,),
-            f"{p}.output.dense.weight": (h, inter),
-            f"{p}.output.dense.bias": (h,),
-            f"{p}.output.LayerNorm.weight": (h,),
-            f"{p}.output.LayerNorm.bias": (h,),
-        }
+            s |= {f"{p}.{att}.output.dense.weight": (h, h), f"{p}.{att}.output.dense.bias": (h,),
+                  f"{p}.{att}.output.LayerNorm.weight": (h,), f"{p}.{att}.output.LayerNorm.bias": (h,)}
+        s |= {f"{p}.intermediate.dense.weight": (inter, h), f"{p}.intermediate.dense.bias": (inter,),
+              f"{p}.output.dense.weight": (h, inter), f"{p}.output.dense.bias": (h,),
+              f"{p}.output.LayerNorm.weight": (h,), f"{p}.output.LayerNorm.bias": (h,)}
     if pooler:
         s |= {f"{prefix}.pooler.dense.weight": (h, h), f"{prefix}.pooler.dense.bias": (h,)}
     return s
 
 
 def timm_vit(prefix, d=768, depth=12, patches=196):
-    s = {
-        f"{prefix}.cls_token": (1, 1, d),
-        f"{prefix}.pos_embed": (1, patches + 1, d),
-        f"{prefix}.patch_embed.proj.weight": (d, 3, 16, 16),
-        f"{prefix}.patch_embed.proj.bias": (d,),
-        f"{prefix}.norm.weight": (d,),
-        f"{prefix}.norm.bias": (d,),
-    }
+    s = {f"{prefix}.cls_token": (1, 1, d), f"{prefix}.pos_embed": (1, patches + 1, d),
+         f"{prefix}.patch_embed.proj.weight": (d, 3, 16, 16), f"{prefix}.patch_embed.proj.bias": (d,),
+         f"{prefix}.norm.weight": (d,), f"{prefix}.norm.bias": (d,)}
     for i in range(depth):
         p = f"{prefix}.blocks.{i}"
-        s |= {
-            f"{p}.norm1.weight": (d,),
-            f"{p}.norm1.bias": (d,),
-            f"{p}.attn.qkv.weight": (3 * d, d),
-            f"{p}.attn.qkv.bias": (3 * d,),
-            f"{p}.attn.proj.weight": (d, d),
-            f"{p}.attn.proj.bias": (d,),
-            f"{p}.norm2.weight": (d,),
-            f"{p}.norm2.bias": (d,),
-            f"{p}.mlp.fc1.weight": (4 * d, d),
-            f"{p}.mlp.fc1.bias": (4 * d,),
-            f"{p}.mlp.fc2.weight": (d, 4 * d),
-            f"{p}.mlp.fc2.bias": (d,),
-        }
+        s |= {f"{p}.norm1.weight": (d,), f"{p}.norm1.bias": (d,), f"{p}.attn.qkv.weight": (3 * d, d),
+              f"{p}.attn.qkv.bias": (3 * d,), f"{p}.attn.proj.weight": (d, d), f"{p}.attn.proj.bias": (d,),
+              f"{p}.norm2.weight": (d,), f"{p}.norm2.bias": (d,), f"{p}.mlp.fc1.weight": (4 * d, d),
+              f"{p}.mlp.fc1.bias": (4 * d,), f"{p}.mlp.fc2.weight": (d, 4 * d), f"{p}.mlp.fc2.bias": (d,)}
     return s
 
 
 def mgca_head(prefix, cin, hidden, out, conv):
     k = (1,) if conv else ()
-    return (
-        {f"{prefix}.head.0.weight": (hidden, cin, *k), f"{prefix}.head.0.bias": (hidden,)}
-        | bn(f"{prefix}.head.1", hidden)
-        | {f"{prefix}.head.3.weight": (out, hidden, *k), f"{prefix}.head.3.bias": (out,)}
-        | bn(f"{prefix}.head.4", out, affine=False)
-    )
+    return ({f"{prefix}.head.0.weight": (hidden, cin, *k), f"{prefix}.head.0.bias": (hidden,)}
+            | bn(f"{prefix}.head.1", hidden)
+            | {f"{prefix}.head.3.weight": (out, hidden, *k), f"{prefix}.head.3.bias": (out,)}
+            | bn(f"{prefix}.head.4", out, affine=False))
 
 
 def gloria_layout(arch="resnet18", h=32, layers=4, inter=64, vocab=30522, embed=None):
@@ -136,11 +107,9 @@ def gloria_layout(arch="resnet18", h=32, layers=4, inter=64, vocab=30522, embed=
     local_in = 1024 if arch == "resnet50" else 256
     global_in = 2048 if arch == "resnet50" else 512
     s = torchvision_resnet("gloria.img_encoder.model", arch)
-    s |= {
-        "gloria.img_encoder.global_embedder.weight": (embed, global_in),
-        "gloria.img_encoder.global_embedder.bias": (embed,),
-        "gloria.img_encoder.local_embedder.weight": (embed, local_in, 1, 1),
-    }
+    s |= {"gloria.img_encoder.global_embedder.weight": (embed, global_in),
+          "gloria.img_encoder.global_embedder.bias": (embed,),
+          "gloria.img_encoder.local_embedder.weight": (embed, local_in, 1, 1)}
     return s | hf_bert("gloria.text_encoder.model", h, layers, inter, vocab)
 
 
@@ -155,12 +124,8 @@ def mgca_layout(image="resnet18", h=32, layers=2, inter=64, vocab=30522, hidden=
     s |= mgca_head("text_encoder_q.global_embed", h, hid.get("tg", h), emb, conv=False)
     s |= mgca_head("text_encoder_q.local_embed", h, hid.get("tl", h), emb, conv=True)
     for att in ("patch_local_atten_layer", "word_local_atten_layer"):
-        s |= {
-            f"{att}.in_proj_weight": (3 * emb, emb),
-            f"{att}.in_proj_bias": (3 * emb,),
-            f"{att}.out_proj.weight": (emb, emb),
-            f"{att}.out_proj.bias": (emb,),
-        }
+        s |= {f"{att}.in_proj_weight": (3 * emb, emb), f"{att}.in_proj_bias": (3 * emb,),
+              f"{att}.out_proj.weight": (emb, emb), f"{att}.out_proj.bias": (emb,)}
     return s | {"prototype_layer.weight": (500, emb)}
 
 
@@ -184,20 +149,9 @@ def bert_folder(path, h=32, layers=4, heads=2, vocab=30522):
     from reclf.models.text import minilm_dir
 
     path.mkdir(parents=True, exist_ok=True)
-    cfg = {
-        "model_type": "bert",
-        "architectures": ["BertModel"],
-        "hidden_size": h,
-        "num_hidden_layers": layers,
-        "num_attention_heads": heads,
-        "intermediate_size": 4 * h,
-        "vocab_size": vocab,
-        "hidden_act": "gelu",
-        "layer_norm_eps": 1e-12,
-        "max_position_embeddings": 512,
-        "type_vocab_size": 2,
-        "pad_token_id": 0,
-    }
+    cfg = {"model_type": "bert", "architectures": ["BertModel"], "hidden_size": h, "num_hidden_layers": layers,
+           "num_attention_heads": heads, "intermediate_size": 4 * h, "vocab_size": vocab, "hidden_act": "gelu",
+           "layer_norm_eps": 1e-12, "max_position_embeddings": 512, "type_vocab_size": 2, "pad_token_id": 0}
     (path / "config.json").write_text(json.dumps(cfg))
     words = (minilm_dir() / "vocab.txt").read_text().splitlines()[:vocab]
     (path / "vocab.txt").write_text("\n".join(words) + "\n")
@@ -206,16 +160,8 @@ def bert_folder(path, h=32, layers=4, heads=2, vocab=30522):
 
 
 def lightning_ckpt(path, state, hparams):
-    torch.save(
-        {
-            "epoch": 3,
-            "global_step": 10,
-            "pytorch-lightning_version": "1.5.0",
-            "state_dict": state,
-            "hyper_parameters": hparams,
-        },
-        path,
-    )
+    torch.save({"epoch": 3, "global_step": 10, "pytorch-lightning_version": "1.5.0", "state_dict": state,
+                "hyper_parameters": hparams}, path)
     return path
 
 
@@ -230,20 +176,8 @@ def test_gloria_end_to_end_and_evaluate(tmp_path):
     ckpt = lightning_ckpt(tmp_path / "gloria.ckpt", ref, {"model": {"text": {"last_n_layers": 4}}})
     from reclf.cli import main
 
-    assert (
-        main(
-            [
-                "convert",
-                "gloria",
-                str(ckpt),
-                "--out",
-                str(tmp_path / "conv"),
-                "--text-encoder",
-                str(bert_folder(tmp_path / "bert")),
-            ]
-        )
-        == 0
-    )
+    assert main(["convert", "gloria", str(ckpt), "--out", str(tmp_path / "conv"), "--text-encoder",
+                 str(bert_folder(tmp_path / "bert"))]) == 0
     report = types.SimpleNamespace(**json.loads((tmp_path / "conv" / "conversion.json").read_text()))
     assert report.mapped == len(ref) - len(report.ignored) and report.ignored
     assert set(report.derived) >= {"text_global.net.weight", "image_encoder.input_mean"}
@@ -251,29 +185,18 @@ def test_gloria_end_to_end_and_evaluate(tmp_path):
     m = loaded.model
     assert torch.equal(m.image_encoder.layer3[1].conv2.weight, ref["gloria.img_encoder.model.layer3.1.conv2.weight"])
     assert torch.equal(m.image_local.net.weight, ref["gloria.img_encoder.local_embedder.weight"][:, :, 0, 0])
-    assert torch.equal(
-        m.text_encoder.backbone.encoder.layer[3].output.dense.weight,
-        ref["gloria.text_encoder.model.encoder.layer.3.output.dense.weight"],
-    )
+    assert torch.equal(m.text_encoder.backbone.encoder.layer[3].output.dense.weight,
+                       ref["gloria.text_encoder.model.encoder.layer.3.output.dense.weight"])
     assert m.text_cfg.last_n_layers == 4 and m.method == "gloria" and m.embed_dim == 32
     # the converted folder evaluates like any reclf model (tiny images)
     data = make_folder(tmp_path / "data", n=10)
-    res = run_task(
-        "zeroshot",
-        loaded,
-        data,
-        tmp_path / "zs",
-        {"prompts": "chexpert", "prompts_per_class": 2, "n_boot": 20, "image_size": 64},
-    )
+    res = run_task("zeroshot", loaded, data, tmp_path / "zs", {"prompts": "chexpert", "prompts_per_class": 2,
+                                                               "n_boot": 20, "image_size": 64})
     assert "global/accuracy" in res.metrics and "local/accuracy" in res.metrics
     assert report.sha256 and report.image_encoder == "resnet18"
     # a missing BERT folder: one clear line, exit 1
-    assert (
-        main(
-            ["convert", "gloria", str(ckpt), "--out", str(tmp_path / "x"), "--text-encoder", str(tmp_path / "missing")]
-        )
-        == 1
-    )
+    assert main(["convert", "gloria", str(ckpt), "--out", str(tmp_path / "x"), "--text-encoder",
+                 str(tmp_path / "missing")]) == 1
 
 
 def test_mgca_tiny_resnet_and_refusals(tmp_path):
@@ -283,7 +206,8 @@ def test_mgca_tiny_resnet_and_refusals(tmp_path):
     m = load_model(tmp_path / "conv").model
     assert m.text_encoder.backbone.config.num_hidden_layers == 2  # from the checkpoint, not the folder's 4
     assert torch.equal(m.prototypes.prototypes.weight, ref["prototype_layer.weight"])
-    assert torch.equal(m.text_local.net[0].weight, ref["text_encoder_q.local_embed.head.0.weight"][..., 0])
+    assert torch.equal(m.text_local.net[0].weight,
+                       ref["text_encoder_q.local_embed.head.0.weight"][..., 0])
     assert torch.equal(m.image_global.net[4].running_var, ref["img_encoder_q.global_embed.head.4.running_var"])
     assert not m.text_encoder.backbone.embeddings.token_type_embeddings.weight.any()
     assert any("crossattention" in k for k in report.ignored)
@@ -338,15 +262,8 @@ def test_full_size_reference_names_map_completely(tmp_path, fmt):
     else:
         # MGCA's heads are 2048 wide (method.projection_hidden)
         hidden = 2048
-        shapes = mgca_layout(
-            "vit-b16" if fmt == "mgca-vit" else "resnet50",
-            h=768,
-            layers=6,
-            inter=3072,
-            vocab=28996,
-            emb=128,
-            hidden=hidden,
-        )
+        shapes = mgca_layout("vit-b16" if fmt == "mgca-vit" else "resnet50", h=768, layers=6, inter=3072,
+                             vocab=28996, emb=128, hidden=hidden)
     name = fmt.split("-")[0]
     ref = _strip_prefix({k: torch.empty(s, device="meta") for k, s in shapes.items()}, name)
     layout = read_layout(ref, name)

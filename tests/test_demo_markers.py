@@ -16,19 +16,9 @@ from reclf.demo import cli as demo_cli
 from reclf.demo import settings
 from reclf.utils.markers import changed_keys, fingerprint, read_marker, write_marker
 
-TINY = replace(
-    settings.QUICK,
-    synth_n=40,
-    synth_per_class=2,
-    classification_n=30,
-    pretrain_steps=2,
-    pretrain_batch=4,
-    linear_fractions=[1.0],
-    segment_fractions=[1.0],
-    supervised_epochs=1,
-    prompts_per_class=2,
-    n_boot=10,
-)
+TINY = replace(settings.QUICK, synth_n=40, synth_per_class=2, classification_n=30, pretrain_steps=2,
+               pretrain_batch=4, linear_fractions=[1.0], segment_fractions=[1.0], supervised_epochs=1,
+               prompts_per_class=2, n_boot=10)
 
 
 def test_markers_key_on_the_recipe_and_the_data(tmp_path):
@@ -51,24 +41,8 @@ def tiny_demo(tmp_path, monkeypatch, capsys):
     out, synth = tmp_path / "demo", tmp_path / "synth"
 
     def demo(*extra: str) -> tuple[int, str]:
-        code = main(
-            [
-                "demo",
-                "--quick",
-                "--out",
-                str(out),
-                "--synth",
-                str(synth),
-                "--methods",
-                "convirt",
-                "--tasks",
-                "zeroshot",
-                "--no-baselines",
-                "--jobs",
-                "1",
-                *extra,
-            ]
-        )
+        code = main(["demo", "--quick", "--out", str(out), "--synth", str(synth), "--methods", "convirt",
+                     "--tasks", "zeroshot", "--no-baselines", "--jobs", "1", *extra])
         captured = capsys.readouterr()
         return code, captured.out + captured.err
 

@@ -30,8 +30,7 @@ class SafetensorError(Exception):
 
 
 SAFETENSORS_FULL = SafetensorError(
-    'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
-)
+    'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })')
 
 
 def enospc() -> OSError:
@@ -87,10 +86,8 @@ def _tiny_checkpoint(path):
     cfg.image_encoder.name, cfg.image_encoder.image_size = "cnn-small", 32
     cfg.text_encoder.name = "bert-tiny"
     model = build_model(cfg)
-    torch.save(
-        {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "reclf": {"config": to_dict(cfg)}},
-        path,
-    )
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+                "reclf": {"config": to_dict(cfg)}}, path)
 
 
 def test_export_on_a_full_disk_is_one_message(tmp_path, monkeypatch, capsys):
@@ -116,10 +113,8 @@ def test_prepare_on_a_full_disk_is_one_message(tmp_path, monkeypatch, capsys):
 
     root = tmp_path / "data"
     root.mkdir()
-    pd.DataFrame(
-        [(f"{i}.png", "Heart is enlarged.", f"p{i}", "train") for i in range(3)],
-        columns=["file", "text", "pid", "fold"],
-    ).to_csv(root / "pairs.csv", index=False)
+    pd.DataFrame([(f"{i}.png", "Heart is enlarged.", f"p{i}", "train") for i in range(3)],
+                 columns=["file", "text", "pid", "fold"]).to_csv(root / "pairs.csv", index=False)
     for i in range(3):
         write_png(root / f"{i}.png", gradient(20, 20))
     real = pd.DataFrame.to_csv
@@ -131,29 +126,9 @@ def test_prepare_on_a_full_disk_is_one_message(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(pd.DataFrame, "to_csv", to_csv)
     monkeypatch.delenv("RECLF_TRACEBACK", raising=False)
-    rc = cli.main(
-        [
-            "prepare",
-            "pairs-csv",
-            "--root",
-            str(root),
-            "--out",
-            str(tmp_path / "out"),
-            "--size",
-            "16",
-            "--workers",
-            "1",
-            "--no-progress",
-            "--image-column",
-            "file",
-            "--report-column",
-            "text",
-            "--patient-column",
-            "pid",
-            "--split-column",
-            "fold",
-        ]
-    )
+    rc = cli.main(["prepare", "pairs-csv", "--root", str(root), "--out", str(tmp_path / "out"), "--size", "16",
+                   "--workers", "1", "--no-progress", "--image-column", "file", "--report-column", "text",
+                   "--patient-column", "pid", "--split-column", "fold"])
     err = capsys.readouterr().err
     assert rc == 1 and "Traceback" not in err, err
     assert "the disk is full" in err and "studies.csv" in err and "free" in err, err

@@ -40,9 +40,8 @@ def setup(tmp_path_factory):
     write_studies(df, data)
 
     torch.manual_seed(0)
-    model = create_model(
-        "reclf", image_encoder={"name": "cnn-small", "image_size": 64}, text_encoder={"name": "bert-tiny"}
-    )
+    model = create_model("reclf", image_encoder={"name": "cnn-small", "image_size": 64},
+                         text_encoder={"name": "bert-tiny"})
     readable = df[df["study_id"] != "s3"].head(8)
     from reclf.evaluate.features import prepare_image
 
@@ -60,50 +59,17 @@ def setup(tmp_path_factory):
 
 def test_classify_agrees_with_evaluate_zeroshot(setup, capsys):
     root, data = setup
-    _run(
-        eval_cli,
-        [
-            "zeroshot",
-            "--model",
-            str(root / "model"),
-            "--data",
-            str(data),
-            "--n-boot",
-            "50",
-            "--cache-dir",
-            "",
-            "--prompts",
-            "chexpert",
-            "--prompts-per-class",
-            "3",
-            "--out",
-            str(root / "zs"),
-        ],
-    )
+    _run(eval_cli, ["zeroshot", "--model", str(root / "model"), "--data", str(data), "--n-boot", "50",
+                    "--cache-dir", "", "--prompts", "chexpert", "--prompts-per-class", "3",
+                    "--out", str(root / "zs")])
     df = read_studies(data)
     labels = pd.DataFrame({"image": df["image_path"].str.replace("images/", "", regex=False), "class": df["class"]})
     labels.to_csv(root / "labels.csv", index=False)
     capsys.readouterr()
     classes = ",".join(reversed(CLASSES))  # any order: classes are sorted, as zeroshot sorts them
-    rc = main(
-        [
-            "classify",
-            "--model",
-            str(root / "model"),
-            "--images",
-            str(data / "images"),
-            "--classes",
-            classes,
-            "--prompts-per-class",
-            "3",
-            "--n-boot",
-            "50",
-            "--labels",
-            str(root / "labels.csv"),
-            "--out",
-            str(root / "preds.csv"),
-        ]
-    )
+    rc = main(["classify", "--model", str(root / "model"), "--images", str(data / "images"), "--classes", classes,
+               "--prompts-per-class", "3", "--n-boot", "50", "--labels", str(root / "labels.csv"),
+               "--out", str(root / "preds.csv")])
     assert rc == 0
     console = capsys.readouterr().out
     assert "1 of 12 files could not be read" in console and "s3.png" in console
@@ -116,10 +82,8 @@ def test_classify_agrees_with_evaluate_zeroshot(setup, capsys):
         assert ours["metrics"][key] == zs["metrics"][key], key  # value, interval and n, to the last digit
     assert zs["data"]["used"] == ours["data"]["used"] == 11
     for mode in ("global", "local", "fused", "method"):
-        assert (
-            ours["extra"]["per_item"][f"{mode}/accuracy"]["values"]
-            == zs["extra"]["per_item"][f"{mode}/accuracy"]["values"]
-        )
+        assert ours["extra"]["per_item"][f"{mode}/accuracy"]["values"] == \
+            zs["extra"]["per_item"][f"{mode}/accuracy"]["values"]
         assert ours["extra"]["confusion"][mode] == zs["extra"]["confusion"][mode]
         m = ours["metrics"][f"{mode}/macro_auroc"]
         assert 0.0 <= m["ci_low"] <= m["value"] <= m["ci_high"] <= 1.0
@@ -143,81 +107,29 @@ def test_classify_agrees_with_evaluate_zeroshot(setup, capsys):
 def test_classify_with_a_prompt_file_and_unknown_classes(setup, tmp_path):
     root, data = setup
     prompts = tmp_path / "p.yaml"
-    prompts.write_text(
-        "name: mine\nversion: 1\nmulticlass:\n  effusion: [pleural effusion, fluid]\n  normal: [no acute findings]\n"
-    )
-    _run(
-        classify_cli,
-        [
-            "--model",
-            str(root / "model"),
-            "--images",
-            str(data / "images"),
-            "--prompts",
-            str(prompts),
-            "--out",
-            str(tmp_path / "a.csv"),
-            "--score",
-            "global",
-        ],
-    )
+    prompts.write_text("name: mine\nversion: 1\nmulticlass:\n  effusion: [pleural effusion, fluid]\n"
+                       "  normal: [no acute findings]\n")
+    _run(classify_cli, ["--model", str(root / "model"), "--images", str(data / "images"), "--prompts",
+                        str(prompts), "--out", str(tmp_path / "a.csv"), "--score", "global"])
     a = pd.read_csv(tmp_path / "a.csv", keep_default_na=False)
     assert [c for c in a.columns if c.startswith("score:")] == ["score:effusion", "score:normal"]
     # classes no built-in prompt file has: their names are their prompts
-    _run(
-        classify_cli,
-        [
-            "--model",
-            str(root / "model"),
-            "--images",
-            str(data / "images"),
-            "--classes",
-            "dog,cat",
-            "--out",
-            str(tmp_path / "b.csv"),
-        ],
-    )
+    _run(classify_cli, ["--model", str(root / "model"), "--images", str(data / "images"), "--classes",
+                        "dog,cat", "--out", str(tmp_path / "b.csv")])
     b = pd.read_csv(tmp_path / "b.csv", keep_default_na=False)
     assert set(b["prediction"]) - {""} <= {"dog", "cat"}
     labels = tmp_path / "l.csv"
     pd.DataFrame({"image": ["s0.png"], "class": ["bird"]}).to_csv(labels, index=False)
     with pytest.raises(ValueError, match="line 2: class 'bird'"):
-        _run(
-            classify_cli,
-            [
-                "--model",
-                str(root / "model"),
-                "--images",
-                str(data / "images"),
-                "--classes",
-                "dog,cat",
-                "--out",
-                str(tmp_path / "c.csv"),
-                "--labels",
-                str(labels),
-            ],
-        )
+        _run(classify_cli, ["--model", str(root / "model"), "--images", str(data / "images"), "--classes",
+                            "dog,cat", "--out", str(tmp_path / "c.csv"), "--labels", str(labels)])
 
 
 def test_embed_mixed_folder_names_the_corrupt_file(setup, capsys):
     root, data = setup
     out = root / "emb" / "all.safetensors"
-    rc = main(
-        [
-            "embed",
-            "--model",
-            str(root / "model"),
-            "--images",
-            str(data / "images"),
-            "--out",
-            str(out),
-            "--local",
-            "--batch-size",
-            "4",
-            "--shard-size",
-            "5",
-        ]
-    )
+    rc = main(["embed", "--model", str(root / "model"), "--images", str(data / "images"), "--out", str(out),
+               "--local", "--batch-size", "4", "--shard-size", "5"])
     assert rc == 0
     console = capsys.readouterr().out
     assert "batch 1/3" in console and "s3.png" in console and "1 of 12 files could not be read" in console

@@ -26,36 +26,21 @@ def test_every_option_defaults_to_not_given(task):
 
 
 def test_not_given_options_keep_the_config_defaults_and_given_ones_win():
-    assert (
-        LinearConfig(**eval_cli.given(LinearConfig, vars(parse("linear", "--model", "m", "--data", "d"))))
+    assert LinearConfig(**eval_cli.given(LinearConfig, vars(parse("linear", "--model", "m", "--data", "d")))) \
         == LinearConfig()
-    )
-    args = vars(
-        parse(
-            "linear", "--model", "m", "--data", "d", "--fractions", "1,100", "--recipe", "mgca", "--uncertain", "zeros"
-        )
-    )
+    args = vars(parse("linear", "--model", "m", "--data", "d", "--fractions", "1,100", "--recipe", "mgca",
+                      "--uncertain", "zeros"))
     cfg = LinearConfig(**eval_cli.given(LinearConfig, args, cache_dir="c"))
-    assert (cfg.fractions, cfg.recipe, cfg.uncertain, cfg.cache_dir, cfg.max_steps) == (
-        [0.01, 1.0],
-        "mgca",
-        "zeros",
-        "c",
-        LinearConfig().max_steps,
-    )
-    cfg = RetrieveConfig(
-        **eval_cli.given(
-            RetrieveConfig, vars(parse("retrieve", "--model", "m", "--data", "d", "--modes", "global,local"))
-        )
-    )
+    assert (cfg.fractions, cfg.recipe, cfg.uncertain, cfg.cache_dir, cfg.max_steps) == \
+        ([0.01, 1.0], "mgca", "zeros", "c", LinearConfig().max_steps)
+    cfg = RetrieveConfig(**eval_cli.given(RetrieveConfig, vars(parse("retrieve", "--model", "m", "--data", "d",
+                                                                       "--modes", "global,local"))))
     assert cfg.modes == ["global", "local"] and cfg.chunk == RetrieveConfig().chunk
 
 
 def test_segment_flags_over_the_preset():
-    values = eval_cli.given(
-        SegmentConfig,
-        vars(parse("segment", "--model", "m", "--data", "d", "--preset", "mgca", "--finetune", "--epochs", "2")),
-    )
+    values = eval_cli.given(SegmentConfig, vars(parse("segment", "--model", "m", "--data", "d", "--preset", "mgca",
+                                                      "--finetune", "--epochs", "2")))
     cfg = segment_preset(values.pop("preset"), **values)
     assert cfg.preset == "mgca" and cfg.freeze_encoder is False and cfg.epochs == 2
     assert cfg.loss == segment_preset("mgca").loss  # not given: the preset's

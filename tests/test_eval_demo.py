@@ -49,14 +49,9 @@ def test_report_recipe_names_each_methods_learning_rate_when_they_differ(tmp_pat
 
     def recipe(lr: float, lr_image: float | None = None) -> dict:
         train = {"lr": lr, "lr_image": lr_image, "max_steps": 500, "weight_decay": 0.05, "warmup_fraction": 0.1}
-        return {
-            "config": {
-                "text_encoder": {"name": "minilm", "freeze": True, "pooling": "mean", "max_tokens": 128},
-                "train": train,
-                "image_encoder": {"name": "cnn-small", "image_size": 64},
-                "data": {"batch_size": 32},
-            }
-        }
+        return {"config": {"text_encoder": {"name": "minilm", "freeze": True, "pooling": "mean", "max_tokens": 128},
+                           "train": train,
+                           "image_encoder": {"name": "cnn-small", "image_size": 64}, "data": {"batch_size": 32}}}
 
     tuned = {"recipes": {"reclf@seed0": recipe(3e-3), "convirt@seed0": recipe(1e-3)}, "settings": {"seeds": 1}}
     text = "\n".join(demo_sections(tuned, [], tmp_path))
@@ -68,5 +63,4 @@ def test_report_recipe_names_each_methods_learning_rate_when_they_differ(tmp_pat
     assert "AdamW lr heads 0.0003, image 0.01," in "\n".join(demo_sections(parts, [], tmp_path))
     mixed = {"recipes": {"reclf@seed0": recipe(3e-4, 1e-2), "convirt@seed0": recipe(3e-4, 3e-2)}, "settings": {}}
     assert "reclf heads 0.0003, image 0.01; convirt heads 0.0003, image 0.03" in "\n".join(
-        demo_sections(mixed, [], tmp_path)
-    )
+        demo_sections(mixed, [], tmp_path))

@@ -60,18 +60,16 @@ def test_relation_stats_by_hand():
 def test_grounding_stats_by_hand():
     masks = [np.array([True, False, False, False])]
     union = masks[0]
-    g = grounding_stats(np.array([0, 1, 0, 2]), ["finding", "location", "filler", "cue"], [0, 0, -1, -1], masks, union)
+    g = grounding_stats(np.array([0, 1, 0, 2]), ["finding", "location", "filler", "cue"], [0, 0, -1, -1],
+                        masks, union)
     assert g["finding"] == (1.0, 0.25) and g["location"] == (0.0, 0.25) and g["filler"] == (1.0, 0.25)
     assert "cue" not in g  # an unlinked cue (a negation) has no mask to point into
 
 
 def test_align_roles_handles_sections_case_and_truncation():
-    rec = RoleRecord(
-        "s",
-        ["FINDINGS", "Small", "left", "effusion", "IMPRESSION", "Small", "left", "effusion"],
-        ["header", "severity", "location", "finding", "header", "severity", "location", "finding"],
-        [-1, 0, 0, 0, -1, 0, 0, 0],
-    )
+    rec = RoleRecord("s", ["FINDINGS", "Small", "left", "effusion", "IMPRESSION", "Small", "left", "effusion"],
+                     ["header", "severity", "location", "finding", "header", "severity", "location", "finding"],
+                     [-1, 0, 0, 0, -1, 0, 0, 0])
     roles, links = align_roles(["small", "left", "effusion", "small", "left", "eff"], rec)
     assert roles == ["severity", "location", "finding", "severity", "location", "unknown"]
     assert links == [0, 0, 0, 0, 0, -1]
@@ -105,16 +103,10 @@ def test_oracle_weights_and_relations_score_perfectly(synth, monkeypatch):
         o = real(m, images, texts)
         weights, rels, argmax = [], [], []
         for words in o.words:
-            rec = next(
-                r
-                for r in records.values()  # the model reads findings + impression, maybe truncated
-                if [
-                    w.lower()
-                    for w, s in zip(r.words, r.section, strict=True)
-                    if s in ("findings", "impression") and w not in ("FINDINGS", "IMPRESSION")
-                ][: len(words) - 1]
-                == words[:-1]
-            )
+            rec = next(r for r in records.values()  # the model reads findings + impression, maybe truncated
+                       if [w.lower() for w, s in zip(r.words, r.section, strict=True)
+                           if s in ("findings", "impression") and w not in ("FINDINGS", "IMPRESSION")
+                           ][: len(words) - 1] == words[:-1])
             roles, links = align_roles(words, rec)
             w = np.array([1.0 if r in ("finding", "location", "severity", "cue") else 0.0 for r in roles])
             weights.append(w / w.sum())
@@ -151,24 +143,12 @@ def test_every_method_on_tiny_models(synth, tmp_path):
     for method in ("reclf", "reclf-no-irm", "reclf-no-srm", "mgca", "convirt"):
         torch.manual_seed(0)
         create_model(method, image_encoder=IMAGE, text_encoder=TEXT).save_pretrained(tmp_path / method)
-        _run_cli(
-            [
-                "diagnostics",
-                "--model",
-                str(tmp_path / method),
-                "--data",
-                str(synth),
-                "--n-boot",
-                "30",
-                "--out",
-                str(tmp_path / "runs" / method),
-            ]
-        )
+        _run_cli(["diagnostics", "--model", str(tmp_path / method), "--data", str(synth), "--n-boot", "30",
+                  "--out", str(tmp_path / "runs" / method)])
         results.append(read_results(tmp_path / "runs" / method))
     by = {r["model"]["method"]: r for r in results}
     assert {"importance/auroc", "relations/own_mass", "grounding/finding", "grounding/filler_chance"} <= set(
-        by["reclf"]["metrics"]
-    )
+        by["reclf"]["metrics"])
     assert "relations/own_mass" in by["reclf-no-irm"]["metrics"]
     assert "relations/own_mass" not in by["reclf-no-srm"]["metrics"]
     assert "IRM" in by["reclf"]["config"]["word_weights"] and "implicit" in by["reclf-no-irm"]["config"]["word_weights"]
@@ -177,14 +157,8 @@ def test_every_method_on_tiny_models(synth, tmp_path):
     # binding control on the multi-finding reports: own vs another finding's location words, head mean and
     # per SRM head (the aggregator's head_relations)
     m = by["reclf"]["metrics"]
-    assert {
-        "binding/own_mass",
-        "binding/other_mass",
-        "binding/own_minus_other",
-        "binding/own_other_ratio",
-        "binding/head_max/own_mass",
-        "binding/head_max/other_mass",
-    } <= set(m)
+    assert {"binding/own_mass", "binding/other_mass", "binding/own_minus_other", "binding/own_other_ratio",
+            "binding/head_max/own_mass", "binding/head_max/other_mass"} <= set(m)
     heads = by["reclf"]["extra"]["binding_heads"]
     assert heads["heads"] >= 1 and heads["own_mass"][heads["selected"]] == max(heads["own_mass"])
     assert m["binding/head_max/own_mass"]["value"] >= m["binding/own_mass"]["value"] - 1e-6 or heads["heads"] == 1
@@ -267,16 +241,10 @@ def test_oracle_binding_heads_and_head_mean(synth, monkeypatch):
         o = real(m, images, texts)
         heads, rels = [], []
         for words in o.words:
-            rec = next(
-                r
-                for r in records.values()
-                if [
-                    w.lower()
-                    for w, s in zip(r.words, r.section, strict=True)
-                    if s in ("findings", "impression") and w not in ("FINDINGS", "IMPRESSION")
-                ][: len(words) - 1]
-                == words[:-1]
-            )
+            rec = next(r for r in records.values()
+                       if [w.lower() for w, s in zip(r.words, r.section, strict=True)
+                           if s in ("findings", "impression") and w not in ("FINDINGS", "IMPRESSION")
+                           ][: len(words) - 1] == words[:-1])
             roles, links = align_roles(words, rec)
             n = len(words)
             h = np.zeros((2, n, n)) + np.eye(n)[None]

@@ -26,9 +26,8 @@ def test_patient_subsets_are_patient_level_and_seeded():
 def test_linear_end_to_end_caches_features(tmp_path):
     torch.manual_seed(0)
     data = make_folder(tmp_path / "data", n=32)
-    cfg = LinearConfig(
-        fractions=[0.5, 1.0], seeds=[0, 1, 2], max_steps=30, n_boot=50, cache_dir=str(tmp_path / "cache")
-    )
+    cfg = LinearConfig(fractions=[0.5, 1.0], seeds=[0, 1, 2], max_steps=30, n_boot=50,
+                       cache_dir=str(tmp_path / "cache"))
     run_linear(wrap_model(StubModel()), data, tmp_path / "out", cfg)
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["config"]["target_kind"] == "labels"
@@ -44,9 +43,8 @@ def test_linear_multiclass_target(tmp_path):
     data = make_folder(tmp_path / "data", n=20)
     loaded = wrap_model(StubModel())
     loaded.sha256 = "stub-hash"  # enables the feature cache
-    cfg = LinearConfig(
-        fractions=[1.0], seeds=[0], target="class", max_steps=20, n_boot=20, cache_dir=str(tmp_path / "cache")
-    )
+    cfg = LinearConfig(fractions=[1.0], seeds=[0], target="class", max_steps=20, n_boot=20,
+                       cache_dir=str(tmp_path / "cache"))
     res = run_linear(loaded, data, None, cfg)
     assert "100%/accuracy" in res.metrics and "100%/macro_f1" in res.metrics
     assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 1

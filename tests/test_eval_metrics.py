@@ -127,11 +127,8 @@ def test_report_summary_table_merges_seeds_and_falls_back_to_global():
     from reclf.evaluate.report import merge_seeds, summary_table
 
     def res(label, task, metrics):
-        return {
-            "task": task,
-            "model": {"label": label},
-            "metrics": {k: {"value": v, "ci_low": None, "ci_high": None, "n": 10} for k, v in metrics.items()},
-        }
+        return {"task": task, "model": {"label": label},
+                "metrics": {k: {"value": v, "ci_low": None, "ci_high": None, "n": 10} for k, v in metrics.items()}}
 
     results = [
         res("reclf@seed0", "zeroshot", {"method/accuracy": 0.30}),

@@ -65,11 +65,8 @@ def _tiny(method: str):
     from reclf.methods import create_model
 
     torch.manual_seed(0)
-    return create_model(
-        method,
-        image_encoder={"name": "cnn-small", "image_size": 64},
-        text_encoder={"name": "bert-tiny", "max_tokens": 32},
-    )
+    return create_model(method, image_encoder={"name": "cnn-small", "image_size": 64},
+                        text_encoder={"name": "bert-tiny", "max_tokens": 32})
 
 
 def test_synthcxr_phrases_are_the_caption_sentences(synth):
@@ -100,14 +97,8 @@ def test_phrase_grounding_on_synthcxr_for_local_methods_and_not_convirt(synth, t
         cfg = PhraseGroundingConfig(n_boot=20, map=kind)
         res = run_phrase_grounding(wrap_model(model), synth, tmp_path / kind, cfg)
         assert res.data["pairs"] == n_pairs and res.data["phrases_from"] == "synthcxr captions"
-        assert set(res.extra["per_category"]) <= {
-            "atelectasis",
-            "consolidation",
-            "pleural_effusion",
-            "pneumothorax",
-            "pneumonia",
-            "lung_lesion",
-        }
+        assert set(res.extra["per_category"]) <= {"atelectasis", "consolidation", "pleural_effusion", "pneumothorax",
+                                                  "pneumonia", "lung_lesion"}
         assert sum(c["n"] for c in res.extra["per_category"].values()) == n_pairs
         assert 0 <= res.metrics["miou"].value <= 1 and res.metrics["cnr"].value >= 0
     # the demo's call: the floor (a random-init twin) through run_task with the demo's typed task config
@@ -119,32 +110,23 @@ def test_phrase_grounding_on_synthcxr_for_local_methods_and_not_convirt(synth, t
     res = run_task("phrase-grounding", floor, synth, tmp_path / "floor-eval", cfg)
     assert res.data["pairs"] == n_pairs
     saved = json.loads((tmp_path / "floor-eval" / "results.json").read_text())
-    assert saved["task"] == "phrase-grounding" and set(saved["metrics"]) == {
-        "cnr",
-        "cnr_signed",
-        "miou",
-        "pointing_game",
-    }
+    assert saved["task"] == "phrase-grounding" and set(saved["metrics"]) == {"cnr", "cnr_signed", "miou",
+                                                                            "pointing_game"}
     # ConVIRT has no word-region maps: the task says so instead of failing
-    res = run_phrase_grounding(
-        wrap_model(_tiny("convirt")), synth, tmp_path / "convirt", PhraseGroundingConfig(n_boot=5)
-    )
+    res = run_phrase_grounding(wrap_model(_tiny("convirt")), synth, tmp_path / "convirt",
+                               PhraseGroundingConfig(n_boot=5))
     assert res.metrics == {} and "not_applicable" in res.extra
 
 
 def test_bad_annotations_are_counted(tmp_path):
-    df = pd.DataFrame(
-        {
-            "study_id": ["a", "b", "c"],
-            "annotations": [
-                json.dumps(
-                    [{"phrase": "Left effusion", "category": "Pleural Effusion", "boxes": [[0.1, 0.2, 0.3, 0.4]]}]
-                ),
-                json.dumps([{"phrase": "Right opacity", "boxes": [[0.1, 0.2, 0.0, 0.4]]}]),  # zero width
-                "{not json",
-            ],
-        }
-    )
+    df = pd.DataFrame({
+        "study_id": ["a", "b", "c"],
+        "annotations": [
+            json.dumps([{"phrase": "Left effusion", "category": "Pleural Effusion", "boxes": [[0.1, 0.2, 0.3, 0.4]]}]),
+            json.dumps([{"phrase": "Right opacity", "boxes": [[0.1, 0.2, 0.0, 0.4]]}]),  # zero width
+            "{not json",
+        ],
+    })
     pset = read_phrases(df, tmp_path, PhraseGroundingConfig())
     assert [p.study_id for p in pset.phrases] == ["a"]
     assert {k: v["count"] for k, v in pset.skipped.items()} == {"bad_phrase_or_box": 1, "annotations_not_json": 1}

@@ -64,9 +64,8 @@ def test_relations_and_grounding_read_real_synthcxr(tmp_path):
     data = tmp_path / "synth" / "relations"
     torch.manual_seed(0)
     res = run_relations(wrap_model(StubModel()), data, None, RelationsConfig(n_boot=20, split=None))
-    assert {"side", "negation", "all_foils", "all_foils_single", "all_foils_binding", "swap_side", "flip_sides"} <= set(
-        res.metrics
-    )
+    assert {"side", "negation", "all_foils", "all_foils_single", "all_foils_binding", "swap_side",
+            "flip_sides"} <= set(res.metrics)
     assert res.data["used"] == 12 and res.data["studies_by_task"] == {"binding": 6, "single": 6}
     res = run_grounding(wrap_model(StubModel()), data, None, GroundingConfig(n_boot=20))
     assert res.data["pairs"] >= 4  # most relational findings are named by a synonym in their report
@@ -76,12 +75,8 @@ def _tiny(method: str, **overrides):
     from reclf.methods import create_model
 
     torch.manual_seed(0)
-    return create_model(
-        method,
-        image_encoder={"name": "cnn-small", "image_size": 64},
-        text_encoder={"name": "bert-tiny", "max_tokens": 32},
-        **overrides,
-    )
+    return create_model(method, image_encoder={"name": "cnn-small", "image_size": 64},
+                        text_encoder={"name": "bert-tiny", "max_tokens": 32}, **overrides)
 
 
 def test_relations_fused_scores_are_per_pair(tmp_path):
@@ -101,9 +96,8 @@ def test_relations_fused_scores_are_per_pair(tmp_path):
         for i, sid in enumerate(studies["study_id"]):
             texts = cands[cands["study_id"] == sid]["text"].tolist()
             both = model.similarity(img.index(slice(i, i + 1)), encode_texts(model, texts))[0]
-            alone = torch.stack(
-                [model.similarity(img.index(slice(i, i + 1)), encode_texts(model, [t]))[0, 0] for t in texts]
-            )
+            alone = torch.stack([model.similarity(img.index(slice(i, i + 1)), encode_texts(model, [t]))[0, 0]
+                                 for t in texts])
             torch.testing.assert_close(both, alone, atol=1e-5, rtol=1e-5)
             assert both.std() > 1e-3  # the contrast is decided by a real difference, not by noise around 0
 
@@ -162,7 +156,6 @@ def test_grounding_floor_is_a_random_init_of_the_same_architecture(tmp_path):
     """Each method's grounding result carries its own floor: the same method and encoders with random weights
     (FLOOR_SEED), scored on the same images; a GLoRIA is compared with a random GLoRIA, not a random RECLF."""
     from reclf.evaluate.baselines import FLOOR_SEED, fresh_like
-
     data = make_folder(tmp_path / "data", n=4)
     floors = {}
     for method in ("gloria", "reclf"):

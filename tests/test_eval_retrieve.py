@@ -29,21 +29,16 @@ def _tiny(method: str = "gloria"):
     from reclf.methods import create_model
 
     torch.manual_seed(0)
-    return create_model(
-        method,
-        image_encoder={"name": "cnn-small", "image_size": 64},
-        text_encoder={"name": "bert-tiny", "max_tokens": 32},
-    )
+    return create_model(method, image_encoder={"name": "cnn-small", "image_size": 64},
+                        text_encoder={"name": "bert-tiny", "max_tokens": 32})
 
 
 def test_fused_retrieval_is_identical_for_every_chunk_size(tmp_path):
     """Issue 10 §3: the fused (method) score used to be standardised per chunk, so R@1 moved with --chunk."""
     data = make_folder(tmp_path / "data", n=12)
     loaded = wrap_model(_tiny("gloria"))
-    runs = [
-        run_retrieve(loaded, data, None, RetrieveConfig(modes=["method"], chunk=c, n_boot=5)).metrics
-        for c in (1, 7, 12)
-    ]
+    runs = [run_retrieve(loaded, data, None, RetrieveConfig(modes=["method"], chunk=c, n_boot=5)).metrics
+            for c in (1, 7, 12)]
     for other in runs[1:]:
         assert {k: v.value for k, v in other.items()} == {k: v.value for k, v in runs[0].items()}
 
@@ -58,10 +53,8 @@ def test_retrieval_reads_the_training_sections(tmp_path):
     data = make_folder(tmp_path / "data", n=12)
     df = read_studies(data)
     df["impression"] = ["normal heart size." if i % 2 else "" for i in range(len(df))]
-    df["report"] = [
-        f"EXAMINATION: chest pa. INDICATION: cough. FINDINGS: {f} IMPRESSION: {m}"
-        for f, m in zip(df["findings"], df["impression"])
-    ]
+    df["report"] = [f"EXAMINATION: chest pa. INDICATION: cough. FINDINGS: {f} IMPRESSION: {m}"
+                    for f, m in zip(df["findings"], df["impression"])]
     write_studies(df, data)
 
     class Recorder(StubModel):

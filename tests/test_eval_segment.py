@@ -29,9 +29,8 @@ def test_frozen_encoder_gets_no_gradient_and_finetune_does():
 def test_segment_end_to_end(tmp_path):
     torch.manual_seed(0)
     data = make_folder(tmp_path / "data", n=24, size=32)
-    cfg = SegmentConfig(
-        fractions=[0.5, 1.0], seeds=[0, 1], epochs=2, min_steps=4, batch_size=8, width=8, n_boot=30, image_size=32
-    )
+    cfg = SegmentConfig(fractions=[0.5, 1.0], seeds=[0, 1], epochs=2, min_steps=4, batch_size=8, width=8, n_boot=30,
+                        image_size=32)
     run_segment(wrap_model(StubModel(image_size=32)), data, tmp_path / "out", cfg)
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     for name in ("dice", "iou", "dice_pos", "iou_pos"):
@@ -53,7 +52,7 @@ def test_decoder_widths_losses_presets_and_balance(tmp_path):
     assert dec.widths == list(SMP_CHANNELS[: len(enc.pyramid_channels)])
     assert dec.head.in_channels == dec.widths[-1]
     logits, target = torch.randn(2, 1, 8, 8), (torch.rand(2, 1, 8, 8) > 0.7).float()
-    perfect = target * 20 - 10
+    perfect = (target * 20 - 10)
     for kind in ("bce_dice", "focal_dice"):
         assert segmentation_loss(perfect, target, kind) < segmentation_loss(logits, target, kind)
     pos = np.array([True, False, False, False, True, False])
@@ -65,9 +64,8 @@ def test_decoder_widths_losses_presets_and_balance(tmp_path):
     assert not segment_preset("gloria").freeze_encoder and SEGMENT_PRESETS["gloria"]["betas"] == (0.5, 0.999)
     torch.manual_seed(0)
     data = make_folder(tmp_path / "data", n=24, size=32)
-    cfg = segment_preset(
-        "mgca", fractions=[1.0], seeds=[0], epochs=2, image_size=32, n_boot=20, decoder_channels=[32, 16, 8, 8, 4]
-    )
+    cfg = segment_preset("mgca", fractions=[1.0], seeds=[0], epochs=2, image_size=32, n_boot=20,
+                         decoder_channels=[32, 16, 8, 8, 4])
     res = run_segment(wrap_model(StubModel(image_size=32)), data, tmp_path / "out", cfg)
     assert res.config["preset"] == "mgca" and res.config["balance_train"]
     assert 0 <= res.metrics["100%/dice"].value <= 1

@@ -28,9 +28,8 @@ def test_class_scores_mean_and_max():
 def test_zeroshot_end_to_end(tmp_path):
     torch.manual_seed(0)
     data = make_folder(tmp_path / "data", n=10)
-    cfg = ZeroShotConfig(
-        prompts="chexpert", prompts_per_class=3, binary=True, n_boot=50, cache_dir=str(tmp_path / "cache")
-    )
+    cfg = ZeroShotConfig(prompts="chexpert", prompts_per_class=3, binary=True, n_boot=50,
+                         cache_dir=str(tmp_path / "cache"))
     res = run_zeroshot(wrap_model(StubModel()), data, tmp_path / "out", cfg)
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     for mode in ("global", "local", "fused", "method"):
@@ -75,8 +74,5 @@ def test_length_bias_is_the_rank_correlation_of_prompt_length_and_mean_score():
     growing = torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.0, 0.5, 0.7, 2.0]])  # log-sum-exp-like: more words, more score
     free = torch.tensor([[0.3, 0.1, 0.4, 0.2], [0.3, 0.1, 0.4, 0.2]])
     assert length_bias(prompts, {"lse": growing, "free": free, "inverse": -growing}) == {
-        "lse": 1.0,
-        "free": 0.0,
-        "inverse": -1.0,
-    }
+        "lse": 1.0, "free": 0.0, "inverse": -1.0}
     assert length_bias(["a b", "c d"], {"x": growing[:, :2]}) == {}  # one length: no correlation to speak of

@@ -79,16 +79,9 @@ def test_gloria_optimiser_betas_and_plateau_schedule():
 def test_mgca_projection_hidden_width():
     from reclf.methods import create_model
 
-    model = create_model(
-        "mgca",
-        image_encoder={"name": "cnn-small", "image_size": 32},
-        text_encoder={"name": "bert-tiny", "max_tokens": 16},
-    )
+    model = create_model("mgca", image_encoder={"name": "cnn-small", "image_size": 32},
+                         text_encoder={"name": "bert-tiny", "max_tokens": 16})
     assert model.image_global.net[0].out_features == 2048 and model.text_local.net[0].out_features == 2048
-    small = create_model(
-        "mgca",
-        image_encoder={"name": "cnn-small", "image_size": 32},
-        text_encoder={"name": "bert-tiny", "max_tokens": 16},
-        projection_hidden=None,
-    )
+    small = create_model("mgca", image_encoder={"name": "cnn-small", "image_size": 32},
+                         text_encoder={"name": "bert-tiny", "max_tokens": 16}, projection_hidden=None)
     assert small.text_global.net[0].out_features == small.text_encoder.hidden_size

@@ -149,18 +149,12 @@ def test_no_upward_import():
 
 def test_the_check_finds_a_circle_and_an_upward_import():
     """The checks themselves: a planted circle and a planted upward import are reported."""
-    graph = {
-        "reclf.data.a": {"reclf.data.b"},
-        "reclf.data.b": {"reclf.data.a", "reclf.evaluate.x"},
-        "reclf.evaluate.x": set(),
-        "reclf.cli": {"reclf.evaluate.x"},
-    }
+    graph = {"reclf.data.a": {"reclf.data.b"}, "reclf.data.b": {"reclf.data.a", "reclf.evaluate.x"},
+             "reclf.evaluate.x": set(), "reclf.cli": {"reclf.evaluate.x"}}
     assert cycles(graph) == [["reclf.data.a", "reclf.data.b"]]
     assert upward(graph) == {("reclf.data.b", "reclf.evaluate.x")}
-    tree = ast.parse(
-        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import reclf.train\n"
-        "def f():\n    from reclf.methods import model\n"
-    )
+    tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import reclf.train\n"
+                     "def f():\n    from reclf.methods import model\n")
     assert _imports(tree) == ["typing", "typing.TYPE_CHECKING", "reclf.methods", "reclf.methods.model"]
     assert "reclf.train" in _imports(tree, type_only=True)
 
@@ -181,9 +175,8 @@ def test_evaluating_an_exported_model_never_imports_lightning(tmp_path):
     from helpers.eval_stub import make_folder
     from reclf.methods import create_model
 
-    create_model(
-        "reclf", image_encoder={"name": "cnn-small", "image_size": 64}, text_encoder={"name": "bert-tiny"}
-    ).save_pretrained(tmp_path / "model")
+    create_model("reclf", image_encoder={"name": "cnn-small", "image_size": 64},
+                 text_encoder={"name": "bert-tiny"}).save_pretrained(tmp_path / "model")
     make_folder(tmp_path / "data", n=4)
     script = (
         "import sys, torch\n"
@@ -198,9 +191,8 @@ def test_evaluating_an_exported_model_never_imports_lightning(tmp_path):
         "found = sorted(k for k in sys.modules if k.split('.')[0] in ('lightning', 'pytorch_lightning'))\n"
         "print('LIGHTNING', found)\n"
     )
-    env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join([str(SRC), str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
-    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), str(Path(__file__).parent),
+                                                        os.environ.get("PYTHONPATH", "")]))
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "LIGHTNING []" in out.stdout, out.stdout[-2000:]

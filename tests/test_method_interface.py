@@ -11,11 +11,8 @@ from reclf.methods.interface import EvaluableModel, MethodModel, TrainableModel,
 
 @pytest.mark.parametrize("method", ["convirt", "reclf"])
 def test_every_method_model_implements_the_whole_interface(method):
-    model = create_model(
-        method,
-        image_encoder={"name": "cnn-small", "image_size": 64},
-        text_encoder={"name": "bert-tiny", "max_tokens": 16},
-    )
+    model = create_model(method, image_encoder={"name": "cnn-small", "image_size": 64},
+                         text_encoder={"name": "bert-tiny", "max_tokens": 16})
     assert isinstance(model, MethodModel) and isinstance(model.tokenizer, Tokenizer)
     assert model.has_local == (method == "reclf")
     assert method in list_methods()

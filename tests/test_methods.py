@@ -123,10 +123,8 @@ def test_bad_method_options_are_clear_errors():
 
 
 def test_build_model_from_run_config():
-    cfg = load_config(
-        None,
-        ["method.name=reclf-no-srm", "image_encoder.image_size=64", "method.hard_negatives=2", "method.local_group=0"],
-    )
+    cfg = load_config(None, ["method.name=reclf-no-srm", "image_encoder.image_size=64", "method.hard_negatives=2",
+                      "method.local_group=0"])
     model = build_model(cfg)
     assert model.method == "reclf-no-srm" and model.params.aggregator == "irm" and model.params.hard_negatives == 2
     terms = model.loss({"images": torch.rand(4, 1, 64, 64), "reports": REPORTS})
@@ -161,14 +159,10 @@ def test_match_scale_is_learned_and_glorias_inference_score_is_per_pair(images):
     with torch.no_grad():
         img, txt = model.encode_image(images), model.encode_text(REPORTS)
         full = model.similarity(img, txt)
-        single = torch.stack(
-            [
-                torch.stack(
-                    [model.similarity(img.index(slice(i, i + 1)), txt.index(torch.tensor([t])))[0, 0] for t in range(4)]
-                )
-                for i in range(4)
-            ]
-        )
+        single = torch.stack([
+            torch.stack([model.similarity(img.index(slice(i, i + 1)), txt.index(torch.tensor([t])))[0, 0]
+                         for t in range(4)]) for i in range(4)
+        ])
         # GLoRIA's own inference (gloria.get_similarities): (5 * max_w cos(e_w, c_w) + cos(g, h)) / 2
         expected = (5.0 * model.local_similarity(img, txt) + model.global_similarity(img, txt)) / 2
         # the local score is the best-matched word's cosine with its attended context, written out here

@@ -43,28 +43,12 @@ def test_export_card_has_the_run_data_steps_seed_and_later_the_results(tmp_path)
     (data / "studies.csv").write_text(
         'study_id,report,split\ns1,"FINDINGS: a,\nb",train\ns2,x,train\ns3,y,train\ns4,z,valid\n'
     )
-    cfg = load_config(
-        "demo_convirt",
-        [
-            f"data.root={data}",
-            "seed=7",
-            "image_encoder.image_size=64",
-            "text_encoder.max_tokens=32",
-            "text_encoder.freeze=false",
-            "name=tiny",
-        ],
-    )
+    cfg = load_config("demo_convirt", [f"data.root={data}", "seed=7", "image_encoder.image_size=64",
+                                       "text_encoder.max_tokens=32", "text_encoder.freeze=false", "name=tiny"])
     model = build_model(cfg)
     ckpt = tmp_path / "last.ckpt"
-    torch.save(
-        {
-            "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-            "global_step": 12,
-            "epoch": 2,
-            "reclf": {"config": to_dict(cfg)},
-        },
-        ckpt,
-    )
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "global_step": 12,
+                "epoch": 2, "reclf": {"config": to_dict(cfg)}}, ckpt)
     out = export_checkpoint(ckpt, tmp_path / "export")
     card = (out / "README.md").read_text()
     assert f"| study table | {data / 'studies.csv'} |" in card

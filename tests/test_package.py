@@ -35,10 +35,8 @@ def installed(tmp_path_factory) -> Path:
     import setuptools
 
     if int(setuptools.__version__.split(".")[0]) < 77:  # --no-build-isolation builds with this one
-        pytest.fail(
-            f"setuptools {setuptools.__version__} cannot build reclf (needs >= 77, see pyproject.toml); "
-            "run `make setup` or `pip install 'setuptools>=77'` in the test environment"
-        )
+        pytest.fail(f"setuptools {setuptools.__version__} cannot build reclf (needs >= 77, see pyproject.toml); "
+                    "run `make setup` or `pip install 'setuptools>=77'` in the test environment")
     tmp = tmp_path_factory.mktemp("wheel")
     project = tmp / "project"
     project.mkdir()
@@ -47,9 +45,8 @@ def installed(tmp_path_factory) -> Path:
     shutil.copytree(ROOT / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     dist, site = tmp / "dist", tmp / "site"
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run(
-        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(dist), str(project)], check=True, cwd=tmp
-    )
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(dist), str(project)],
+                   check=True, cwd=tmp)
     (wheel,) = dist.glob("reclf-*.whl")
     subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True, cwd=tmp)
     return site
@@ -98,17 +95,8 @@ def test_presets_are_listed_from_the_package(installed, elsewhere):
 
 
 def test_pretrain_a_preset_by_name_dry_run_writes_nothing_here(installed, elsewhere):
-    proc = _run(
-        installed,
-        elsewhere,
-        sys.executable,
-        "-m",
-        "reclf",
-        "pretrain",
-        "demo_convirt",
-        "train.dry_run=true",
-        "train.progress=false",
-    )
+    proc = _run(installed, elsewhere, sys.executable, "-m", "reclf", "pretrain", "demo_convirt", "train.dry_run=true",
+                "train.progress=false")
     assert "dry run OK" in proc.stdout
     assert list(elsewhere.iterdir()) == []  # a dry run keeps nothing
 
@@ -136,23 +124,8 @@ def test_version_and_help_load_no_command_module():
     assert out.strip() == "[]"
 
 
-@pytest.mark.parametrize(
-    "command",
-    [
-        "synth",
-        "prepare",
-        "presets",
-        "pretrain",
-        "export",
-        "evaluate",
-        "report",
-        "explain",
-        "demo",
-        "convert",
-        "embed",
-        "classify",
-    ],
-)
+@pytest.mark.parametrize("command", ["synth", "prepare", "presets", "pretrain", "export", "evaluate", "report",
+                                     "explain", "demo", "convert", "embed", "classify"])
 def test_every_command_still_gets_its_arguments(command, capsys):
     from reclf.cli import COMMANDS, main
 

@@ -26,64 +26,21 @@ from reclf.data.studies import read_studies
 from reclf.evaluate.loading import wrap_model
 from reclf.evaluate.tasks.relations import RelationsConfig, run_relations
 
-COLUMNS = [
-    "patient_id",
-    "study_id",
-    "image_id",
-    "row_id",
-    "sentence",
-    "bbox",
-    "relation",
-    "label_name",
-    "categoryID",
-    "context",
-]
-IDS = {
-    "g1": ("10000032", "50414267"),
-    "g2": ("10000033", "50000001"),
-    "g3": ("10000034", "50000002"),
-    "g4": ("10000035", "50000003"),
-    "g5": ("10000036", "50000004"),
-}
+COLUMNS = ["patient_id", "study_id", "image_id", "row_id", "sentence", "bbox", "relation", "label_name", "categoryID",
+           "context"]
+IDS = {"g1": ("10000032", "50414267"), "g2": ("10000033", "50000001"), "g3": ("10000034", "50000002"),
+       "g4": ("10000035", "50000003"), "g5": ("10000036", "50000004")}
 # image, sentence index, sentence, region, label, category, context
 ROWS = [
-    (
-        "g1",
-        0,
-        "Left basal atelectasis, and a small right effusion.",
-        "left lower lung zone",
-        "atelectasis",
-        "anatomicalfinding",
-        "yes",
-    ),
-    (
-        "g1",
-        0,
-        "Left basal atelectasis, and a small right effusion.",
-        "right costophrenic angle",
-        "pleural effusion",
-        "disease",
-        "yes",
-    ),
-    (
-        "g1",
-        1,
-        "Atelectasis again at the left base.",
-        "left lower lung zone",
-        "atelectasis",
-        "anatomicalfinding",
-        "yes",
-    ),  # the same triple from another sentence: kept once
+    ("g1", 0, "Left basal atelectasis, and a small right effusion.", "left lower lung zone", "atelectasis",
+     "anatomicalfinding", "yes"),
+    ("g1", 0, "Left basal atelectasis, and a small right effusion.", "right costophrenic angle", "pleural effusion",
+     "disease", "yes"),
+    ("g1", 1, "Atelectasis again at the left base.", "left lower lung zone", "atelectasis", "anatomicalfinding",
+     "yes"),  # the same triple from another sentence: kept once
     ("g1", 2, "No left lower lobe opacity.", "left lower lung zone", "lung opacity", "anatomicalfinding", "no"),
-    (
-        "g1",
-        3,
-        "The heart is enlarged.",
-        "cardiac silhouette",
-        "enlarged cardiac silhouette",
-        "anatomicalfinding",
-        "yes",
-    ),  # midline: no side
+    ("g1", 3, "The heart is enlarged.", "cardiac silhouette", "enlarged cardiac silhouette", "anatomicalfinding",
+     "yes"),  # midline: no side
     ("g1", 3, "The heart is enlarged.", "cardiac silhouette", "abnormal", "nlp", "yes"),
     ("g2", 0, "Small right apical pneumothorax.", "right apical zone", "pneumothorax", "disease", "yes"),
     ("g3", 0, "Bibasilar atelectasis.", "left lower lung zone", "atelectasis", "anatomicalfinding", "yes"),
@@ -99,10 +56,8 @@ def _tree(tmp_path, gold=True):
         if dicom != "g5":
             write_jpeg(mimic / "files" / f"p{p[:2]}" / f"p{p}" / f"s{s}" / f"{dicom}.jpg", gradient(70, 60))
     if gold:
-        rows = [
-            (IDS[d][0], IDS[d][1], f"{d}.dcm", f"{IDS[d][1]}|{k}", sent, bbox, "1", label, cat, ctx)
-            for d, k, sent, bbox, label, cat, ctx in ROWS
-        ]
+        rows = [(IDS[d][0], IDS[d][1], f"{d}.dcm", f"{IDS[d][1]}|{k}", sent, bbox, "1", label, cat, ctx)
+                for d, k, sent, bbox, label, cat, ctx in ROWS]
         rows.append(("x", "1", "g9.dcm", "1|0", "Bad row.", "left lung", "1", "atelectasis", "disease", "yes"))
         path = root / GOLD_FILE
         path.parent.mkdir(parents=True)
@@ -116,13 +71,8 @@ def _tree(tmp_path, gold=True):
             attrs = []
             for bbox in dict.fromkeys(r[3] for r in mine):
                 here = [r for r in mine if r[3] == bbox]
-                attrs.append(
-                    {
-                        "bbox_name": bbox,
-                        "phrases": [r[2] for r in here],
-                        "attributes": [[f"{r[5]}|{r[6]}|{r[4]}"] for r in here],
-                    }
-                )
+                attrs.append({"bbox_name": bbox, "phrases": [r[2] for r in here],
+                              "attributes": [[f"{r[5]}|{r[6]}|{r[4]}"] for r in here]})
             graph = {"image_id": dicom, "patient_id": int(p), "study_id": int(s), "objects": [], "attributes": attrs}
             (folder / f"{dicom}_SceneGraph.json").write_text(json.dumps(graph))
         (folder / "broken_SceneGraph.json").write_text("{not json")
@@ -132,9 +82,8 @@ def _tree(tmp_path, gold=True):
 def test_gold_triples_foils_and_counts(tmp_path):
     root, mimic = _tree(tmp_path)
     out = tmp_path / "out"
-    report = prepare(
-        "chest-imagenome", PrepareOptions(root=root, out=out, size=32, progress=False, extra={"mimic_jpg": mimic})
-    )
+    report = prepare("chest-imagenome", PrepareOptions(root=root, out=out, size=32, progress=False,
+                                                       extra={"mimic_jpg": mimic}))
     df = read_studies(out).set_index("study_id")
     assert sorted(df.index) == ["g1", "g2", "g3"]
     assert set(df["split"]) == {"test"} and df.loc["g1", "patient_id"] == "10000032"
@@ -142,40 +91,28 @@ def test_gold_triples_foils_and_counts(tmp_path):
     assert df.loc["g2", "class"] == "pneumothorax"
     g1 = json.loads(df.loc["g1", "annotations"])
     assert [(a["finding"], a["side"], a["anatomy"]) for a in g1] == [
-        ("atelectasis", "left", "lower lung zone"),
-        ("pleural effusion", "right", "costophrenic angle"),
-    ]
+        ("atelectasis", "left", "lower lung zone"), ("pleural effusion", "right", "costophrenic angle")]
     assert df.loc["g1", "report"].startswith("Left basal atelectasis, and a small right effusion.")
     counts = {k: v["count"] for k, v in report["dropped"].items()}
-    assert counts == {
-        "malformed_row": 1,
-        "not_a_finding": 1,
-        "denied_finding": 2,
-        "not_a_sided_lung_region": 1,
-        "image_without_triple": 1,
-        "missing_image": 1,
-    }
+    assert counts == {"malformed_row": 1, "not_a_finding": 1, "denied_finding": 2, "not_a_sided_lung_region": 1,
+                      "image_without_triple": 1, "missing_image": 1}
     assert report["notes"]["repeated_triples_merged"] == 1
     cands = pd.read_csv(out / "candidates.csv")
     mine = cands[cands["study_id"] == "g1"].set_index("contrast")["text"]
     assert mine["none"] == "Atelectasis in the left lower lung zone. Pleural effusion in the right costophrenic angle."
-    assert mine["swap_location"] == (
-        "Atelectasis in the right costophrenic angle. Pleural effusion in the left lower lung zone."
-    )
+    assert mine["swap_location"] == ("Atelectasis in the right costophrenic angle. "
+                                     "Pleural effusion in the left lower lung zone.")
     assert sorted(mine["swap_location"].split()) == sorted(mine["none"].split())  # same words, another binding
-    assert mine["side"] in (
-        "Atelectasis in the right lower lung zone. Pleural effusion in the right costophrenic angle.",
-        "Atelectasis in the left lower lung zone. Pleural effusion in the left costophrenic angle.",
-    )
+    assert mine["side"] in ("Atelectasis in the right lower lung zone. Pleural effusion in the right costophrenic "
+                            "angle.", "Atelectasis in the left lower lung zone. Pleural effusion in the left "
+                            "costophrenic angle.")
     assert "location" in mine.index and mine["location"] != mine["none"]
     # bibasilar atelectasis: moving either one to the other side is what the gold set says -> no side foil
     g3 = set(cands.loc[cands["study_id"] == "g3", "contrast"])
     assert "side" not in g3 and "location" in g3
     with pytest.raises(BadInputError):
-        prepare(
-            "chest-imagenome",
-            PrepareOptions(root=root, out=tmp_path / "o2", strict=True, progress=False, extra={"mimic_jpg": mimic}),
-        )
+        prepare("chest-imagenome", PrepareOptions(root=root, out=tmp_path / "o2", strict=True, progress=False,
+                                                  extra={"mimic_jpg": mimic}))
 
 
 def test_scene_graphs_give_the_same_triples(tmp_path):
@@ -232,7 +169,8 @@ class LeftLover(StubModel):
 def test_relations_on_prepared_gold_set(tmp_path):
     root, mimic = _tree(tmp_path)
     out = tmp_path / "out"
-    prepare("chest-imagenome", PrepareOptions(root=root, out=out, size=32, progress=False, extra={"mimic_jpg": mimic}))
+    prepare("chest-imagenome", PrepareOptions(root=root, out=out, size=32, progress=False,
+                                              extra={"mimic_jpg": mimic}))
     cands = pd.read_csv(out / "candidates.csv")
     assert "g5" in set(cands["study_id"])  # written for every parsed image; g5's image is missing
     cands = cands[cands["study_id"].isin(read_studies(out)["study_id"])]

@@ -67,11 +67,8 @@ def test_small_tree(tmp_path):
     report = prepare(
         "chexpert",
         PrepareOptions(
-            root=tmp_path,
-            out=out,
-            size=32,
-            progress=False,
-            extra={"uncertain": "gloria", "zeroshot_per_class": 1, "retrieval_per_class": 0},
+            root=tmp_path, out=out, size=32, progress=False, extra={"uncertain": "gloria", "zeroshot_per_class": 1,
+                                                                  "retrieval_per_class": 0}
         ),
     )
     df = read_studies(out).set_index("study_id")

@@ -138,32 +138,16 @@ def tiny_model(tmp_path_factory) -> Path:
     from reclf.methods import create_model
 
     torch.manual_seed(0)
-    model = create_model(
-        "gloria", image_encoder={"name": "cnn-small", "image_size": 64}, text_encoder={"name": "bert-tiny"}
-    )
+    model = create_model("gloria", image_encoder={"name": "cnn-small", "image_size": 64},
+                         text_encoder={"name": "bert-tiny"})
     folder = tmp_path_factory.mktemp("model") / "gloria"
     model.save_pretrained(folder)
     return folder
 
 
 def _evaluate(task: str, model: Path, data: Path, out: Path, *opts: str) -> dict:
-    argv = [
-        "evaluate",
-        task,
-        "--model",
-        str(model),
-        "--data",
-        str(data),
-        "--out",
-        str(out),
-        "--n-boot",
-        "10",
-        "--cache-dir",
-        "",
-        "--batch-size",
-        "16",
-        *opts,
-    ]
+    argv = ["evaluate", task, "--model", str(model), "--data", str(data), "--out", str(out), "--n-boot", "10",
+            "--cache-dir", "", "--batch-size", "16", *opts]
     assert main(argv) == 0
     result = json.loads((out / "results.json").read_text())
     assert result["metrics"] and result["data"]["bad_rows"] == 0
@@ -200,9 +184,8 @@ def _chexpert_tree(root: Path) -> None:
 def test_chexpert_5x200_feeds_zeroshot(tmp_path, tiny_model):
     root, out = tmp_path / "raw", tmp_path / "prepared"
     _chexpert_tree(root)
-    report = _prepare(
-        "chexpert", root / "CheXpert-v1.0-small", out, "--zeroshot-per-class", "2", "--retrieval-per-class", "1"
-    )
+    report = _prepare("chexpert", root / "CheXpert-v1.0-small", out, "--zeroshot-per-class", "2",
+                      "--retrieval-per-class", "1")
     assert report["dropped"]["zeroshot_patient"]["count"] == 10
     # 8x200 (1 per class here) from what is left: the classes that still have an exclusive positive
     rt = read_studies(out / "retrieval_8x200")
@@ -212,16 +195,8 @@ def test_chexpert_5x200_feeds_zeroshot(tmp_path, tiny_model):
     assert ret["data"]["used"] == 5 and {"global/t2i/P@5", "global/i2t/R@1"} <= set(ret["metrics"])
     zs = read_studies(out / "zeroshot_5x200")
     assert zs["class"].value_counts().to_dict() == {c: 2 for c in ZEROSHOT_CLASSES}
-    result = _evaluate(
-        "zeroshot",
-        tiny_model,
-        out / "zeroshot_5x200",
-        tmp_path / "zs",
-        "--prompts",
-        "chexpert",
-        "--prompts-per-class",
-        "2",
-    )
+    result = _evaluate("zeroshot", tiny_model, out / "zeroshot_5x200", tmp_path / "zs", "--prompts", "chexpert",
+                       "--prompts-per-class", "2")
     assert result["extra"]["classes"] == sorted(ZEROSHOT_CLASSES) and result["data"]["used"] == 10
     assert {"global/accuracy", "local/accuracy", "fused/accuracy", "method/macro_f1"} <= set(result["metrics"])
 
@@ -251,9 +226,8 @@ def _both_classes(df: pd.DataFrame, column: str, splits=("train", "test")) -> No
 
 def test_rsna_feeds_linear_probe(tmp_path, tiny_model, rsna):
     _both_classes(read_studies(rsna), "Pneumonia")
-    result = _evaluate(
-        "linear", tiny_model, rsna, tmp_path / "lin", "--fractions", "100", "--seeds", "0", "--max-steps", "10"
-    )
+    result = _evaluate("linear", tiny_model, rsna, tmp_path / "lin", "--fractions", "100", "--seeds", "0",
+                       "--max-steps", "10")
     assert result["config"]["target_kind"] == "labels" and "Pneumonia" in result["config"]["targets"]
     assert "100%/auroc" in result["metrics"]
 
@@ -262,20 +236,8 @@ def test_rsna_feeds_segmentation(tmp_path, tiny_model, rsna):
     df = read_studies(rsna)
     assert (df["mask_path"].str.len() > 0).all()  # negatives have an (empty) mask too
     _both_classes(df, "Pneumonia")
-    result = _evaluate(
-        "segment",
-        tiny_model,
-        rsna,
-        tmp_path / "seg",
-        "--fractions",
-        "100",
-        "--seeds",
-        "0",
-        "--epochs",
-        "1",
-        "--min-steps",
-        "2",
-    )
+    result = _evaluate("segment", tiny_model, rsna, tmp_path / "seg", "--fractions", "100", "--seeds", "0",
+                       "--epochs", "1", "--min-steps", "2")
     assert {"100%/dice", "100%/iou", "100%/dice_pos", "100%/iou_pos"} <= set(result["metrics"])
 
 
@@ -301,20 +263,8 @@ def test_siim_feeds_segmentation(tmp_path, tiny_model):
     df = read_studies(out)
     _both_classes(df, "Pneumothorax", splits=("train",))
     assert (df.loc[df["split"] == "test", "Pneumothorax"] == 1).any()
-    result = _evaluate(
-        "segment",
-        tiny_model,
-        out,
-        tmp_path / "seg",
-        "--fractions",
-        "100",
-        "--seeds",
-        "0",
-        "--epochs",
-        "1",
-        "--min-steps",
-        "2",
-    )
+    result = _evaluate("segment", tiny_model, out, tmp_path / "seg", "--fractions", "100", "--seeds", "0",
+                       "--epochs", "1", "--min-steps", "2")
     assert result["config"]["test_counts"]["all"]["test_positives"] > 0
 
 
@@ -335,20 +285,8 @@ def test_covidx_feeds_multiclass_linear_probe(tmp_path, tiny_model):
     _covidx_tree(root)
     report = _prepare("covidx", root, out)
     assert report["release"] == "COVIDx9A" and report["dropped_total"] == 0
-    result = _evaluate(
-        "linear",
-        tiny_model,
-        out,
-        tmp_path / "lin",
-        "--target",
-        "class",
-        "--fractions",
-        "100",
-        "--seeds",
-        "0",
-        "--max-steps",
-        "10",
-    )
+    result = _evaluate("linear", tiny_model, out, tmp_path / "lin", "--target", "class", "--fractions", "100",
+                       "--seeds", "0", "--max-steps", "10")
     assert result["config"]["target_kind"] == "class"
     assert result["config"]["targets"] == ["COVID-19", "normal", "pneumonia"]
     assert {"100%/accuracy", "100%/macro_f1"} <= set(result["metrics"])

@@ -72,21 +72,15 @@ class MapStub(StubModel):
 def test_ms_cxr_prepare_places_boxes_on_the_cached_image(tmp_path, square):
     root, mimic = _tree(tmp_path)
     out = tmp_path / "out"
-    report = prepare(
-        "ms-cxr", PrepareOptions(root=root, out=out, size=64, square=square, progress=False, extra={"mimic_jpg": mimic})
-    )
+    report = prepare("ms-cxr", PrepareOptions(root=root, out=out, size=64, square=square, progress=False,
+                                              extra={"mimic_jpg": mimic}))
     df = read_studies(out).set_index("study_id")
     assert sorted(df.index) == ["d1", "d2"]
     assert dict(df["split"]) == {"d1": "test", "d2": "valid"} and df.loc["d1", "patient_id"] == "10000032"
     assert df.loc["d2", "class"] == "Pneumothorax" and df.loc["d1", "source"] == "ms-cxr"
     counts = {k: v["count"] for k, v in report["dropped"].items()}
-    assert counts == {
-        "malformed_box": 2,
-        "bad_path": 1,
-        "conflicting_image_size": 2,
-        "missing_image": 1,
-        "malformed_csv_row": 1,
-    }
+    assert counts == {"malformed_box": 2, "bad_path": 1, "conflicting_image_size": 2, "missing_image": 1,
+                      "malformed_csv_row": 1}
     anns = json.loads(df.loc["d1", "annotations"])
     assert [a["phrase"] for a in anns] == ["Patchy opacity in the right lower lobe", "Enlarged heart"]
     assert [a["category"] for a in anns] == ["Pneumonia", "Cardiomegaly"]
@@ -129,9 +123,8 @@ def test_ms_cxr_phrase_grounding_end_to_end(tmp_path):
 
 def test_ms_cxr_metadata_only_keeps_original_fractions(tmp_path):
     root, mimic = _tree(tmp_path)
-    table = parse(
-        PrepareOptions(root=root, out=tmp_path / "o", square=True, metadata_only=True, extra={"mimic_jpg": mimic})
-    )
+    table = parse(PrepareOptions(root=root, out=tmp_path / "o", square=True, metadata_only=True,
+                                 extra={"mimic_jpg": mimic}))
     df = table.studies.set_index("study_id")
     assert df.loc["d1", "source_path"] == str(mimic.resolve() / _path("d1"))
     # the originals are not padded: fractions of the original image even with --square
@@ -141,10 +134,8 @@ def test_ms_cxr_metadata_only_keeps_original_fractions(tmp_path):
 def test_ms_cxr_strict_and_layout_errors(tmp_path):
     root, mimic = _tree(tmp_path)
     with pytest.raises(BadInputError):
-        prepare(
-            "ms-cxr",
-            PrepareOptions(root=root, out=tmp_path / "o", strict=True, progress=False, extra={"mimic_jpg": mimic}),
-        )
+        prepare("ms-cxr", PrepareOptions(root=root, out=tmp_path / "o", strict=True, progress=False,
+                                         extra={"mimic_jpg": mimic}))
     with pytest.raises(SourceLayoutError, match="MS_CXR_Local_Alignment_v1.1.0.csv"):
         parse(PrepareOptions(root=mimic, out=tmp_path / "o2"))
     with pytest.raises(SourceLayoutError, match="--mimic-jpg"):

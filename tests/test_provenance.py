@@ -42,14 +42,9 @@ def test_report_lists_provenance_and_the_published_numbers(tmp_path, capsys):
     def result(task, sources, metrics, label):
         from reclf.evaluate.results import TaskResult
 
-        r = TaskResult(
-            task,
-            {k: Estimate(v, v - 0.01, v + 0.01, 100) for k, v in metrics.items()},
-            {},
-            {"label": label, "sha256": "cd" * 32, "section_rule_sha256": "ef" * 32},
-            {"path": "x", "sources": sources, "split_list_sha256": "12" * 32},
-            [0],
-        )
+        r = TaskResult(task, {k: Estimate(v, v - 0.01, v + 0.01, 100) for k, v in metrics.items()}, {},
+                       {"label": label, "sha256": "cd" * 32, "section_rule_sha256": "ef" * 32},
+                       {"path": "x", "sources": sources, "split_list_sha256": "12" * 32}, [0])
         write_results(r, tmp_path / "runs" / label / task)
 
     result("linear", ["chexpert"], {"1%/auroc": 0.8, "10%/auroc": 0.85, "100%/auroc": 0.9}, "reclf:chx")
@@ -62,9 +57,8 @@ def test_report_lists_provenance_and_the_published_numbers(tmp_path, capsys):
     text = (tmp_path / "rep" / "report.md").read_text()
     assert "## provenance" in text and "| 121212121212 |" in text and "efefefefefef" in text
     section = text.split("## published numbers on the same protocols")[1].split("\n## ")[0]
-    row = (
-        "| Linear probe CheXpert (5 labels), macro AUROC, 1% labels | reclf:chx: 80.0 [79.0, 81.0] | 86.6 [1] | — | — |"
-    )
+    row = ("| Linear probe CheXpert (5 labels), macro AUROC, 1% labels | reclf:chx: 80.0 [79.0, 81.0] "
+           "| 86.6 [1] | — | — |")
     assert row in section
     assert "Linear probe COVIDx, accuracy, 1% labels | reclf:covidx: 70.0" in section
     assert "reclf:synth" not in section and "[1] 'Enhancing representation" in section

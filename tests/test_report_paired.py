@@ -7,11 +7,8 @@ from reclf.evaluate.report import paired_differences
 
 def result(label: str, values: list[float]) -> dict:
     ids = [f"img{i}" for i in range(len(values))]
-    return {
-        "task": "zeroshot",
-        "model": {"label": label},
-        "extra": {"per_item": {"method/accuracy": {"ids": ids, "values": values}}},
-    }
+    return {"task": "zeroshot", "model": {"label": label},
+            "extra": {"per_item": {"method/accuracy": {"ids": ids, "values": values}}}}
 
 
 def cell(lines: list[str], other: str) -> str:
@@ -21,10 +18,8 @@ def cell(lines: list[str], other: str) -> str:
 
 def test_differences_pool_items_over_the_seeds_both_methods_have():
     results = [
-        result("reclf@seed0", [1, 1, 1, 1]),
-        result("reclf@seed1", [1, 1, 0, 0]),
-        result("gloria@seed0", [0, 0, 0, 0]),
-        result("gloria@seed1", [1, 1, 0, 0]),
+        result("reclf@seed0", [1, 1, 1, 1]), result("reclf@seed1", [1, 1, 0, 0]),
+        result("gloria@seed0", [0, 0, 0, 0]), result("gloria@seed1", [1, 1, 0, 0]),
         result("floor:random", [0, 0, 0, 0]),
     ]
     lines = paired_differences(results, n_boot=200)

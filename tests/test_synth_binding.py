@@ -50,9 +50,8 @@ def test_single_studies_are_unchanged_and_binding_studies_follow(specs):
     assert all(len(s.findings) == 1 for s in single)
     # a smaller per_class keeps the same single studies (ids, seeds, findings): earlier numbers stay comparable
     small = build_specs("relations", 7, 20, 50)
-    assert [(s.study_id, s.seed, s.findings) for s in small[:50]] == [
-        (s.study_id, s.seed, s.findings) for s in single[:50]
-    ]
+    assert [(s.study_id, s.seed, s.findings) for s in small[:50]] == [(s.study_id, s.seed, s.findings)
+                                                                       for s in single[:50]]
     assert GENERATOR_VERSION == "synthcxr-1.2"
 
 
@@ -145,12 +144,8 @@ def test_generated_binding_table(synth):
     cands = pd.read_csv(folder / "candidates.csv")
     assert list(cands.columns) == ["study_id", "text", "is_correct", "contrast"]
     binding = set(df.loc[df["task"] == "binding", "study_id"])
-    assert set(cands.loc[cands["study_id"].isin(binding), "contrast"]) <= {
-        "none",
-        "swap_side",
-        "swap_zone",
-        "flip_sides",
-    }
+    assert set(cands.loc[cands["study_id"].isin(binding), "contrast"]) <= {"none", "swap_side", "swap_zone",
+                                                                           "flip_sides"}
     manifest = json.loads((synth / "manifest.json").read_text())["sets"]["relations"]
     assert manifest["task"] == {"binding": 6, "single": 6} and "task_positive" not in manifest
     assert manifest["split_by_task"]["binding"] == {"test": 3, "valid": 3}
@@ -170,9 +165,8 @@ def test_roles_cover_binding_reports_and_captions(synth):
         assert cap_rec["words"] == WORD.findall(true[row["study_id"]])
         for rec in (rep, cap_rec):
             for k, a in enumerate(anns):  # every finding has linked finding and location words of its own side
-                mine = [
-                    (w.lower(), r) for w, r, f in zip(rec["words"], rec["roles"], rec["finding"], strict=True) if f == k
-                ]
+                mine = [(w.lower(), r) for w, r, f in zip(rec["words"], rec["roles"], rec["finding"], strict=True)
+                        if f == k]
                 assert any(r == "finding" for _, r in mine), (k, rec)
                 locs = {w for w, r in mine if r == "location"}
                 assert (a["side"] in locs or "lingula" in locs) and not (locs & (SIDES - {a["side"]})), (a, rec)

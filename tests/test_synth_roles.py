@@ -54,16 +54,12 @@ def _reports(seeds: range, n: int = 30, per_class: int = 3):
         for name in SETS:
             for k, spec in enumerate(build_specs(name, seed, n, per_class)):
                 low = (seed + k) % 3 == 0
-                rep = compose_report(
-                    list(spec.findings), spec.view, low, spec.prior, np.random.default_rng([spec.seed, 3])
-                )
+                rep = compose_report(list(spec.findings), spec.view, low, spec.prior,
+                                     np.random.default_rng([spec.seed, 3]))
                 cands = None
                 if name == "relations":
-                    cands = (
-                        binding_candidates(spec.findings, spec.seed)
-                        if spec.task == "binding"
-                        else relation_candidates(spec.findings[0], spec.seed)
-                    )
+                    cands = (binding_candidates(spec.findings, spec.seed) if spec.task == "binding"
+                             else relation_candidates(spec.findings[0], spec.seed))
                 yield spec, rep, low, cands
 
 
@@ -75,9 +71,8 @@ def test_reports_are_byte_identical_to_the_generator_before_roles():
     for spec, rep, _, cands in _reports(range(8)):
         if spec.task == "binding":  # the binding studies of the relations set came later (synthcxr-1.2)
             continue
-        out.append(
-            rep.text + "\x00" + rep.findings + "\x00" + rep.impression + "\x00" + json.dumps(rep.labels, sort_keys=True)
-        )
+        out.append(rep.text + "\x00" + rep.findings + "\x00" + rep.impression + "\x00"
+                   + json.dumps(rep.labels, sort_keys=True))
         if cands is not None:
             out.append(json.dumps(cands))
     assert len(out) == 888
@@ -101,10 +96,8 @@ def _location_words(spec) -> set[str]:
 
 def _finding_words(spec) -> set[str]:
     f = spec.finding
-    extra = (
-        "enlarged enlargement haziness hazy opacities opacity patchy airspace blunting blunts pulmonary "
-        "interstitial consolidative focal nodular"
-    )
+    extra = "enlarged enlargement haziness hazy opacities opacity patchy airspace blunting blunts pulmonary " \
+            "interstitial consolidative focal nodular"
     words = _words(*FINDING_SYNONYMS[f], *LABEL_TERMS[CHEXPERT_LABEL[f]], extra)
     if f == "support_devices":
         words |= _words(*FIXED_TEXT_ROLES["finding"])

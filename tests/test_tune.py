@@ -26,21 +26,11 @@ def _trial(preset: str, lr: str, loss: float | None, status: str = "completed") 
 
 
 def test_the_lowest_validation_loss_is_chosen_per_preset_and_failures_never():
-    tuning = Tuning(
-        {"train.lr": ["1", "2", "3"]},
-        [],
-        0,
-        [
-            _trial("a", "1", 2.0),
-            _trial("a", "2", 1.5),
-            _trial("a", "3", float("nan")),
-            _trial("b", "1", None, "failed: NonFiniteLossError"),
-            _trial("b", "2", 3.0),
-            _trial("b", "3", 3.0),
-            _trial("c", "1", 0.1, "failed: BadDataError"),
-        ],
-        criterion="val/loss",
-    )
+    tuning = Tuning({"train.lr": ["1", "2", "3"]}, [], 0, [
+        _trial("a", "1", 2.0), _trial("a", "2", 1.5), _trial("a", "3", float("nan")),
+        _trial("b", "1", None, "failed: NonFiniteLossError"), _trial("b", "2", 3.0), _trial("b", "3", 3.0),
+        _trial("c", "1", 0.1, "failed: BadDataError"),
+    ], criterion="val/loss")
     chosen = tuning.chosen()
     assert chosen["a"].point == {"train.lr": "2"}
     assert chosen["b"].point == {"train.lr": "2"}  # a tie keeps the earlier grid point

@@ -131,9 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         from reclf.utils.io import DiskFullError, disk_full_error, is_disk_full
 
         full = is_disk_full(exc)  # in any library's words (torch's zip writer, safetensors, the OS)
-        user_facing = (
-            full or isinstance(exc, ValueError | OSError | MemoryError) or type(exc).__module__.startswith("reclf.")
-        )
+        user_facing = (full or isinstance(exc, ValueError | OSError | MemoryError)
+                       or type(exc).__module__.startswith("reclf."))
         if "RECLF_TRACEBACK" in __import__("os").environ or not user_facing:
             raise
         if full:

@@ -376,7 +376,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def resolve(cls: type[T], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> T:
+def resolve(
+    cls: type[T], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> T:
     """Defaults <- YAML preset <- ``key=value`` overrides, validated against ``cls``."""
     data = overrides_to_dict(overrides, load_yaml(path) if path is not None else {})
     obj = from_dict(cls, data)
@@ -460,7 +462,9 @@ def validate_values(cfg: Config) -> None:
             positive_number(f"train.{key}", value)
     at_least("train.weight_decay", train.weight_decay, 0.0)
     at_least("train.grad_clip", train.grad_clip, 0.0)
-    _check(0.0 <= train.warmup_fraction < 1.0, "train.warmup_fraction", train.warmup_fraction, "must be in [0, 1)")
+    _check(
+        0.0 <= train.warmup_fraction < 1.0, "train.warmup_fraction", train.warmup_fraction, "must be in [0, 1)"
+    )
     at_least("train.accumulate", train.accumulate, 1)
     _check(train.max_epochs >= 1 or train.max_epochs == -1, "train.max_epochs", train.max_epochs, "must be >= 1 or -1")
     _check(train.max_steps >= 1 or train.max_steps == -1, "train.max_steps", train.max_steps, "must be >= 1 or -1")

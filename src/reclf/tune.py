@@ -222,11 +222,8 @@ def finished_trial(preset: str, point: dict[str, str], overrides: list[str], see
     marker = read_marker(trial_dir(preset, point, root) / TRIAL_FILE, recipe(cfg), data_fingerprint(cfg))
     if marker is None:
         return None
-    refuse_changed(
-        marker,
-        f"the trial {marker.path.parent}",
-        f"Choose another --out, or delete {marker.path.parent} to run it again",
-    )
+    refuse_changed(marker, f"the trial {marker.path.parent}",
+                   f"Choose another --out, or delete {marker.path.parent} to run it again")
     names = {f.name for f in fields(Trial)}
     return Trial(**{k: v for k, v in marker.payload.items() if k in names}, config=recipe(cfg))
 

@@ -36,10 +36,8 @@ class StubImageEncoder(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.stages = nn.ModuleList(
-            [
-                nn.Sequential(nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.BatchNorm2d(cout), nn.ReLU())
-                for cin, cout in [(1, 8), (8, 16), (16, 32)]
-            ]
+            [nn.Sequential(nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.BatchNorm2d(cout), nn.ReLU())
+             for cin, cout in [(1, 8), (8, 16), (16, 32)]]
         )
         self.pyramid_channels = [8, 16, 32]
         self.pyramid_strides = [2, 4, 8]
@@ -81,8 +79,7 @@ class StubModel(nn.Module):
         out = self.image_encoder(images)
         loc = out.local.flatten(2).transpose(1, 2)
         return ImageFeatures(
-            F.normalize(self.img_global(out.global_), dim=-1),
-            F.normalize(self.img_local(loc), dim=-1),
+            F.normalize(self.img_global(out.global_), dim=-1), F.normalize(self.img_local(loc), dim=-1),
             tuple(out.local.shape[-2:]),
         )
 
@@ -125,15 +122,8 @@ class StubModel(nn.Module):
         n = txt.word_mask.sum(-1).tolist()
         attn = self.word_region_attention(img, txt)
         weights = [torch.softmax(txt.words[b, : n[b]].sum(-1), dim=0) for b in range(len(reports))]
-        return PairExplanations(
-            txt.word_strings,
-            [torch.ones(k, dtype=torch.long) for k in n],
-            img.grid,
-            weights,
-            None,
-            None,
-            [attn[b, : n[b]] for b in range(len(reports))],
-        )
+        return PairExplanations(txt.word_strings, [torch.ones(k, dtype=torch.long) for k in n], img.grid, weights,
+                                None, None, [attn[b, : n[b]] for b in range(len(reports))])
 
     @torch.no_grad()
     def explain(self, image: torch.Tensor, report: str) -> StubExplanation:
@@ -144,15 +134,9 @@ class StubModel(nn.Module):
         h, w = img.grid
         weights = torch.softmax(txt.words[0, :n].sum(-1), dim=0)
         rel = torch.softmax(torch.randn(n + 1, n + 1, generator=torch.Generator().manual_seed(0)), dim=-1)
-        return StubExplanation(
-            txt.word_strings[0],
-            attn.reshape(n, h, w),
-            (h, w),
-            weights,
-            rel,
-            float(self.global_similarity(img, txt)[0, 0]),
-            float(self.local_similarity(img, txt)[0, 0]),
-        )
+        return StubExplanation(txt.word_strings[0], attn.reshape(n, h, w), (h, w), weights, rel,
+                               float(self.global_similarity(img, txt)[0, 0]),
+                               float(self.local_similarity(img, txt)[0, 0]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,44 +179,23 @@ def make_folder(root, n: int = 20, size: int = 64, seed: int = 0, with_masks: bo
             labels["No Finding"] = 1.0
         annotations = []
         if i % 4 != 3:
-            annotations = [
-                {
-                    "finding": cls.lower().replace(" ", "_"),
-                    "label": cls,
-                    "side": side,
-                    "zone": "lower",
-                    "severity": "mild",
-                    "certainty": "present",
-                    "mask": f"masks/s{i}.png",
-                }
-            ]
+            annotations = [{"finding": cls.lower().replace(" ", "_"), "label": cls, "side": side, "zone": "lower",
+                            "severity": "mild", "certainty": "present", "mask": f"masks/s{i}.png"}]
         import json
 
-        rows.append(
-            {
-                "study_id": f"s{i}",
-                "patient_id": f"p{i // 2}",
-                "image_path": f"images/s{i}.png",
-                "view": "PA",
-                "report": report,
-                "findings": report,
-                "impression": "",
-                "split": ["train", "train", "valid", "test"][(i // 2) % 4],
-                "class": cls,
-                "mask_path": f"masks/s{i}.png" if with_masks else "",
-                "annotations": json.dumps(annotations),
-                **labels,
-            }
-        )
+        rows.append({"study_id": f"s{i}", "patient_id": f"p{i // 2}", "image_path": f"images/s{i}.png",
+                     "view": "PA", "report": report, "findings": report, "impression": "",
+                     "split": ["train", "train", "valid", "test"][(i // 2) % 4], "class": cls,
+                     "mask_path": f"masks/s{i}.png" if with_masks else "",
+                     "annotations": json.dumps(annotations), **labels})
     write_studies(pd.DataFrame(rows), root)
     cands = []
     for r in rows:  # the true caption and a side and a negation foil per study (SynthCXR's candidates.csv)
         cands.append({"study_id": r["study_id"], "text": r["report"], "is_correct": 1, "contrast": "none"})
         other = r["report"].replace("left", "RIGHT").replace("right", "left").replace("RIGHT", "right")
         cands.append({"study_id": r["study_id"], "text": other, "is_correct": 0, "contrast": "side"})
-        cands.append(
-            {"study_id": r["study_id"], "text": f"no {r['class'].lower()}.", "is_correct": 0, "contrast": "negation"}
-        )
+        cands.append({"study_id": r["study_id"], "text": f"no {r['class'].lower()}.", "is_correct": 0,
+                      "contrast": "negation"})
     pd.DataFrame(cands).to_csv(root / "candidates.csv", index=False)
     return root
 

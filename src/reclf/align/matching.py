@@ -159,7 +159,8 @@ def attend(
             f"attend expects words [T, W, d] and regions [I, R, d]; got {tuple(words.shape)}, {tuple(regions.shape)}"
         )
     mask = None if word_mask is None else word_mask.unsqueeze(0)
-    context, attention = _attend_grouped(words.unsqueeze(0), regions, temperature, mode, mask, normalize_context, scale)
+    context, attention = _attend_grouped(words.unsqueeze(0), regions, temperature, mode, mask, normalize_context,
+                                         scale)
     assert attention is not None  # need_attention=True
     return context, attention
 

@@ -258,14 +258,7 @@ def load_dicom_with_meta(path: str | Path, max_pixels: int | None = None) -> tup
     except ImageReadError:
         raise
     except (
-        InvalidDicomError,
-        AttributeError,
-        ValueError,
-        OSError,
-        KeyError,
-        TypeError,
-        RuntimeError,
-        MemoryError,
+        InvalidDicomError, AttributeError, ValueError, OSError, KeyError, TypeError, RuntimeError, MemoryError
     ) as exc:
         raise ImageReadError(f"cannot read DICOM {path}: {exc}") from exc
     arr = _dicom_to_float(ds, pixels, path)

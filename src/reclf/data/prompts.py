@@ -36,13 +36,9 @@ class PromptSet:
         """The file, its name and version, the sha256 of its bytes (which prompts, exactly) and its sizes."""
         from reclf.utils.io import file_sha256
 
-        return {
-            "file": self.path,
-            "name": self.name,
-            "version": self.version,
-            "sha256": file_sha256(self.path) if Path(self.path).is_file() else None,
-            "prompts_per_class": {k: len(v) for k, v in self.classes.items()},
-        }
+        return {"file": self.path, "name": self.name, "version": self.version,
+                "sha256": file_sha256(self.path) if Path(self.path).is_file() else None,
+                "prompts_per_class": {k: len(v) for k, v in self.classes.items()}}
 
 
 def norm_name(name: str) -> str:
@@ -101,10 +97,8 @@ def load_prompts(spec: str | Path) -> PromptSet:
     for label, entry in (data.get("binary") or {}).items():
         if not isinstance(entry, dict) or "positive" not in entry or "negative" not in entry:
             raise ValueError(f"{path}: binary.{label} needs 'positive' and 'negative' prompt lists")
-        ps.binary[str(label)] = (
-            expand(entry["positive"], f"{path}: binary.{label}.positive"),
-            expand(entry["negative"], f"{path}: binary.{label}.negative"),
-        )
+        ps.binary[str(label)] = (expand(entry["positive"], f"{path}: binary.{label}.positive"),
+                                 expand(entry["negative"], f"{path}: binary.{label}.negative"))
     return ps
 
 
@@ -171,11 +165,9 @@ def synthcxr_prompt_dict() -> dict[str, Any]:
         if finding == "support_devices":
             multiclass[label] = synonyms
         elif finding == "cardiomegaly":
-            multiclass[label] = (
-                synonyms
-                + [f"the heart is {adv} enlarged" for advs in v.SEVERITY_ADVERBS.values() for adv in advs]
-                + [f"{s} cardiomegaly" for sev in v.SEVERITY_WORDS[finding].values() for s in sev]
-            )
+            multiclass[label] = synonyms + [f"the heart is {adv} enlarged" for advs in v.SEVERITY_ADVERBS.values()
+                                            for adv in advs] + [f"{s} cardiomegaly" for sev in
+                                                                v.SEVERITY_WORDS[finding].values() for s in sev]
         else:
             sev = [""] + [w for words in v.SEVERITY_WORDS[finding].values() for w in words]
             locs = locations(finding)
@@ -183,31 +175,20 @@ def synthcxr_prompt_dict() -> dict[str, Any]:
             if zones:  # "small consolidation in the left upper lung"
                 multiclass[label] = {"severity": sev, "subtype": synonyms, "location": [""] + locs}
             else:  # side words go before the noun: "small left pleural effusion"
-                multiclass[label] = {
-                    "severity": sev,
-                    "location": [""] + locs,
-                    "subtype": synonyms,
-                    "combine": ["severity", "location", "subtype"],
-                }
+                multiclass[label] = {"severity": sev, "location": [""] + locs, "subtype": synonyms,
+                                     "combine": ["severity", "location", "subtype"]}
         binary[label] = {"positive": [synonyms[0]], "negative": [f"no {synonyms[0]}"]}
     multiclass["No Finding"] = list(v.NORMAL_IMPRESSIONS) + ["the lungs are clear", "no acute findings"]
-    return {
-        "name": "synthcxr",
-        "version": 1,
-        "source": "reclf.data.synthetic.vocab",
-        "multiclass": multiclass,
-        "binary": binary,
-    }
+    return {"name": "synthcxr", "version": 1, "source": "reclf.data.synthetic.vocab", "multiclass": multiclass,
+            "binary": binary}
 
 
 def write_synthcxr_prompts(path: str | Path | None = None) -> Path:
     from reclf.utils.io import atomic_write_text
 
     path = Path(path) if path else builtin_prompt_dir() / "synthcxr.yaml"
-    header = (
-        "# Zero-shot prompts for SynthCXR, generated from reclf.data.synthetic.vocab by\n"
-        "# `python -m reclf.data.prompts` (do not edit by hand; bump `version` when it changes).\n"
-    )
+    header = ("# Zero-shot prompts for SynthCXR, generated from reclf.data.synthetic.vocab by\n"
+              "# `python -m reclf.data.prompts` (do not edit by hand; bump `version` when it changes).\n")
     atomic_write_text(path, header + yaml.safe_dump(synthcxr_prompt_dict(), sort_keys=False, width=120))
     return path
 

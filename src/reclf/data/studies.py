@@ -192,7 +192,8 @@ def normalise(df: pd.DataFrame, source: str = "table") -> pd.DataFrame:
                 bad = raw[pd.to_numeric(raw, errors="coerce").isna() & raw.notna()]
                 row = int(bad.index[0]) if len(bad) else -1
                 raise StudyTableError(
-                    f"{source}: column {col!r} row {row}: {bad.iloc[0]!r} is not a label (use 1, 0, -1 or leave empty)"
+                    f"{source}: column {col!r} row {row}: {bad.iloc[0]!r} is not a label "
+                    "(use 1, 0, -1 or leave empty)"
                 ) from exc
     return df
 
@@ -201,7 +202,9 @@ def validate_studies(df: pd.DataFrame, source: str = "table") -> None:
     """Raise :class:`StudyTableError` if ``df`` breaks the canonical format."""
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
-        raise StudyTableError(f"{source}: missing column(s) {missing}; a study table needs {list(REQUIRED_COLUMNS)}")
+        raise StudyTableError(
+            f"{source}: missing column(s) {missing}; a study table needs {list(REQUIRED_COLUMNS)}"
+        )
     empty_ids = df.index[df["study_id"].astype(str).str.len() == 0]
     if len(empty_ids):
         raise StudyTableError(f"{source}: row {int(empty_ids[0])} has an empty study_id")
@@ -214,11 +217,15 @@ def validate_studies(df: pd.DataFrame, source: str = "table") -> None:
     bad_split = ~df["split"].isin(SPLITS)
     if bad_split.any():
         row = int(df.index[bad_split][0])
-        raise StudyTableError(f"{source}: row {row} has split {df.loc[row, 'split']!r}; allowed: {', '.join(SPLITS)}")
+        raise StudyTableError(
+            f"{source}: row {row} has split {df.loc[row, 'split']!r}; allowed: {', '.join(SPLITS)}"
+        )
     bad_view = ~df["view"].isin(VIEWS)
     if bad_view.any():
         row = int(df.index[bad_view][0])
-        raise StudyTableError(f"{source}: row {row} has view {df.loc[row, 'view']!r}; allowed: {', '.join(VIEWS)}")
+        raise StudyTableError(
+            f"{source}: row {row} has view {df.loc[row, 'view']!r}; allowed: {', '.join(VIEWS)}"
+        )
     for col in CHEXPERT_LABELS:
         values = df[col]
         bad = values.notna() & ~values.isin(LABEL_VALUES)

@@ -151,13 +151,8 @@ def eval_values(task: str, s: DemoSettings) -> dict[str, Any]:
     per_task: dict[str, dict[str, Any]] = {
         "zeroshot": {"prompts_per_class": s.prompts_per_class, "binary": True},
         "linear": {"fractions": s.linear_fractions, "seeds": s.linear_seeds},
-        "segment": {
-            "fractions": s.segment_fractions,
-            "seeds": s.segment_seeds,
-            "epochs": s.segment_epochs,
-            "min_steps": s.segment_min_steps,
-            "seg_task": s.segment_task,
-        },
+        "segment": {"fractions": s.segment_fractions, "seeds": s.segment_seeds, "epochs": s.segment_epochs,
+                    "min_steps": s.segment_min_steps, "seg_task": s.segment_task},
         "retrieve": {"rerank_k": 50},
     }
     return values | per_task.get(task, {})

@@ -167,9 +167,8 @@ def unfinished_run(folder: Path, asked: dict, remove_empty: bool = True) -> tupl
                 shutil.rmtree(run_dir, ignore_errors=True)
             continue
         changed = changed_keys(recipe(load_yaml(run_dir / "config.yaml")), asked)
-        refuse_changed(
-            Marker(run_dir / "config.yaml", {}, changed), f"the unfinished pretraining run {run_dir}", CHANGED_HINT
-        )
+        refuse_changed(Marker(run_dir / "config.yaml", {}, changed), f"the unfinished pretraining run {run_dir}",
+                       CHANGED_HINT)
         if found is None:
             found = (run_dir, checkpoint_step(ckpt) if remove_empty else -1)
     return found

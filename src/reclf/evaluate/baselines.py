@@ -39,10 +39,8 @@ from reclf.utils.io import atomic_write_json
 BASELINE_FILE = "baseline.json"
 #: The initialisation of every random-init floor (the demo's floor model and the per-architecture floors).
 FLOOR_SEED = 12345
-FLOOR_MEANING = (
-    "floor/*: the same architecture (method, encoders) with random weights, scored on the same "
-    "data: what the metric gives before any training"
-)
+FLOOR_MEANING = ("floor/*: the same architecture (method, encoders) with random weights, scored on the same "
+                 "data: what the metric gives before any training")
 
 
 def fresh_like(model: EvaluableModel, seed: int) -> Any:
@@ -143,7 +141,8 @@ def train_supervised(model: EvaluableModel, data: str | Path, out: str | Path, c
         encoder.eval()
         ev = va if len(va) else tr
         with torch.no_grad():
-            scores = torch.cat([torch.sigmoid(head(encoder(x[ev[i : i + 64]]).global_)) for i in range(0, len(ev), 64)])
+            scores = torch.cat([torch.sigmoid(head(encoder(x[ev[i : i + 64]]).global_)) for i in
+                                range(0, len(ev), 64)])
         auc = macro_auroc(y[ev].numpy(), scores.numpy())
         curve.append(auc)
         if not np.isnan(auc) and auc > best:
@@ -152,15 +151,7 @@ def train_supervised(model: EvaluableModel, data: str | Path, out: str | Path, c
         encoder.load_state_dict(best_state)
     fresh.eval()
     fresh.save_pretrained(out)
-    info = {
-        "kind": "supervised",
-        "labels": labels,
-        "val_macro_auroc_curve": curve,
-        "best_val_macro_auroc": best,
-        "train_rows": int(len(tr)),
-        "data": str(table.folder),
-        "config": asdict(cfg),
-        "method": fresh.method,
-    }
+    info = {"kind": "supervised", "labels": labels, "val_macro_auroc_curve": curve, "best_val_macro_auroc": best,
+            "train_rows": int(len(tr)), "data": str(table.folder), "config": asdict(cfg), "method": fresh.method}
     atomic_write_json(Path(out) / BASELINE_FILE, info)
     return info

@@ -36,9 +36,8 @@ LABEL_IMAGE_COLUMNS = ("image", "image_path", "path", "file", "id")
 LABEL_CLASS_COLUMNS = ("class", "label")
 
 
-def class_prompts(
-    classes: list[str] | None, prompts: str | None, per_class: int | None, seed: int
-) -> tuple[dict[str, list[str]], dict[str, Any]]:
+def class_prompts(classes: list[str] | None, prompts: str | None, per_class: int | None, seed: int
+                  ) -> tuple[dict[str, list[str]], dict[str, Any]]:
     """``({class: prompts}, description)`` by zeroshot's rules (see the module docstring); classes sorted."""
     from reclf.data.prompts import load_prompts
     from reclf.evaluate.tasks.zeroshot import choose_prompts, pick_prompt_file
@@ -53,10 +52,8 @@ def class_prompts(
         try:
             ps = pick_prompt_file("auto", names)
         except ValueError:
-            return {c: [c] for c in names}, {
-                "file": None,
-                "rule": "each class's name is its one prompt (no built-in prompt file has these classes)",
-            }
+            return {c: [c] for c in names}, {"file": None, "rule": "each class's name is its one prompt "
+                                                                    "(no built-in prompt file has these classes)"}
     else:
         raise ValueError("give --classes 'a,b,c' or --prompts FILE")
     if len(set(names)) != len(names):
@@ -76,10 +73,8 @@ def read_labels(path: str | Path, images: ImageList, classes: list[str]) -> tupl
     icol = next((c for c in LABEL_IMAGE_COLUMNS if c in df.columns), None)
     ccol = next((c for c in LABEL_CLASS_COLUMNS if c in df.columns), None)
     if icol is None or ccol is None:
-        raise ValueError(
-            f"--labels {path}: needs an image column ({', '.join(LABEL_IMAGE_COLUMNS)}) and a class "
-            f"column ({', '.join(LABEL_CLASS_COLUMNS)}); it has {list(df.columns)}"
-        )
+        raise ValueError(f"--labels {path}: needs an image column ({', '.join(LABEL_IMAGE_COLUMNS)}) and a class "
+                         f"column ({', '.join(LABEL_CLASS_COLUMNS)}); it has {list(df.columns)}")
     by_id = {i: k for k, i in enumerate(images.ids)}
     names = [Path(i).name for i in images.ids]
     by_name = {n: k for k, n in enumerate(names) if names.count(n) == 1}
@@ -100,14 +95,8 @@ def read_labels(path: str | Path, images: ImageList, classes: list[str]) -> tupl
     return files, ys, missing
 
 
-def write_predictions(
-    out: str | Path,
-    images: ImageList,
-    classes: list[str],
-    scores: np.ndarray,
-    kept: np.ndarray,
-    bad: list[tuple[int, str]],
-) -> Path:
+def write_predictions(out: str | Path, images: ImageList, classes: list[str], scores: np.ndarray, kept: np.ndarray,
+                      bad: list[tuple[int, str]]) -> Path:
     """One row per input file (see the module docstring), written atomically."""
     import pandas as pd
 
@@ -133,11 +122,7 @@ def write_predictions(
 
 
 def classify(
-    loaded: LoadedModel,
-    images: ImageList,
-    prompts: dict[str, list[str]],
-    cfg: ZeroShotConfig,
-    score: str = "method",
+    loaded: LoadedModel, images: ImageList, prompts: dict[str, list[str]], cfg: ZeroShotConfig, score: str = "method",
     device: str = "cpu",
 ) -> tuple[dict[str, Any], Any]:
     """``(rule -> [N, C] class scores, Embeddings)`` of the readable images (zeroshot's scoring)."""
@@ -152,22 +137,11 @@ def classify(
     def progress(done: int, total: int, n_bad: int) -> None:
         nonlocal batch
         batch += 1
-        say(
-            f"batch {min(batch, n_batches)}/{n_batches}: {done}/{total} images"
-            + (f", {n_bad} unreadable" if n_bad else ""),
-            "classify",
-        )
+        say(f"batch {min(batch, n_batches)}/{n_batches}: {done}/{total} images"
+            + (f", {n_bad} unreadable" if n_bad else ""), "classify")
 
-    emb = embed_images(
-        loaded.model,
-        images.paths,
-        cfg.batch_size,
-        local=True,
-        size=size,
-        device=device,
-        ids=images.ids,
-        progress=progress,
-    )
+    emb = embed_images(loaded.model, images.paths, cfg.batch_size, local=True, size=size, device=device,
+                       ids=images.ids, progress=progress)
     if not len(emb):
         raise ValueError(f"none of the {n} images could be read (first error: {emb.bad[:1]})")
     per_mode = class_score_table(loaded.model, emb.features(), prompts, cfg.reduce, cfg.chunk)
@@ -176,9 +150,8 @@ def classify(
     return per_mode, emb
 
 
-def label_metrics(
-    per_mode: dict[str, Any], y: np.ndarray, ids: list[str], n_classes: int, cfg: ZeroShotConfig, extra: dict[str, Any]
-) -> dict[str, Estimate]:
+def label_metrics(per_mode: dict[str, Any], y: np.ndarray, ids: list[str], n_classes: int, cfg: ZeroShotConfig,
+                  extra: dict[str, Any]) -> dict[str, Estimate]:
     """zeroshot's accuracy and macro F1 (:func:`reclf.evaluate.tasks.zeroshot.multiclass_metrics`), plus the
     one-vs-rest macro AUROC of each rule's class scores, all with bootstrap intervals."""
     from reclf.evaluate.metrics import macro_auroc
@@ -199,17 +172,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     which.add_argument("--classes", help="comma list of classes, e.g. 'Atelectasis,Edema,Pleural Effusion'")
     which.add_argument("--prompts", help="prompt YAML (its multiclass classes) or a built-in name (chexpert, synthcxr)")
     parser.add_argument("--out", required=True, help="predictions CSV")
-    parser.add_argument(
-        "--labels",
-        default=None,
-        help="CSV with image and class columns: adds accuracy, macro F1, AUROC with 95%% intervals",
-    )
-    parser.add_argument(
-        "--score",
-        default="method",
-        choices=("method", "global", "local", "fused"),
-        help="the rule of the predictions (default method: the model's own score)",
-    )
+    parser.add_argument("--labels", default=None, help="CSV with image and class columns: adds accuracy, macro F1, "
+                                                       "AUROC with 95%% intervals")
+    parser.add_argument("--score", default="method", choices=("method", "global", "local", "fused"),
+                        help="the rule of the predictions (default method: the model's own score)")
     parser.add_argument("--prompts-per-class", type=int, default=None, help="sample K prompts per class (default all)")
     parser.add_argument("--reduce", choices=("mean", "max"), default=None, help="over a class's prompts (default mean)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the prompt sampling and the bootstrap (0)")
@@ -258,21 +224,12 @@ def run(args: argparse.Namespace) -> int:
     ids = [emb.ids[r] for r in rows]
     extra: dict[str, Any] = {"classes": names, "prompts": prompts}
     metrics = label_metrics({k: v[rows] for k, v in per_mode.items()}, y, ids, len(names), cfg, extra)
-    config = asdict(cfg) | {
-        "prompt_file": prompt_info,
-        "score": args.score,
-        "labels": str(args.labels),
-        "image_size": cfg.image_size or image_size_of(loaded.model),
-    }
-    data = {
-        "path": str(args.images),
-        "files": len(images.ids),
-        "used": len(use),
-        "bad_rows": len(emb.bad),
-        "split_list_sha256": items_sha256(ids),
-        "labels_missing": len(missing),
-        "bad_examples": [{"image": i, "reason": why} for i, why in bad_named[:20]],
-    }
+    config = asdict(cfg) | {"prompt_file": prompt_info, "score": args.score, "labels": str(args.labels),
+                            "image_size": cfg.image_size or image_size_of(loaded.model)}
+    data = {"path": str(args.images), "files": len(images.ids), "used": len(use), "bad_rows": len(emb.bad),
+            "split_list_sha256": items_sha256(ids),
+            "labels_missing": len(missing),
+            "bad_examples": [{"image": i, "reason": why} for i, why in bad_named[:20]]}
     result = TaskResult("classify", metrics, config, model_info(loaded), data, [cfg.seed], extra)
     path = out.with_name(out.stem + ".results.json")
     atomic_write_json(path, result.to_dict())

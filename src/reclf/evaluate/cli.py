@@ -57,9 +57,8 @@ def _zeroshot_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompts", default=None, help="prompt YAML or built-in name (synthcxr, chexpert; default auto)")
     p.add_argument("--prompts-per-class", type=int, default=None, help="sample K prompts per class (default all)")
     p.add_argument("--reduce", choices=("mean", "max"), default=None, help="over a class's prompts (default mean)")
-    p.add_argument(
-        "--binary", action="store_true", default=None, help="also the positive/negative prompt tasks (AUROC)"
-    )
+    p.add_argument("--binary", action="store_true", default=None,
+                   help="also the positive/negative prompt tasks (AUROC)")
     p.add_argument("--split", default=None)
 
 
@@ -68,25 +67,14 @@ def _linear_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=_ints, default=None, help="probe seeds, e.g. 0,1,2 (default)")
     p.add_argument("--target", choices=("auto", "labels", "class"), default=None, help="default auto")
     p.add_argument("--max-steps", type=int, default=None, help="full-batch steps of the cached recipe (300)")
-    p.add_argument(
-        "--label-set",
-        choices=("auto", "competition", "all"),
-        default=None,
-        help="CheXpert labels: competition (5; default for CheXpert data) or all 14",
-    )
-    p.add_argument(
-        "--uncertain",
-        choices=("ignore", "ones", "zeros", "gloria"),
-        default=None,
-        help="the probe's policy for -1 labels (U-Ones, U-Zeros, GLoRIA/MGCA per label, or masked: "
-        "ignore, the default)",
-    )
-    p.add_argument(
-        "--recipe",
-        choices=("cached", "mgca"),
-        default=None,
-        help="cached features, full batch (fast, the default) or MGCA's (AdamW, batch 48, 50 epochs, augmentation)",
-    )
+    p.add_argument("--label-set", choices=("auto", "competition", "all"), default=None,
+                   help="CheXpert labels: competition (5; default for CheXpert data) or all 14")
+    p.add_argument("--uncertain", choices=("ignore", "ones", "zeros", "gloria"), default=None,
+                   help="the probe's policy for -1 labels (U-Ones, U-Zeros, GLoRIA/MGCA per label, or masked: "
+                        "ignore, the default)")
+    p.add_argument("--recipe", choices=("cached", "mgca"), default=None,
+                   help="cached features, full batch (fast, the default) or MGCA's (AdamW, batch 48, 50 epochs, "
+                        "augmentation)")
     p.add_argument("--epochs", type=int, default=None, help="epochs of the mgca recipe (50)")
 
 
@@ -94,59 +82,34 @@ def _segment_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fractions", type=_floats, default=None, help="label fractions, e.g. 1,10,100 (default)")
     p.add_argument("--seeds", type=_ints, default=None, help="seeds, e.g. 0,1,2 (default)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument(
-        "--freeze-encoder",
-        dest="freeze",
-        action="store_true",
-        default=None,
-        help="train the decoder only (MGCA; default)",
-    )
+    g.add_argument("--freeze-encoder", dest="freeze", action="store_true", default=None,
+                   help="train the decoder only (MGCA; default)")
     g.add_argument("--finetune", dest="freeze", action="store_false", help="fine-tune the encoder too (GLoRIA)")
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: the preset's, else 10)")
     p.add_argument("--min-steps", type=int, default=None, help="at least this many updates (small fractions; 120)")
-    p.add_argument(
-        "--preset",
-        choices=("mgca", "gloria"),
-        default=None,
-        help="the field's protocol: mgca (frozen, 50 epochs) or gloria (fine-tuned); see docs/evaluation.md",
-    )
+    p.add_argument("--preset", choices=("mgca", "gloria"), default=None,
+                   help="the field's protocol: mgca (frozen, 50 epochs) or gloria (fine-tuned); see docs/evaluation.md")
     p.add_argument("--loss", choices=("bce_dice", "focal_dice"), default=None, help="segmentation loss")
-    p.add_argument(
-        "--decoder-channels", type=_ints, default=None, help="U-Net widths coarse to fine, e.g. 256,128,64,32,16"
-    )
-    p.add_argument(
-        "--balanced",
-        dest="balance_train",
-        action="store_true",
-        default=None,
-        help="train on every positive + as many seeded negatives (MGCA, GLoRIA)",
-    )
-    p.add_argument(
-        "--seg-task",
-        default=None,
-        help="rows whose `task` column equals this (SynthCXR: pneumothorax | opacity); default: each",
-    )
+    p.add_argument("--decoder-channels", type=_ints, default=None,
+                   help="U-Net widths coarse to fine, e.g. 256,128,64,32,16")
+    p.add_argument("--balanced", dest="balance_train", action="store_true", default=None,
+                   help="train on every positive + as many seeded negatives (MGCA, GLoRIA)")
+    p.add_argument("--seg-task", default=None,
+                   help="rows whose `task` column equals this (SynthCXR: pneumothorax | opacity); default: each")
 
 
 def _retrieve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--modes", default=None, help="comma list of global, local, method (default global,method)")
     p.add_argument("--chunk", type=int, default=None, help="queries scored at a time (bounds memory; 64)")
-    p.add_argument(
-        "--rerank-k",
-        type=int,
-        default=None,
-        help="score local/method only on each query's global top K (two-stage; 0: all pairs)",
-    )
+    p.add_argument("--rerank-k", type=int, default=None,
+                   help="score local/method only on each query's global top K (two-stage; 0: all pairs)")
     p.add_argument("--split", default=None)
 
 
 def _relations_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--score", choices=("method", "global", "local"), default=None, help="default method")
-    p.add_argument(
-        "--split",
-        default=None,
-        help="rows of this split (SynthCXR relations: valid | test; default test; 'all': every row)",
-    )
+    p.add_argument("--split", default=None,
+                   help="rows of this split (SynthCXR relations: valid | test; default test; 'all': every row)")
 
 
 def _grounding_options(p: argparse.ArgumentParser) -> None:
@@ -154,19 +117,11 @@ def _grounding_options(p: argparse.ArgumentParser) -> None:
 
 
 def _phrase_grounding_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--map",
-        choices=("similarity", "attention"),
-        default=None,
-        help="the phrase's map: word-region cosine (default, BioViL's kind) or the method's attention",
-    )
+    p.add_argument("--map", choices=("similarity", "attention"), default=None,
+                   help="the phrase's map: word-region cosine (default, BioViL's kind) or the method's attention")
     p.add_argument("--smooth-sigma", type=float, default=None, help="Gaussian on the region grid (0; BioViL 1.5)")
-    p.add_argument(
-        "--region",
-        choices=("box", "mask"),
-        default=None,
-        help="SynthCXR: the bounding box of each exact mask (default) or the mask itself",
-    )
+    p.add_argument("--region", choices=("box", "mask"), default=None,
+                   help="SynthCXR: the bounding box of each exact mask (default) or the mask itself")
     p.add_argument("--split", default=None, help="rows of this split (default: all)")
     p.add_argument("--max-images", type=int, default=None)
 
@@ -259,13 +214,8 @@ def given(cls: type, opts: dict[str, Any], **fixed: Any) -> dict[str, Any]:
     return values | fixed
 
 
-def task_config(
-    task: str,
-    opts: Mapping[str, Any] | None = None,
-    overrides: Sequence[str] = (),
-    cache: str | None = None,
-    prefix: str = "",
-) -> Any:
+def task_config(task: str, opts: Mapping[str, Any] | None = None, overrides: Sequence[str] = (),
+                cache: str | None = None, prefix: str = "") -> Any:
     """The config of ``task``: its dataclass defaults <- the options given (``opts``, CLI or the demo's sizes,
     ``None`` = not given) <- ``key=value`` ``overrides``; ``cache`` fills ``cache_dir`` where the task has one.
 

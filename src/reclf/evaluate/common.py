@@ -88,7 +88,8 @@ def section_rule_sha256(sections: list[str]) -> str:
     from reclf.data import reports
     from reclf.data import sections as section_code
 
-    code = "".join(Path(mod.__file__).read_text(encoding="utf-8") for mod in (section_code, reports) if mod.__file__)
+    code = "".join(Path(mod.__file__).read_text(encoding="utf-8") for mod in (section_code, reports)
+                   if mod.__file__)
     return text_sha256(json.dumps(list(sections)) + "\n" + code)
 
 
@@ -96,20 +97,16 @@ def data_info(table: Table, kept: np.ndarray | None = None, bad: list | None = N
     """The data of a result: folder, rows, rows used, bad rows (with reasons), the hash of the ids of the rows used
     (``split_list_sha256``: the exact evaluation list) and the table's ``source`` values."""
     bad = bad or []
-    info: dict[str, Any] = {
-        "path": str(table.folder),
-        "rows": len(table),
-        "used": int(len(table) if kept is None else len(kept)),
-    }
+    info: dict[str, Any] = {"path": str(table.folder), "rows": len(table), "used": int(len(table) if kept is None
+                                                                                      else len(kept))}
     ids = table.df["study_id"].astype(str)
     info["split_list_sha256"] = items_sha256(ids if kept is None else ids.iloc[np.asarray(kept, dtype=int)])
     if "source" in table.df.columns:
         info["sources"] = sorted(set(table.df["source"].astype(str)) - {"", "nan"})
     info["bad_rows"] = len(bad)
     if bad:
-        info["bad_examples"] = [
-            {"row": int(r), "study_id": str(table.df.iloc[int(r)]["study_id"]), "reason": why} for r, why in bad[:20]
-        ]
+        info["bad_examples"] = [{"row": int(r), "study_id": str(table.df.iloc[int(r)]["study_id"]), "reason": why}
+                                for r, why in bad[:20]]
     return info
 
 
@@ -117,10 +114,8 @@ def report_bad(bad: list, table: Table, what: str = "images") -> None:
     """Say how many rows were skipped (never silently)."""
     if bad:
         first = bad[0]
-        print(
-            f"skipped {len(bad)} unreadable {what} of {len(table)} in {table.folder} "
-            f"(first: row {first[0]}: {first[1]})"
-        )
+        print(f"skipped {len(bad)} unreadable {what} of {len(table)} in {table.folder} "
+              f"(first: row {first[0]}: {first[1]})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,27 +155,23 @@ def label_targets(df: pd.DataFrame, labels: list[str], uncertain: str = "ignore"
     return y
 
 
-def choose_target(
-    df: pd.DataFrame,
-    target: str = "auto",
-    labels: list[str] | None = None,
-    label_set: str = "auto",
-    uncertain: str = "ignore",
-) -> tuple[str, list[str]]:
+def choose_target(df: pd.DataFrame, target: str = "auto", labels: list[str] | None = None,
+                  label_set: str = "auto", uncertain: str = "ignore") -> tuple[str, list[str]]:
     """Which target to probe: the label columns (multi-label) or the ``class`` column (multi-class).
 
     ``target``: auto | labels | class; ``labels``: explicit label columns (override ``label_set``);
     ``label_set``: see :func:`resolve_label_set`; ``uncertain``: the policy of :func:`label_targets`.
     """
-
     def usable(split: str, lab: str) -> bool:
         y = label_targets(df[df["split"] == split], [lab], uncertain)[:, 0]
         return bool(np.nansum(y == 1) and np.nansum(y == 0))
 
     explicit = labels
     pool = COMPETITION_LABELS if resolve_label_set(df, explicit, label_set) == "competition" else CHEXPERT_LABELS
-    labels = explicit or [lab for lab in pool if lab in df.columns and usable("train", lab) and usable("test", lab)]
-    has_class = "class" in df.columns and df["class"].astype(str).str.len().gt(0).all() and df["class"].nunique() > 1
+    labels = explicit or [lab for lab in pool if lab in df.columns and usable("train", lab)
+                            and usable("test", lab)]
+    has_class = "class" in df.columns and df["class"].astype(str).str.len().gt(0).all() and \
+        df["class"].nunique() > 1
     if target == "labels" or (target == "auto" and labels):
         if not labels:
             raise ValueError("no label column has both positives and negatives in train and test")

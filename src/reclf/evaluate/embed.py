@@ -62,12 +62,8 @@ def list_folder(folder: str | Path) -> ImageList:
         (paths if p.suffix.lower() in IMAGE_SUFFIXES else ignored).append(p)
     if not paths:
         raise ValueError(f"--images {folder}: no PNG, JPEG or DICOM files (suffixes {', '.join(IMAGE_SUFFIXES)})")
-    return ImageList(
-        paths,
-        [p.relative_to(folder).as_posix() for p in paths],
-        str(folder),
-        [p.relative_to(folder).as_posix() for p in ignored],
-    )
+    return ImageList(paths, [p.relative_to(folder).as_posix() for p in paths], str(folder),
+                     [p.relative_to(folder).as_posix() for p in ignored])
 
 
 def list_table(path: str | Path) -> ImageList:
@@ -110,12 +106,8 @@ def write_embeddings(path: str | Path, emb: Embeddings, meta: dict[str, Any], id
     tensors = {"global": emb.global_.contiguous()}
     if emb.local is not None:
         tensors["local"] = emb.local.contiguous()
-    info = {
-        "format": FORMAT,
-        "ids": json.dumps(emb.ids),
-        "grid": json.dumps(list(emb.grid) if emb.grid else None),
-        "bad": json.dumps([[i, why] for i, (_, why) in zip(ids_of_bad, emb.bad, strict=True)]),
-    }
+    info = {"format": FORMAT, "ids": json.dumps(emb.ids), "grid": json.dumps(list(emb.grid) if emb.grid else None),
+            "bad": json.dumps([[i, why] for i, (_, why) in zip(ids_of_bad, emb.bad, strict=True)])}
     info |= {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -155,14 +147,8 @@ def read_embeddings(path: str | Path) -> EmbeddingFile:
         raise ValueError(f"{path}: not a reclf embeddings file (format {meta.get('format')!r}, expected {FORMAT})")
     tensors = load_file(str(path))
     grid = json.loads(meta.get("grid", "null"))
-    return EmbeddingFile(
-        json.loads(meta["ids"]),
-        tensors["global"],
-        tensors.get("local"),
-        tuple(grid) if grid else None,
-        [tuple(b) for b in json.loads(meta.get("bad", "[]"))],
-        meta,
-    )
+    return EmbeddingFile(json.loads(meta["ids"]), tensors["global"], tensors.get("local"),
+                         tuple(grid) if grid else None, [tuple(b) for b in json.loads(meta.get("bad", "[]"))], meta)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,15 +175,8 @@ def run_key(loaded: LoadedModel, images: ImageList, size: int, local: bool, shar
 
 
 def embed_files(
-    loaded: LoadedModel,
-    images: ImageList,
-    out: str | Path,
-    local: bool = False,
-    batch_size: int = 32,
-    shard_size: int = 2048,
-    size: int | None = None,
-    device: str = "cpu",
-    overwrite: bool = False,
+    loaded: LoadedModel, images: ImageList, out: str | Path, local: bool = False, batch_size: int = 32,
+    shard_size: int = 2048, size: int | None = None, device: str = "cpu", overwrite: bool = False,
     quiet: bool = False,
 ) -> EmbedSummary:
     """Embed ``images`` into ``out`` (see the module docstring): resumable, bad files counted and named."""
@@ -233,11 +212,9 @@ def embed_files(
         log(f"removed {len(stale)} shard(s) of an earlier run on other weights or files from {parts}")
     n = len(images.paths)
     n_shards = math.ceil(n / shard_size)
-    log(
-        f"{n} images from {images.source} -> {out} ({loaded.label}, {size} px, "
+    log(f"{n} images from {images.source} -> {out} ({loaded.label}, {size} px, "
         f"{'global + region' if local else 'global'} embeddings; {n_shards} shard(s) of {shard_size})"
-        + (f"; {len(images.ignored)} other files ignored" if images.ignored else "")
-    )
+        + (f"; {len(images.ignored)} other files ignored" if images.ignored else ""))
     reused = 0
     n_batches = math.ceil(n / batch_size)
     batch = 0
@@ -253,41 +230,19 @@ def embed_files(
         def progress(done: int, total: int, n_bad: int, lo: int = lo) -> None:
             nonlocal batch
             batch += 1
-            log(
-                f"batch {min(batch, n_batches)}/{n_batches}: {lo + done}/{n} images"
-                + (f", {n_bad} unreadable in this shard" if n_bad else "")
-            )
+            log(f"batch {min(batch, n_batches)}/{n_batches}: {lo + done}/{n} images"
+                + (f", {n_bad} unreadable in this shard" if n_bad else ""))
 
-        emb = embed_images(
-            loaded.model,
-            images.paths[lo:hi],
-            batch_size,
-            local=local,
-            size=size,
-            device=device,
-            ids=images.ids[lo:hi],
-            progress=progress,
-        )
+        emb = embed_images(loaded.model, images.paths[lo:hi], batch_size, local=local, size=size, device=device,
+                           ids=images.ids[lo:hi], progress=progress)
         emb.kept = emb.kept + lo
         emb.bad = [(i + lo, why) for i, why in emb.bad]
-        write_embeddings(
-            shard,
-            emb,
-            {"kept": emb.kept.tolist(), "bad_rows": [i for i, _ in emb.bad]},
-            [images.ids[i] for i, _ in emb.bad],
-        )
+        write_embeddings(shard, emb, {"kept": emb.kept.tolist(), "bad_rows": [i for i, _ in emb.bad]},
+                         [images.ids[i] for i, _ in emb.bad])
     merged = _merge([parts / f"{key}-{s:06d}.safetensors" for s in range(n_shards)])
-    meta = {
-        "key": key,
-        "model": loaded.label,
-        "model_path": loaded.path,
-        "model_sha256": loaded.sha256 or "",
-        "method": loaded.model.method,
-        "image_size": size,
-        "inputs": n,
-        "source": images.source,
-        "ignored": images.ignored,
-    }
+    meta = {"key": key, "model": loaded.label, "model_path": loaded.path, "model_sha256": loaded.sha256 or "",
+            "method": loaded.model.method, "image_size": size, "inputs": n, "source": images.source,
+            "ignored": images.ignored}
     bad_ids = [images.ids[i] for i, _ in merged.bad]
     write_embeddings(out, merged, meta, bad_ids)
     for s in range(n_shards):
@@ -313,9 +268,8 @@ def _merge(shards: list[Path]) -> Embeddings:
         tensors = load_file(str(path))
         ids += json.loads(meta["ids"])
         kept += json.loads(meta["kept"])
-        bad += [
-            (int(i), why) for i, (_, why) in zip(json.loads(meta["bad_rows"]), json.loads(meta["bad"]), strict=True)
-        ]
+        bad += [(int(i), why) for i, (_, why) in zip(json.loads(meta["bad_rows"]), json.loads(meta["bad"]),
+                                                     strict=True)]
         if "global" in tensors and len(tensors["global"]):
             globals_.append(tensors["global"])
             if "local" in tensors:
@@ -323,14 +277,8 @@ def _merge(shards: list[Path]) -> Embeddings:
         grid = json.loads(meta.get("grid", "null")) or grid
     if not globals_:
         raise ValueError(f"none of the images could be read (first error: {bad[0][1] if bad else '?'})")
-    return Embeddings(
-        ids,
-        torch.cat(globals_),
-        torch.cat(locals_) if locals_ else None,
-        tuple(grid) if grid else None,
-        np.asarray(kept, dtype=int),
-        bad,
-    )
+    return Embeddings(ids, torch.cat(globals_), torch.cat(locals_) if locals_ else None,
+                      tuple(grid) if grid else None, np.asarray(kept, dtype=int), bad)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -345,12 +293,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output file (.safetensors): embeddings + ids")
     parser.add_argument("--local", action="store_true", help="also the region embeddings [N, R, d]")
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (32)")
-    parser.add_argument(
-        "--shard-size",
-        type=int,
-        default=2048,
-        help="images per resumable shard (2048); a killed run restarts at its first missing shard",
-    )
+    parser.add_argument("--shard-size", type=int, default=2048,
+                        help="images per resumable shard (2048); a killed run restarts at its first missing shard")
     parser.add_argument("--image-size", type=int, default=None, help="input size (default: the model's own)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--overwrite", action="store_true", help="replace an --out made from other weights or files")
@@ -375,22 +319,10 @@ def run(args: argparse.Namespace) -> int:
 
     images = list_folder(args.images) if args.images else list_table(args.table)
     loaded = load_model(args.model, args.device)
-    res = embed_files(
-        loaded,
-        images,
-        args.out,
-        args.local,
-        args.batch_size,
-        args.shard_size,
-        args.image_size,
-        args.device,
-        args.overwrite,
-    )
+    res = embed_files(loaded, images, args.out, args.local, args.batch_size, args.shard_size, args.image_size,
+                      args.device, args.overwrite)
     print_bad(res.bad, res.inputs, "embed")
     if not res.up_to_date:
-        say(
-            f"wrote {res.out}: {res.embedded} embeddings of {res.inputs} files"
-            + (f" ({res.shards_reused} shard(s) from an earlier run)" if res.shards_reused else ""),
-            "embed",
-        )
+        say(f"wrote {res.out}: {res.embedded} embeddings of {res.inputs} files"
+            + (f" ({res.shards_reused} shard(s) from an earlier run)" if res.shards_reused else ""), "embed")
     return 0

@@ -26,16 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-words", type=int, default=16)
 
 
-def explain_pictures(
-    model: EvaluableModel,
-    image: np.ndarray,
-    report: str,
-    out: str | Path,
-    prefix: str = "",
-    max_words: int = 16,
-    title: str = "",
-    roles: Any = None,
-) -> dict[str, Any]:
+def explain_pictures(model: EvaluableModel, image: np.ndarray, report: str, out: str | Path, prefix: str = "",
+                     max_words: int = 16, title: str = "", roles: Any = None) -> dict[str, Any]:
     """Explain ``(image [S,S] in [0,1], report)`` and write the figures to ``out``; returns what was written.
 
     Words are shown in the order of the model's own weight (IRM importance, the implicit pooling weight),
@@ -59,36 +51,26 @@ def explain_pictures(
 
         word_roles, _ = align_roles(words, roles)
         labels = [w if r == "unknown" else f"{w} ({r})" for w, r in zip(words, word_roles, strict=True)]
-    info: dict[str, Any] = {
-        "report": report,
-        "words": words,
-        "global_score": float(ex.global_score),
-        "local_score": None if ex.local_score is None else float(ex.local_score),
-        "method": model.method,
-        "figures": {},
-    }
+    info: dict[str, Any] = {"report": report, "words": words, "global_score": float(ex.global_score),
+                            "local_score": None if ex.local_score is None else float(ex.local_score),
+                            "method": model.method, "figures": {}}
     if ex.attention is not None:
         attn = ex.attention.float().cpu().numpy()
         order = list(range(len(words)))
         if ex.word_weights is not None:  # show the most important words first
             order = list(np.argsort(-ex.word_weights.float().cpu().numpy(), kind="stable"))
         order = order[:max_words]
-        info["figures"]["attention"] = str(
-            attention_overlays(
-                image, attn[order], [labels[i] for i in order], out / f"{prefix}attention.png", title=title
-            )
-        )
+        info["figures"]["attention"] = str(attention_overlays(
+            image, attn[order], [labels[i] for i in order], out / f"{prefix}attention.png", title=title))
     if ex.word_weights is not None:
         w = ex.word_weights.float().cpu().numpy()
         info["word_weights"] = [float(x) for x in w]
-        info["figures"]["importance"] = str(
-            shaded_report(words, w, out / f"{prefix}importance.png", title=title or "word importance (IRM)")
-        )
+        info["figures"]["importance"] = str(shaded_report(words, w, out / f"{prefix}importance.png",
+                                                          title=title or "word importance (IRM)"))
     if ex.relations is not None:
         r = ex.relations.float().cpu().numpy()
-        info["figures"]["relations"] = str(
-            relation_matrix(r, ["[global]", *words], out / f"{prefix}relations.png", title=title)
-        )
+        info["figures"]["relations"] = str(relation_matrix(r, ["[global]", *words], out / f"{prefix}relations.png",
+                                                           title=title))
     atomic_write_json(out / f"{prefix}explanation.json", info)
     return info
 
@@ -128,10 +110,8 @@ def run(args: argparse.Namespace) -> int:
     size = args.image_size or image_size_of(loaded.model)
     image = prepare_image(args.image, size)
     info = explain_pictures(loaded.model, image, report, args.out, max_words=args.max_words, title=loaded.label)
-    print(
-        f"global score {info['global_score']:.3f}"
-        + (f", local score {info['local_score']:.3f}" if info["local_score"] is not None else "")
-    )
+    print(f"global score {info['global_score']:.3f}" + (f", local score {info['local_score']:.3f}"
+                                                        if info["local_score"] is not None else ""))
     for name, path in info["figures"].items():
         print(f"{name}: {path}")
     if not info["figures"]:

@@ -108,13 +108,8 @@ def cached(cache_dir: str | Path | None, key: str | None, compute: Callable[[], 
 
 @torch.no_grad()
 def encode_images(
-    model: EvaluableModel,
-    paths: Sequence[str | Path],
-    size: int,
-    batch_size: int = 32,
-    device: str = "cpu",
-    cache_dir: str | Path | None = None,
-    model_hash: str | None = None,
+    model: EvaluableModel, paths: Sequence[str | Path], size: int, batch_size: int = 32, device: str = "cpu",
+    cache_dir: str | Path | None = None, model_hash: str | None = None,
 ) -> tuple[ImageFeatures, Encoded]:
     """Joint-space image features of every readable image (on CPU)."""
 
@@ -134,13 +129,8 @@ def encode_images(
 
 @torch.no_grad()
 def backbone_features(
-    encoder: Any,
-    paths: Sequence[str | Path],
-    size: int,
-    batch_size: int = 32,
-    device: str = "cpu",
-    cache_dir: str | Path | None = None,
-    model_hash: str | None = None,
+    encoder: Any, paths: Sequence[str | Path], size: int, batch_size: int = 32, device: str = "cpu",
+    cache_dir: str | Path | None = None, model_hash: str | None = None,
 ) -> Encoded:
     """The backbone's pooled global feature (``encoder(x).global_``), as the linear probe uses it."""
     was_training = encoder.training

@@ -40,9 +40,8 @@ def model_label(path: Path, method: str | None) -> str:
     import re
 
     node = path
-    while node.parent != node and (
-        node.name in ("export", "best", "model", "checkpoints") or re.fullmatch(r"\d{8}-\d{6}(-\d+)?", node.name)
-    ):
+    while node.parent != node and (node.name in ("export", "best", "model", "checkpoints")
+                                   or re.fullmatch(r"\d{8}-\d{6}(-\d+)?", node.name)):
         node = node.parent  # runs/NAME/<timestamp>/export -> NAME
     name = node.name or str(path)
     return f"{method}:{name}" if method and method not in name else name
@@ -55,13 +54,8 @@ def load_model(spec: str | Path, device: str = "cpu") -> LoadedModel:
     found = load_model_file(spec)
     found.model.eval().to(device)
     where = found.path if found.path.is_dir() else found.path.parent
-    return LoadedModel(
-        found.model,
-        str(found.path),
-        str(found.weights),
-        file_sha256(found.weights),
-        model_label(where, found.model.method),
-    )
+    return LoadedModel(found.model, str(found.path), str(found.weights), file_sha256(found.weights),
+                       model_label(where, found.model.method))
 
 
 def wrap_model(model: EvaluableModel, label: str | None = None) -> LoadedModel:

@@ -151,9 +151,8 @@ def attention_iou(attn: np.ndarray, mask: np.ndarray, threshold: float = 0.5) ->
     return float((region & mask).sum() / union) if union else 1.0
 
 
-def contrast_to_noise(
-    score_map: np.ndarray, mask: np.ndarray, valid: np.ndarray | None = None, signed: bool = False
-) -> float:
+def contrast_to_noise(score_map: np.ndarray, mask: np.ndarray, valid: np.ndarray | None = None,
+                      signed: bool = False) -> float:
     """BioViL's contrast-to-noise ratio of a phrase's map: ``|mean_in - mean_out| / sqrt(var_in + var_out)``.
 
     ``in`` are the pixels inside the true region (MS-CXR: the union of the phrase's boxes), ``out`` the
@@ -176,12 +175,8 @@ def contrast_to_noise(
     return diff / noise if signed else abs(diff) / noise
 
 
-def threshold_iou(
-    score_map: np.ndarray,
-    mask: np.ndarray,
-    thresholds: tuple[float, ...] | list[float],
-    valid: np.ndarray | None = None,
-) -> float:
+def threshold_iou(score_map: np.ndarray, mask: np.ndarray, thresholds: tuple[float, ...] | list[float],
+                  valid: np.ndarray | None = None) -> float:
     """Mean over ``thresholds`` of the IoU between ``score_map >= t`` and the true region (BioViL's mIoU).
 
     Only ``valid`` pixels count (see :func:`contrast_to_noise`). A threshold that selects nothing

@@ -51,11 +51,9 @@ PROTOCOLS: tuple[Protocol, ...] = (
     Protocol("MS-CXR phrase grounding, mIoU", "phrase-grounding", "ms-cxr", "miou", percent=False),
 )
 
-MACO = (
-    "'Enhancing representation in radiography-reports foundation model: a granular alignment algorithm "
-    "using masked contrastive learning' (MaCo), Nat. Commun. 2024, Table 1, doi:10.1038/s41467-024-51749-0 "
-    "(GLoRIA pretrained on CheXpert, as MGCA's Table 1 lists it)"
-)
+MACO = ("'Enhancing representation in radiography-reports foundation model: a granular alignment algorithm "
+        "using masked contrastive learning' (MaCo), Nat. Commun. 2024, Table 1, doi:10.1038/s41467-024-51749-0 "
+        "(GLoRIA pretrained on CheXpert, as MGCA's Table 1 lists it)")
 
 #: Only numbers read in their source. MGCA's own Table 1/3 values and BioViL's MS-CXR values are not here: they
 #: could not be checked against the papers in this project (shared/reference/anchors.md marks them unverified).
@@ -96,9 +94,8 @@ def published_comparison(results: list[dict[str, Any]]) -> list[str]:
         runs = [r for r in results if r.get("task") == proto.task and proto.source in _sources(r)]
         if not runs:
             continue
-        ours = "; ".join(
-            f"{r['model'].get('label')}: {_ours(r['metrics'].get(proto.metric), proto.percent)}" for r in runs
-        )
+        ours = "; ".join(f"{r['model'].get('label')}: {_ours(r['metrics'].get(proto.metric), proto.percent)}"
+                         for r in runs)
         cells = []
         for method in METHODS:
             pub = published_value(proto.name, method)
@@ -110,18 +107,11 @@ def published_comparison(results: list[dict[str, Any]]) -> list[str]:
         rows.append(f"| {proto.name} | {ours} | " + " | ".join(cells) + " |")
     if not rows:
         return []
-    lines = [
-        "## published numbers on the same protocols",
-        "",
-        "Ours: value [95 % CI], × 100 where the papers print percent. Published: as printed in the cited table "
-        "(their splits, image sizes and encoders differ from a small reclf run: a reference point, not a "
-        "ranking). — : no number that could be checked against its source (docs/evaluation.md).",
-        "",
-        "| protocol | ours | " + " | ".join(METHODS) + " |",
-        "|---|---|" + "---|" * len(METHODS),
-        *rows,
-        "",
-    ]
+    lines = ["## published numbers on the same protocols", "",
+             "Ours: value [95 % CI], × 100 where the papers print percent. Published: as printed in the cited table "
+             "(their splits, image sizes and encoders differ from a small reclf run: a reference point, not a "
+             "ranking). — : no number that could be checked against its source (docs/evaluation.md).", "",
+             "| protocol | ours | " + " | ".join(METHODS) + " |", "|---|---|" + "---|" * len(METHODS), *rows, ""]
     lines += [f"[{n}] {src}" for src, n in cited.items()]
     return lines + [""] if cited else lines
 
@@ -135,23 +125,15 @@ def provenance_table(results: list[dict[str, Any]]) -> list[str]:
     if not results:
         return []
     names = list(PROVENANCE)
-    lines = [
-        "## provenance",
-        "",
-        "The first 12 hex digits of each run's sha256 hashes (full hashes: `provenance` in its results.json): "
-        + "; ".join(f"{k.replace('_', ' ')} = {v}" for k, v in PROVENANCE.items())
-        + ". — : the task has no "
-        "such input, or the run predates the record.",
-        "",
-        "| run | task | model | " + " | ".join(n.replace("_", " ") for n in names) + " |",
-        "|---|---|---|" + "---|" * len(names),
-    ]
+    lines = ["## provenance", "",
+             "The first 12 hex digits of each run's sha256 hashes (full hashes: `provenance` in its results.json): "
+             + "; ".join(f"{k.replace('_', ' ')} = {v}" for k, v in PROVENANCE.items()) + ". — : the task has no "
+             "such input, or the run predates the record.", "",
+             "| run | task | model | " + " | ".join(n.replace("_", " ") for n in names) + " |",
+             "|---|---|---|" + "---|" * len(names)]
     for r in results:
         prov = r.get("provenance") or provenance(r.get("model", {}), r.get("data", {}), r.get("config", {}))
         run = str(r.get("_path", "?"))
-        lines.append(
-            f"| `{run}` | {r.get('task')} | {r.get('model', {}).get('label')} | "
-            + " | ".join(_short(prov.get(n)) for n in names)
-            + " |"
-        )
+        lines.append(f"| `{run}` | {r.get('task')} | {r.get('model', {}).get('label')} | "
+                     + " | ".join(_short(prov.get(n)) for n in names) + " |")
     return lines + [""]

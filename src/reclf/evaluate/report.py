@@ -150,9 +150,8 @@ def _summary_cell(merged: dict[str, dict[str, dict[str, Any]]], task: str, key: 
     return text
 
 
-def summary_rows(
-    merged: dict[str, dict[str, dict[str, Any]]], verdicts: dict[str, list[str]] | None = None, markdown: bool = True
-) -> list[str]:
+def summary_rows(merged: dict[str, dict[str, dict[str, Any]]], verdicts: dict[str, list[str]] | None = None,
+                 markdown: bool = True) -> list[str]:
     """Models x the headline metric of every task (value [95 % CI], or mean ± std over pretraining seeds).
 
     ``verdicts``: label -> reasons it did not learn (see ``reclf.demo.learning_verdicts``); a
@@ -173,28 +172,20 @@ def summary_rows(
     header = ["model"] + [h for _, _, h in cols]
     if markdown:
         return ["| " + " | ".join(header) + " |", "|---|" + "---|" * len(cols)] + [
-            "| " + " | ".join(r) + " |" for r in rows
-        ]
+            "| " + " | ".join(r) + " |" for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     return ["  ".join(str(x).ljust(w) for x, w in zip(r, widths)) for r in [header, *rows]]
 
 
-def summary_table(
-    merged: dict[str, dict[str, dict[str, Any]]], verdicts: dict[str, list[str]] | None = None
-) -> list[str]:
+def summary_table(merged: dict[str, dict[str, dict[str, Any]]], verdicts: dict[str, list[str]] | None = None
+                  ) -> list[str]:
     """The summary section: :func:`summary_rows` under a heading."""
     rows = summary_rows(merged, verdicts)
     if not rows:
         return []
-    return [
-        "## summary",
-        "",
-        *rows,
-        "",
-        "Cells: value [95 % bootstrap CI] for one pretraining seed, mean ± std over seeds otherwise. "
-        "Confidence intervals and every other metric: the per-task sections below.",
-        "",
-    ]
+    return ["## summary", "", *rows, "",
+            "Cells: value [95 % bootstrap CI] for one pretraining seed, mean ± std over seeds otherwise. "
+            "Confidence intervals and every other metric: the per-task sections below.", ""]
 
 
 def paired_differences(results: list[dict[str, Any]], reference: str = "reclf", n_boot: int = 1000) -> list[str]:
@@ -221,16 +212,11 @@ def paired_differences(results: list[dict[str, Any]], reference: str = "reclf", 
     if not cols or not others:
         return []
     n_seeds = max(len(v) for v in runs.values())
-    lines = [
-        f"## paired differences: {reference} − other",
-        "",
-        f"Each cell: mean difference {reference} − model over the same test items [95 % paired bootstrap CI] "
-        f"(pairs: the same item and pretraining seed, over {n_seeds} seed(s)); an interval that excludes 0 "
-        "ranks the two methods on SynthCXR.",
-        "",
-        "| model | " + " | ".join(h for _, _, h in cols) + " |",
-        "|---|" + "---|" * len(cols),
-    ]
+    lines = [f"## paired differences: {reference} − other", "",
+             f"Each cell: mean difference {reference} − model over the same test items [95 % paired bootstrap CI] "
+             f"(pairs: the same item and pretraining seed, over {n_seeds} seed(s)); an interval that excludes 0 "
+             "ranks the two methods on SynthCXR.", "",
+             "| model | " + " | ".join(h for _, _, h in cols) + " |", "|---|" + "---|" * len(cols)]
 
     def seeded(task: str, base: str, key: str, seeds: list[str]) -> tuple[list[str], list[float]]:
         ids: list[str] = []
@@ -289,7 +275,6 @@ def demo_sections(demo: dict[str, Any], results: list[dict[str, Any]], figs: Pat
     if recipes:
         cfg = next(iter(recipes.values()))["config"]
         te, tr, ie = cfg["text_encoder"], cfg["train"], cfg["image_encoder"]
-
         def rates(t: dict[str, Any]) -> str:  # heads, and each part that has its own rate (train.lr_<part>)
             own = [f"{k[3:]} {t[k]:g}" for k in ("lr_image", "lr_text") if t.get(k) is not None]
             parts = [f"heads {t['lr']:g}", *own]
@@ -299,60 +284,37 @@ def demo_sections(demo: dict[str, Any], results: list[dict[str, Any]], figs: Pat
         if len(set(lrs.values())) == 1:
             lr = f"AdamW lr {next(iter(lrs.values()))}"
         else:  # tuned per method (`reclf tune`): say each one, never one method's as everyone's
-            lr = (
-                "AdamW at each method's tuned learning rates ("
-                + "; ".join(f"{m} {v}" for m, v in lrs.items())
-                + "; `reclf tune`, docs/training.md)"
-            )
+            lr = ("AdamW at each method's tuned learning rates (" + "; ".join(
+                f"{m} {v}" for m, v in lrs.items()) + "; `reclf tune`, docs/training.md)")
         lines += [
             f"Every method: the shipped preset `demo_<method>` (`reclf presets`), image encoder `{ie['name']}` at "
             f"{ie['image_size']} px from random init, text encoder `{te['name']}` "
             f"({'frozen' if te['freeze'] else 'trained'}, {te['pooling']} pooling, {te['max_tokens']} tokens), "
             f"{tr['max_steps']} steps of batch {cfg['data']['batch_size']}, {lr}, "
             f"weight decay {tr['weight_decay']}, warm-up {tr['warmup_fraction']} then cosine; seeds: "
-            f"{demo.get('settings', {}).get('seeds')}. The resolved config of every run is in `demo.json`.",
-            "",
-        ]
+            f"{demo.get('settings', {}).get('seeds')}. The resolved config of every run is in `demo.json`.", ""]
         prints = {label: r.get("config_fingerprint") for label, r in recipes.items() if r.get("config_fingerprint")}
         if prints:  # the recipe each number came from (results.json holds the same fingerprint of its model)
-            lines += [
-                "Config fingerprints (the recipe each run was trained with): "
-                + ", ".join(f"{label} `{fp}`" for label, fp in prints.items())
-                + ".",
-                "",
-            ]
+            lines += ["Config fingerprints (the recipe each run was trained with): "
+                      + ", ".join(f"{label} `{fp}`" for label, fp in prints.items()) + ".", ""]
     resumed = demo.get("resumed") or {}
     if resumed:
-        lines += [
-            "Resumed runs (a killed demo's run continued from its last checkpoint, not started over): "
-            + ", ".join(f"{label} from step {step}" for label, step in resumed.items())
-            + ".",
-            "",
-        ]
+        lines += ["Resumed runs (a killed demo's run continued from its last checkpoint, not started over): "
+                  + ", ".join(f"{label} from step {step}" for label, step in resumed.items()) + ".", ""]
     text = demo.get("text_features") or {}
     if text.get("frozen"):
-        lines += [
-            f"Text features: {text['reports']} distinct reports encoded once by the frozen `{text['encoder']}` "
-            f"in {text['seconds']:.0f} s; {100 * text['truncated_share']:.1f} % of them are longer than "
-            f"{text['max_tokens']} tokens (their tail is cut; a word cut in the middle is dropped).",
-            "",
-        ]
+        lines += [f"Text features: {text['reports']} distinct reports encoded once by the frozen `{text['encoder']}` "
+                  f"in {text['seconds']:.0f} s; {100 * text['truncated_share']:.1f} % of them are longer than "
+                  f"{text['max_tokens']} tokens (their tail is cut; a word cut in the middle is dropped).", ""]
     checks = demo.get("learning", {})
     if checks:
-        lines += [
-            "## learning check",
-            "",
-            "Mean training loss of the first and the last 100 steps (a quarter of the run when it is "
-            "shorter); a run whose last is above 0.9 × its first did not learn.",
-            "",
-            "| run | first steps | last steps | last / first | loss fell |",
-            "|---|---|---|---|---|",
-        ]
+        lines += ["## learning check", "",
+                  "Mean training loss of the first and the last 100 steps (a quarter of the run when it is "
+                  "shorter); a run whose last is above 0.9 × its first did not learn.", "",
+                  "| run | first steps | last steps | last / first | loss fell |", "|---|---|---|---|---|"]
         for label, c in checks.items():
-            lines.append(
-                f"| {label} | {c.get('first_loss')} | {c.get('last_loss')} | {c.get('ratio')} | "
-                f"{'yes' if c.get('learned') else '**no**'} |"
-            )
+            lines.append(f"| {label} | {c.get('first_loss')} | {c.get('last_loss')} | {c.get('ratio')} | "
+                         f"{'yes' if c.get('learned') else '**no**'} |")
         lines.append("")
         runs = {label: Path(demo["models"][label]).parent for label in checks if label in demo.get("models", {})}
         if runs:
@@ -382,14 +344,8 @@ def diagnostics_sections(results: list[dict[str, Any]], figs: Path) -> list[str]
     return lines + ["What the numbers mean and do not mean: docs/evaluation.md (Diagnostics).", ""]
 
 
-def write_report(
-    results: list[dict[str, Any]],
-    out: str | Path,
-    data: str | None = None,
-    samples: int = 2,
-    title: str = "reclf evaluation report",
-    demo: dict[str, Any] | None = None,
-) -> Path:
+def write_report(results: list[dict[str, Any]], out: str | Path, data: str | None = None, samples: int = 2,
+                 title: str = "reclf evaluation report", demo: dict[str, Any] | None = None) -> Path:
     from reclf.evaluate.provenance import provenance_table, published_comparison
     from reclf.utils.io import atomic_write_text
     from reclf.viz.figures import bar_chart
@@ -399,16 +355,12 @@ def write_report(
     figs.mkdir(parents=True, exist_ok=True)
     merged = merge_seeds(results)
     verdicts = (demo or {}).get("did_not_learn") or {}
-    lines = [
-        f"# {title}",
-        "",
-        f"{len(results)} evaluation runs. Cells: value ± std over seeds [95 % bootstrap CI]; "
-        "`floor:` = random-init encoder of the same architecture, `ceiling:` = supervised encoder "
-        "trained on the labels; `floor/` metrics and `random init` rows (grounding, diagnostics) = each "
-        "method's own architecture with random weights, its floor for attention metrics. "
-        "Labels merged over `@seedN` pretraining seeds show mean ± std over them.",
-        "",
-    ]
+    lines = [f"# {title}", "",
+             f"{len(results)} evaluation runs. Cells: value ± std over seeds [95 % bootstrap CI]; "
+             "`floor:` = random-init encoder of the same architecture, `ceiling:` = supervised encoder "
+             "trained on the labels; `floor/` metrics and `random init` rows (grounding, diagnostics) = each "
+             "method's own architecture with random weights, its floor for attention metrics. "
+             "Labels merged over `@seedN` pretraining seeds show mean ± std over them.", ""]
     lines += summary_table(merged, verdicts)
     lines += paired_differences(results)
     lines += published_comparison(results)
@@ -420,9 +372,8 @@ def write_report(
             continue
         by_label = merged[task]
         lines += [f"## {task}", ""]
-        na = [
-            r["model"].get("label") for r in results if r["task"] == task and r.get("extra", {}).get("not_applicable")
-        ]
+        na = [r["model"].get("label") for r in results if r["task"] == task and r.get("extra", {}).get(
+            "not_applicable")]
         by_label_applicable = {k: v for k, v in by_label.items() if v}
         if by_label_applicable:
             lines += markdown_tables(task, by_label_applicable)
@@ -438,27 +389,14 @@ def write_report(
                 return float("nan") if m.get(k) is None else float(m[k])
 
             safe = re.sub(r"[^A-Za-z0-9]+", "_", f"{task}_{metric}").strip("_")
-            path = bar_chart(
-                labels,
-                [g(m, "value") for m in ms],
-                [g(m, "ci_low") for m in ms],
-                [g(m, "ci_high") for m in ms],
-                f"{task}: {metric}",
-                figs / f"{safe}.png",
-                metric,
-                references=_references(task, metric, by_label_applicable),
-            )
+            path = bar_chart(labels, [g(m, "value") for m in ms], [g(m, "ci_low") for m in ms],
+                             [g(m, "ci_high") for m in ms], f"{task}: {metric}", figs / f"{safe}.png", metric,
+                             references=_references(task, metric, by_label_applicable))
             lines += [f"![{task} {metric}](figures/{path.name})", ""]
     lines += _explanations(results, figs, data, samples)
     lines += provenance_table(results)
-    lines += (
-        ["## runs", ""]
-        + [
-            f"- `{r['_path']}` ({r['task']}, {r['model'].get('label')}, sha256 {str(r['model'].get('sha256'))[:12]})"
-            for r in results
-        ]
-        + [""]
-    )
+    lines += ["## runs", ""] + [f"- `{r['_path']}` ({r['task']}, {r['model'].get('label')}, "
+                                f"sha256 {str(r['model'].get('sha256'))[:12]})" for r in results] + [""]
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines))
     return path
@@ -469,14 +407,8 @@ def _explanations(results: list[dict[str, Any]], figs: Path, data: str | None, s
     if samples <= 0:
         return []
     if data is None:
-        data = next(
-            (
-                r["data"]["path"]
-                for r in results
-                if r["task"] in ("grounding", "relations") and r.get("data", {}).get("path")
-            ),
-            None,
-        )
+        data = next((r["data"]["path"] for r in results if r["task"] in ("grounding", "relations")
+                     and r.get("data", {}).get("path")), None)
     if data is None or not Path(data).is_dir():
         return []
     from reclf.evaluate.common import load_table, report_texts
@@ -514,15 +446,8 @@ def _explanations(results: list[dict[str, Any]], figs: Path, data: str | None, s
         for (_, row), report in zip(rows.iterrows(), texts, strict=True):
             image = prepare_image(table.folder / row["image_path"], size)
             sid = re.sub(r"[^A-Za-z0-9]+", "_", str(row["study_id"]))
-            info = explain_pictures(
-                model,
-                image,
-                report,
-                figs / "explain",
-                prefix=f"{safe}_{sid}_",
-                title=f"{label} · {row['study_id']}",
-                roles=roles.get(str(row["study_id"])),
-            )
+            info = explain_pictures(model, image, report, figs / "explain", prefix=f"{safe}_{sid}_",
+                                    title=f"{label} · {row['study_id']}", roles=roles.get(str(row["study_id"])))
             text = " ".join(report.split())  # one line: reports hold newlines
             lines += [f"Study `{row['study_id']}`: {text}", ""]
             for name, fig in info["figures"].items():

@@ -152,14 +152,8 @@ def _estimate(m: dict[str, Any]) -> Estimate:
     def f(x: Any) -> float:
         return float("nan") if x is None else float(x)
 
-    return Estimate(
-        f(m.get("value")),
-        f(m.get("ci_low")),
-        f(m.get("ci_high")),
-        int(m.get("n") or 0),
-        None if m.get("std") is None else float(m["std"]),
-        m.get("seeds"),
-    )
+    return Estimate(f(m.get("value")), f(m.get("ci_low")), f(m.get("ci_high")), int(m.get("n") or 0),
+                    None if m.get("std") is None else float(m["std"]), m.get("seeds"))
 
 
 def estimate_from_dict(m: dict[str, Any]) -> Estimate:

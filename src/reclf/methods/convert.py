@@ -128,17 +128,10 @@ class Rule:
 GLORIA_RULES = (
     Rule(r"^img_encoder\.model\.(.+)$", r"image_encoder.\1", why="torchvision ResNet, same names"),
     Rule(r"^img_encoder\.global_embedder\.(weight|bias)$", r"image_global.net.\1", why="Linear(2048, 768)"),
-    Rule(
-        r"^img_encoder\.local_embedder\.weight$",
-        r"image_local.net.weight",
-        _squeeze_kernel,
-        "bias-free 1x1 Conv2d = bias-free Linear per region",
-    ),
-    Rule(
-        r"^text_encoder\.model\.((?:embeddings|encoder)\..+)$",
-        r"text_encoder.backbone.\1",
-        why="Hugging Face BertModel, same names",
-    ),
+    Rule(r"^img_encoder\.local_embedder\.weight$", r"image_local.net.weight", _squeeze_kernel,
+         "bias-free 1x1 Conv2d = bias-free Linear per region"),
+    Rule(r"^text_encoder\.model\.((?:embeddings|encoder)\..+)$", r"text_encoder.backbone.\1",
+         why="Hugging Face BertModel, same names"),
 )
 GLORIA_IGNORED = (
     (r"^text_encoder\.model\.pooler\.", "BERT pooler: GLoRIA reads hidden states only"),
@@ -148,37 +141,21 @@ GLORIA_IGNORED = (
 MGCA_RULES = (
     Rule(r"^img_encoder_q\.model\.(.+)$", r"image_encoder.\1", why="torchvision ResNet / timm ViT, same names"),
     Rule(r"^img_encoder_q\.global_embed\.head\.(\d)\.(.+)$", r"image_global.net.\1.\2", _squeeze_kernel, "MLP head"),
-    Rule(
-        r"^img_encoder_q\.local_embed\.head\.(\d)\.(.+)$",
-        r"image_local.net.\1.\2",
-        _squeeze_kernel,
-        "per-token MLP (Conv1d kernel 1 = Linear)",
-    ),
+    Rule(r"^img_encoder_q\.local_embed\.head\.(\d)\.(.+)$", r"image_local.net.\1.\2", _squeeze_kernel,
+         "per-token MLP (Conv1d kernel 1 = Linear)"),
     Rule(r"^text_encoder_q\.global_embed\.head\.(\d)\.(.+)$", r"text_global.net.\1.\2", _squeeze_kernel, "MLP head"),
-    Rule(
-        r"^text_encoder_q\.local_embed\.head\.(\d)\.(.+)$",
-        r"text_local.net.\1.\2",
-        _squeeze_kernel,
-        "per-token MLP (Conv1d kernel 1 = Linear)",
-    ),
-    Rule(
-        r"^text_encoder_q\.model\.(embeddings\.(?:word_embeddings|position_embeddings|LayerNorm)\..+)$",
-        r"text_encoder.backbone.\1",
-        why="BLIP med.BertModel embeddings, HF names",
-    ),
-    Rule(
-        r"^text_encoder_q\.model\.(encoder\.layer\.\d+\.(?:attention|intermediate|output)\..+)$",
-        r"text_encoder.backbone.\1",
-        why="BLIP med.BertModel self-attention layers, HF names",
-    ),
+    Rule(r"^text_encoder_q\.local_embed\.head\.(\d)\.(.+)$", r"text_local.net.\1.\2", _squeeze_kernel,
+         "per-token MLP (Conv1d kernel 1 = Linear)"),
+    Rule(r"^text_encoder_q\.model\.(embeddings\.(?:word_embeddings|position_embeddings|LayerNorm)\..+)$",
+         r"text_encoder.backbone.\1", why="BLIP med.BertModel embeddings, HF names"),
+    Rule(r"^text_encoder_q\.model\.(encoder\.layer\.\d+\.(?:attention|intermediate|output)\..+)$",
+         r"text_encoder.backbone.\1", why="BLIP med.BertModel self-attention layers, HF names"),
     Rule(r"^prototype_layer\.weight$", r"prototypes.prototypes.weight", why="the 500 prototypes"),
 )
 MGCA_IGNORED = (
     (r"^text_encoder_q\.model\.embeddings\.position_ids$", "position index buffer, rebuilt by transformers"),
-    (
-        r"^text_encoder_q\.model\.encoder\.layer\.\d+\.crossattention\.",
-        "BLIP cross-attention: MGCA runs its BERT in text mode, never through these",
-    ),
+    (r"^text_encoder_q\.model\.encoder\.layer\.\d+\.crossattention\.",
+     "BLIP cross-attention: MGCA runs its BERT in text mode, never through these"),
     (r"^(patch|word)_local_atten_layer\.", "MGCA's optional local attention layers (use_local_atten=False)"),
 )
 
@@ -203,21 +180,18 @@ def _strip_prefix(state: dict[str, Any], fmt: str) -> dict[str, Any]:
     """GLoRIA's Lightning module keeps the model under ``gloria.``; MGCA's parts are top-level."""
     if fmt == "gloria":
         if any(k.startswith("gloria.") for k in state):
-            state = {k[len("gloria.") :]: v for k, v in state.items() if k.startswith("gloria.")} | {
-                k: v for k, v in state.items() if not k.startswith("gloria.")
-            }
+            state = {k[len("gloria."):]: v for k, v in state.items() if k.startswith("gloria.")} | {
+                k: v for k, v in state.items() if not k.startswith("gloria.")}
     for pre in ("module.", "model."):
         if state and all(k.startswith(pre) for k in state):
-            state = {k[len(pre) :]: v for k, v in state.items()}
+            state = {k[len(pre):]: v for k, v in state.items()}
     return state
 
 
 def _need(state: dict[str, Any], key: str, fmt: str, ckpt: str) -> Any:
     if key not in state:
-        raise ConversionError(
-            f"{ckpt}: key {key!r} is missing; this is not a released {fmt} checkpoint "
-            f"(or a different architecture): check the file and the format argument"
-        )
+        raise ConversionError(f"{ckpt}: key {key!r} is missing; this is not a released {fmt} checkpoint "
+                              f"(or a different architecture): check the file and the format argument")
     return state[key]
 
 
@@ -235,43 +209,29 @@ def read_layout(state: dict[str, Any], fmt: str, ckpt: str = "checkpoint") -> La
         blocks = [len({k.split(".")[3] for k in state if k.startswith(f"{img}model.layer{i}.")}) for i in range(1, 5)]
         bottleneck = f"{img}model.layer1.0.conv3.weight" in state
         resnets: dict[tuple[bool, tuple[int, ...]], str] = {
-            (True, (3, 4, 6, 3)): "resnet50",
-            (False, (2, 2, 2, 2)): "resnet18",
-            (False, (3, 4, 6, 3)): "resnet34",
-        }
+            (True, (3, 4, 6, 3)): "resnet50", (False, (2, 2, 2, 2)): "resnet18", (False, (3, 4, 6, 3)): "resnet34"}
         image = resnets.get((bottleneck, tuple(blocks)), "")
         if not image:
-            raise ConversionError(
-                f"{ckpt}: a ResNet with blocks {blocks} (bottleneck={bottleneck}) is not one "
-                "reclf builds (resnet18 / resnet34 / resnet50)"
-            )
+            raise ConversionError(f"{ckpt}: a ResNet with blocks {blocks} (bottleneck={bottleneck}) is not one "
+                                  "reclf builds (resnet18 / resnet34 / resnet50)")
     words = _need(state, f"{txt}embeddings.word_embeddings.weight", fmt, ckpt)
     layers = len({k.split(".")[4] for k in state if k.startswith(f"{txt}encoder.layer.")})
     inter = _need(state, f"{txt}encoder.layer.0.intermediate.dense.weight", fmt, ckpt)
-    text = {
-        "vocab_size": int(words.shape[0]),
-        "hidden_size": int(words.shape[1]),
-        "num_hidden_layers": layers,
-        "intermediate_size": int(inter.shape[0]),
-        "max_position_embeddings": int(_need(state, f"{txt}embeddings.position_embeddings.weight", fmt, ckpt).shape[0]),
-    }
+    text = {"vocab_size": int(words.shape[0]), "hidden_size": int(words.shape[1]), "num_hidden_layers": layers,
+            "intermediate_size": int(inter.shape[0]),
+            "max_position_embeddings": int(_need(state, f"{txt}embeddings.position_embeddings.weight", fmt,
+                                                 ckpt).shape[0])}
     tt = state.get(f"{txt}embeddings.token_type_embeddings.weight")
     text["type_vocab_size"] = int(tt.shape[0]) if tt is not None else 2
     if fmt == "gloria":
         embed = int(_need(state, "img_encoder.global_embedder.weight", fmt, ckpt).shape[0])
         if embed != text["hidden_size"]:
-            raise ConversionError(
-                f"{ckpt}: GLoRIA's image embedding width {embed} differs from the BERT width "
-                f"{text['hidden_size']}; GLoRIA compares them directly, so they must agree"
-            )
+            raise ConversionError(f"{ckpt}: GLoRIA's image embedding width {embed} differs from the BERT width "
+                                  f"{text['hidden_size']}; GLoRIA compares them directly, so they must agree")
         return Layout(fmt, image, embed, {}, text)
     hidden, ins = {}, {}
-    for part in (
-        "img_encoder_q.global_embed",
-        "img_encoder_q.local_embed",
-        "text_encoder_q.global_embed",
-        "text_encoder_q.local_embed",
-    ):
+    for part in ("img_encoder_q.global_embed", "img_encoder_q.local_embed", "text_encoder_q.global_embed",
+                 "text_encoder_q.local_embed"):
         w = _need(state, f"{part}.head.0.weight", fmt, ckpt)
         hidden[part], ins[part] = int(w.shape[0]), int(w.shape[1])
     embed = int(_need(state, "img_encoder_q.global_embed.head.3.weight", fmt, ckpt).shape[0])
@@ -317,38 +277,25 @@ def build_target(layout: Layout, text_dir: str | Path, device: str = "cpu") -> A
 
     text_dir = Path(text_dir)
     if not (text_dir / "config.json").is_file():
-        raise FileNotFoundError(
-            f"--text-encoder {text_dir}: no config.json; pass the Bio_ClinicalBERT folder "
-            "(config.json + vocab.txt / tokenizer.json) the checkpoint was trained with"
-        )
+        raise FileNotFoundError(f"--text-encoder {text_dir}: no config.json; pass the Bio_ClinicalBERT folder "
+                                "(config.json + vocab.txt / tokenizer.json) the checkpoint was trained with")
     raw = json.loads((text_dir / "config.json").read_text())
     keys = set(BertConfig().to_dict())
     base = {k: v for k, v in raw.items() if k in keys and k not in ("architectures", "model_type")}
     heads = int(base.get("num_attention_heads", 12))
     if layout.text["hidden_size"] % heads:
-        raise ConversionError(
-            f"{text_dir}: num_attention_heads={heads} does not divide the checkpoint's BERT "
-            f"width {layout.text['hidden_size']}; pass the BERT folder the checkpoint was made from"
-        )
+        raise ConversionError(f"{text_dir}: num_attention_heads={heads} does not divide the checkpoint's BERT "
+                              f"width {layout.text['hidden_size']}; pass the BERT folder the checkpoint was made from")
     bert_cfg = BertConfig(**(base | layout.text | {"add_cross_attention": False, "is_decoder": False}))
     params, image_cfg, text_cfg = target_configs(layout, text_dir)
     hf_tok = _fast_tokenizer(text_dir)
     if len(hf_tok) > layout.text["vocab_size"]:
-        raise ConversionError(
-            f"{text_dir}: its tokenizer has {len(hf_tok)} tokens but the checkpoint's BERT "
-            f"{layout.text['vocab_size']}; pass the tokenizer the checkpoint was trained with"
-        )
+        raise ConversionError(f"{text_dir}: its tokenizer has {len(hf_tok)} tokens but the checkpoint's BERT "
+                              f"{layout.text['vocab_size']}; pass the tokenizer the checkpoint was trained with")
     with torch.device(device):
         backbone = BertModel(bert_cfg, add_pooling_layer=False)
-        text = TextEncoder(
-            backbone,
-            WordTokenizer(hf_tok, text_cfg.max_tokens),
-            text_cfg.last_n_layers,
-            text_cfg.word_merge,
-            text_cfg.freeze,
-            name=str(text_dir),
-            pooling=text_cfg.pooling,
-        )
+        text = TextEncoder(backbone, WordTokenizer(hf_tok, text_cfg.max_tokens), text_cfg.last_n_layers,
+                           text_cfg.word_merge, text_cfg.freeze, name=str(text_dir), pooling=text_cfg.pooling)
         model = VLModel(params, image_cfg, text_cfg, text_encoder=text)
     return model
 
@@ -393,13 +340,8 @@ def _derive(fmt: str, key: str, shape: tuple[int, ...], model_state: dict[str, A
     return None
 
 
-def map_state(
-    fmt: str,
-    ref: dict[str, Any],
-    target: dict[str, Any],
-    model_state: dict[str, Any] | None = None,
-    ckpt: str = "checkpoint",
-) -> tuple[dict[str, Any], ConversionReport]:
+def map_state(fmt: str, ref: dict[str, Any], target: dict[str, Any], model_state: dict[str, Any] | None = None,
+              ckpt: str = "checkpoint") -> tuple[dict[str, Any], ConversionReport]:
     """Map reference tensors (prefix-stripped) onto the target's keys; refuse on anything unaccounted for.
 
     ``target``: the reclf model's ``state_dict()`` (tensors, or meta tensors for a dry check).
@@ -425,18 +367,14 @@ def map_state(
             continue
         value = rule.transform(tensor)
         if tuple(value.shape) != tuple(target[new].shape):
-            raise ConversionError(
-                f"{ckpt}: {key} has shape {tuple(tensor.shape)}, but reclf's {new} is "
-                f"{tuple(target[new].shape)}; the checkpoint's widths do not match the model built "
-                "for it (check --text-encoder and the format argument)"
-            )
+            raise ConversionError(f"{ckpt}: {key} has shape {tuple(tensor.shape)}, but reclf's {new} is "
+                                  f"{tuple(target[new].shape)}; the checkpoint's widths do not match the model built "
+                                  "for it (check --text-encoder and the format argument)")
         out[new] = value
         source_of[new] = key
     if unexpected:
-        raise ConversionError(
-            f"{ckpt}: {len(unexpected)} unexpected key(s) for a {fmt} checkpoint, e.g. "
-            f"{unexpected[:3]}; the file is not the released {fmt} layout"
-        )
+        raise ConversionError(f"{ckpt}: {len(unexpected)} unexpected key(s) for a {fmt} checkpoint, e.g. "
+                              f"{unexpected[:3]}; the file is not the released {fmt} layout")
     derived: dict[str, str] = {}
     missing = []
     for key, t in target.items():
@@ -448,22 +386,10 @@ def map_state(
         else:
             out[key], derived[key] = found
     if missing:
-        raise ConversionError(
-            f"{ckpt}: {len(missing)} weight(s) of the reclf {fmt} model have no source in the "
-            f"checkpoint, e.g. {missing[:3]}; refusing to leave them at random initialisation"
-        )
-    report = ConversionReport(
-        fmt,
-        ckpt,
-        None,
-        "",
-        0,
-        {},
-        len(source_of),
-        ignored,
-        derived,
-        [f"{r.pattern} -> {r.target}: {r.why}" for r in rules],
-    )
+        raise ConversionError(f"{ckpt}: {len(missing)} weight(s) of the reclf {fmt} model have no source in the "
+                              f"checkpoint, e.g. {missing[:3]}; refusing to leave them at random initialisation")
+    report = ConversionReport(fmt, ckpt, None, "", 0, {}, len(source_of), ignored, derived,
+                              [f"{r.pattern} -> {r.target}: {r.why}" for r in rules])
     return out, report
 
 
@@ -496,23 +422,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("format", choices=FORMATS, help="the reference code base the checkpoint comes from")
     parser.add_argument("checkpoint", type=Path, help="the released checkpoint (.ckpt / .pth)")
     parser.add_argument("--out", required=True, type=Path, help="output model folder")
-    parser.add_argument(
-        "--text-encoder",
-        required=True,
-        type=Path,
-        help="BERT folder (Bio_ClinicalBERT: config.json + vocab.txt) for the tokenizer and config",
-    )
+    parser.add_argument("--text-encoder", required=True, type=Path,
+                        help="BERT folder (Bio_ClinicalBERT: config.json + vocab.txt) for the tokenizer and config")
 
 
 def run(args: argparse.Namespace) -> int:
     report = convert(args.format, args.checkpoint, args.out, args.text_encoder)
-    print(
-        f"converted {report.format} ({report.image_encoder}, joint width {report.embed_dim}, "
-        f"BERT {report.text['num_hidden_layers']} layers): {report.mapped} tensors mapped, "
-        f"{len(report.derived)} derived, {len(report.ignored)} unused reference tensors"
-    )
+    print(f"converted {report.format} ({report.image_encoder}, joint width {report.embed_dim}, "
+          f"BERT {report.text['num_hidden_layers']} layers): {report.mapped} tensors mapped, "
+          f"{len(report.derived)} derived, {len(report.ignored)} unused reference tensors")
     print(f"wrote {args.out} (evaluate it with: reclf evaluate TASK --model {args.out} --data ...)")
     return 0
 
 
-__all__ = ["ConversionError", "ConversionReport", "convert", "load_reference_checkpoint", "map_state", "read_layout"]
+__all__ = ["ConversionError", "ConversionReport", "convert", "load_reference_checkpoint", "map_state",
+           "read_layout"]

@@ -114,13 +114,8 @@ class Embeddings:
 
 @torch.no_grad()
 def embed_images(
-    model: EvaluableModel,
-    paths: Sequence[str | Path],
-    batch_size: int = 32,
-    local: bool = False,
-    size: int | None = None,
-    device: str | torch.device | None = None,
-    ids: Sequence[str] | None = None,
+    model: EvaluableModel, paths: Sequence[str | Path], batch_size: int = 32, local: bool = False,
+    size: int | None = None, device: str | torch.device | None = None, ids: Sequence[str] | None = None,
     progress: Progress | None = None,
 ) -> Embeddings:
     """Global (and with ``local``, region) embeddings of the images in ``paths``, in the model's eval transform.
@@ -212,11 +207,8 @@ def encode_texts(model: EvaluableModel, texts: Sequence[str], batch_size: int = 
 
 @torch.no_grad()
 def similarity_matrix(
-    fn: Callable[[ImageFeatures, TextFeatures], Tensor],
-    img: ImageFeatures,
-    txt: TextFeatures,
-    chunk: int = 64,
-    device: str = "cpu",
+    fn: Callable[[ImageFeatures, TextFeatures], Tensor], img: ImageFeatures, txt: TextFeatures,
+    chunk: int = 64, device: str = "cpu",
 ) -> Tensor:
     """``fn(img, txt)`` for all pairs, computed over chunks of images so memory stays bounded."""
     out = []
@@ -233,9 +225,8 @@ def _to(f: Any, device: str) -> Any:
         pw = None if f.patch_weights is None else f.patch_weights.to(device)
         return ImageFeatures(f.global_.to(device), f.local.to(device), f.grid, pw)
     ww = None if f.word_weights is None else f.word_weights.to(device)
-    return TextFeatures(
-        f.global_.to(device), f.words.to(device), f.word_mask.to(device), f.sentence_ids.to(device), f.word_strings, ww
-    )
+    return TextFeatures(f.global_.to(device), f.words.to(device), f.word_mask.to(device),
+                        f.sentence_ids.to(device), f.word_strings, ww)
 
 
 def score_modes(model: EvaluableModel) -> dict[str, Any]:
@@ -271,10 +262,7 @@ def class_scores(scores: Tensor, owner: np.ndarray, n_classes: int, reduce: str)
 
 
 def class_score_table(
-    model: EvaluableModel,
-    img: ImageFeatures,
-    class_prompts: Mapping[str, Sequence[str]],
-    reduce: str = "mean",
+    model: EvaluableModel, img: ImageFeatures, class_prompts: Mapping[str, Sequence[str]], reduce: str = "mean",
     chunk: int = 64,
 ) -> dict[str, Tensor]:
     """``rule -> [n_images, n_classes]`` zero-shot class scores (classes in ``class_prompts`` order).
@@ -349,12 +337,8 @@ class ZeroShotScores:
 
 
 def zero_shot(
-    model: EvaluableModel,
-    images: Sequence[str | Path] | Tensor,
-    class_prompts: Mapping[str, Sequence[str] | str],
-    reduce: str = "mean",
-    batch_size: int = 32,
-    chunk: int = 64,
+    model: EvaluableModel, images: Sequence[str | Path] | Tensor, class_prompts: Mapping[str, Sequence[str] | str],
+    reduce: str = "mean", batch_size: int = 32, chunk: int = 64,
 ) -> ZeroShotScores:
     """Score ``images`` (files, or a preprocessed ``[B, 1, S, S]`` batch) against ``class_prompts``
     (``{class: [prompts]}``, or one prompt string per class) by every rule of the model."""

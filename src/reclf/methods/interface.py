@@ -140,9 +140,8 @@ class TrainableModel(Protocol):
 
     def similarity(self, img: Any, txt: Any) -> Tensor: ...
 
-    def loss(
-        self, batch: dict[str, Any], gather: Gather | None = None, gather_local: bool = False
-    ) -> dict[str, Tensor]:
+    def loss(self, batch: dict[str, Any], gather: Gather | None = None, gather_local: bool = False
+             ) -> dict[str, Tensor]:
         """Named loss terms and their weighted total ``"loss"`` (``gather_local``: gather the local features
         across ranks too, when ``train.gather_local`` asks for it; only passed when it is true)."""
         ...
@@ -167,3 +166,4 @@ def missing_members(obj: Any, protocol: type) -> list[str]:
         names |= {n for n in vars(base) if not n.startswith("_")}
         names |= {n for n in getattr(base, "__annotations__", {}) if not n.startswith("_")}
     return sorted(n for n in names if not hasattr(obj, n))
+

@@ -92,7 +92,7 @@ def model_state_dict(checkpoint: dict[str, Any], path: str | Path = "checkpoint"
     state = checkpoint.get("state_dict")
     if not isinstance(state, dict):
         raise NotAModelError(path, "it has no state_dict")
-    return {k[len(STATE_PREFIX) :]: v for k, v in state.items() if k.startswith(STATE_PREFIX)}
+    return {k[len(STATE_PREFIX):]: v for k, v in state.items() if k.startswith(STATE_PREFIX)}
 
 
 def checkpoint_config(checkpoint: dict[str, Any], path: str | Path = "checkpoint") -> dict[str, Any]:
@@ -100,9 +100,8 @@ def checkpoint_config(checkpoint: dict[str, Any], path: str | Path = "checkpoint
     meta = checkpoint.get("reclf")
     cfg = meta.get("config") if isinstance(meta, dict) else None
     if not isinstance(cfg, dict) or not cfg:
-        raise NotAModelError(
-            path, "it holds no run config (checkpoint['reclf']['config']), so it was not written by `reclf pretrain`"
-        )
+        raise NotAModelError(path, "it holds no run config (checkpoint['reclf']['config']), so it was not "
+                                   "written by `reclf pretrain`")
     return cfg
 
 
@@ -119,7 +118,8 @@ def load_weights(model: Any, weights: dict[str, Any], path: str | Path) -> None:
         )
 
 
-def model_from_checkpoint(path: str | Path, checkpoint: dict[str, Any] | None = None, model: Any = None) -> MethodModel:
+def model_from_checkpoint(path: str | Path, checkpoint: dict[str, Any] | None = None,
+                          model: Any = None) -> MethodModel:
     """The model of a ``reclf pretrain`` checkpoint.
 
     ``checkpoint``: its content when already read; ``model``: a model of the right architecture to load

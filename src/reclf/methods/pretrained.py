@@ -18,7 +18,6 @@ from reclf.methods.saving import FORMAT_VERSION, OWN_FILES, is_model_folder, sav
 
 __all__ = ["FORMAT_VERSION", "OWN_FILES", "from_pretrained", "is_model_folder", "save_pretrained"]
 
-
 def _read_config(folder: Path) -> dict[str, Any]:
     path = folder / "config.json"
     if not path.is_file():
@@ -94,3 +93,4 @@ def from_pretrained(folder: str | Path, map_location: str = "cpu") -> VLModel:
         )
     model.eval()
     return model
+

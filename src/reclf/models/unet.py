@@ -18,12 +18,8 @@ from torch import nn
 
 def _block(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
     )
 
 
@@ -35,30 +31,25 @@ class UNetDecoder(nn.Module):
     256-128-64-32-16 on ResNet-50) sets the decoder widths; without it the widths are ``width * 2**level``
     capped at ``max_width`` (a small decoder for CPU runs)."""
 
-    def __init__(
-        self,
-        pyramid_channels: list[int],
-        width: int = 32,
-        max_width: int = 128,
-        channels: list[int] | tuple[int, ...] | None = None,
-    ) -> None:
+    def __init__(self, pyramid_channels: list[int], width: int = 32, max_width: int = 128,
+                 channels: list[int] | tuple[int, ...] | None = None) -> None:
         super().__init__()
         if not pyramid_channels:
             raise ValueError("the encoder has an empty feature pyramid; it cannot drive a U-Net decoder")
         chans = list(pyramid_channels)
         if channels:
             if len(channels) < len(chans):
-                raise ValueError(
-                    f"decoder channels {list(channels)} give fewer widths than the encoder's "
-                    f"{len(chans)} pyramid levels"
-                )
+                raise ValueError(f"decoder channels {list(channels)} give fewer widths than the encoder's "
+                                 f"{len(chans)} pyramid levels")
             widths = list(channels)[: len(chans)][::-1]  # finest first
             width = widths[0]
         else:
             widths = [min(max_width, width * 2**i) for i in range(len(chans))]
         self.widths = widths[::-1]
         self.bottom = _block(chans[-1], widths[-1])
-        self.ups = nn.ModuleList([_block(widths[i + 1] + chans[i], widths[i]) for i in range(len(chans) - 2, -1, -1)])
+        self.ups = nn.ModuleList(
+            [_block(widths[i + 1] + chans[i], widths[i]) for i in range(len(chans) - 2, -1, -1)]
+        )
         self.final = _block(widths[0], width)
         self.head = nn.Conv2d(width, 1, 1)
         # prior: lesions cover a few percent of the image, so start predicting "empty" (p ~ 0.05)
@@ -79,13 +70,8 @@ class UNetDecoder(nn.Module):
 class Segmenter(nn.Module):
     """Encoder + U-Net decoder; ``freeze_encoder`` keeps the encoder fixed and in eval mode."""
 
-    def __init__(
-        self,
-        encoder: Any,
-        freeze_encoder: bool = True,
-        width: int = 32,
-        channels: list[int] | tuple[int, ...] | None = None,
-    ) -> None:
+    def __init__(self, encoder: Any, freeze_encoder: bool = True, width: int = 32,
+                 channels: list[int] | tuple[int, ...] | None = None) -> None:
         super().__init__()
         self.encoder = encoder
         self.freeze_encoder = freeze_encoder
@@ -125,9 +111,8 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -
     return ((1 - p_t) ** gamma * bce).mean()
 
 
-def segmentation_loss(
-    logits: torch.Tensor, target: torch.Tensor, kind: str = "bce_dice", focal_weight: float = 10.0
-) -> torch.Tensor:
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "bce_dice",
+                      focal_weight: float = 10.0) -> torch.Tensor:
     """``bce_dice``: BCE + (1 - soft Dice); ``focal_dice``: ``focal_weight`` x focal - log(soft Dice), the
     mixed loss GLoRIA and MGCA train their segmentation with (weight 10, gamma 2)."""
     if kind == "focal_dice":

@@ -98,7 +98,9 @@ def check_trainable(model: Any) -> TrainableModel:
 class PretrainModule(L.LightningModule):
     """Wraps a method model (``VLModel``) for Lightning: steps, validation, optimiser, resume state."""
 
-    def __init__(self, model: TrainableModel, train_cfg: TrainConfig, run_config: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, model: TrainableModel, train_cfg: TrainConfig, run_config: dict[str, Any] | None = None
+    ) -> None:
         super().__init__()
         self.model: TrainableModel = check_trainable(model)
         self.train_cfg = train_cfg
@@ -249,12 +251,7 @@ class PretrainModule(L.LightningModule):
             )
             # strict=False: a run without a validation split keeps its lr (Lightning warns) instead of failing
             sched: LRSchedulerConfigType = {
-                "scheduler": plateau,
-                "monitor": "val/loss",
-                "interval": "epoch",
-                "frequency": 1,
-                "strict": False,
-            }
+                "scheduler": plateau, "monitor": "val/loss", "interval": "epoch", "frequency": 1, "strict": False}
             return {"optimizer": optimizer, "lr_scheduler": sched}
         total = self.trainer.estimated_stepping_batches
         total = int(total) if math.isfinite(total) and total > 0 else max(cfg.max_steps, 1)

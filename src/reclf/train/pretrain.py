@@ -303,12 +303,8 @@ def run_training(run: PretrainRun) -> TrainOutcome:
         warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         try:
-            run.trainer.fit(
-                run.module,
-                datamodule=run.datamodule,
-                ckpt_path=str(run.resume_from) if run.resume_from else None,
-                weights_only=True,
-            )
+            run.trainer.fit(run.module, datamodule=run.datamodule,
+                            ckpt_path=str(run.resume_from) if run.resume_from else None, weights_only=True)
         except (NonFiniteLossError, BadDataError) as exc:
             status, error = f"failed: {exc}", exc
         finally:

@@ -68,10 +68,8 @@ def free_space_hint(path: str | Path) -> str:
         left = f"{free / 2**30:.1f} GiB free on its file system"
     except OSError:
         left = "its file system is full"
-    return (
-        f"{left}; free space there (old runs under runs/, the feature cache runs/.cache, old demo outputs) "
-        "or write somewhere else (--out, train.runs_dir), then run the command again"
-    )
+    return (f"{left}; free space there (old runs under runs/, the feature cache runs/.cache, old demo outputs) "
+            "or write somewhere else (--out, train.runs_dir), then run the command again")
 
 
 def disk_full_error(path: str | Path, exc: BaseException) -> DiskFullError:

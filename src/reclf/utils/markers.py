@@ -85,9 +85,8 @@ def write_marker(path: str | Path, stage: str, config: dict[str, Any], data: str
     atomic_write_json(path, record)
 
 
-def read_marker(
-    path: str | Path, config: dict[str, Any], data: str | None = None, check_data: bool = True
-) -> Marker | None:
+def read_marker(path: str | Path, config: dict[str, Any], data: str | None = None, check_data: bool = True
+                ) -> Marker | None:
     """The marker at ``path`` compared with ``config`` and ``data``; ``None`` when there is none.
 
     ``check_data=False`` compares the recipe only (before the data exists, e.g. while it is still to be

@@ -22,7 +22,6 @@ def seed_everything(seed: int) -> None:
 
 def rng(seed: int, *keys: int | str) -> np.random.Generator:
     """A NumPy generator derived from ``seed`` and any extra keys (stable across runs and workers)."""
-    material = [seed] + [
-        k if isinstance(k, int) else int.from_bytes(k.encode()[:8].ljust(8, b"\0"), "little") for k in keys
-    ]
+    material = [seed] + [k if isinstance(k, int) else int.from_bytes(k.encode()[:8].ljust(8, b"\0"), "little")
+                         for k in keys]
     return np.random.default_rng(np.random.SeedSequence(material))

@@ -51,12 +51,8 @@ def relation_mass(results: list[dict[str, Any]], path: str | Path, title: str = 
     import numpy as np
 
     plt = _plt()
-    keys = [
-        ("relations/own_mass", "finding→own location"),
-        ("relations/shuffled_mass", "shuffled (chance)"),
-        ("relations/nearest_mass", "nearest words"),
-        ("relations/filler_mass", "filler→location"),
-    ]
+    keys = [("relations/own_mass", "finding→own location"), ("relations/shuffled_mass", "shuffled (chance)"),
+            ("relations/nearest_mass", "nearest words"), ("relations/filler_mass", "filler→location")]
     runs = [r for r in results if r.get("task") == "diagnostics" and "relations/own_mass" in r.get("metrics", {})]
     if not runs:
         raise ValueError("relation_mass: no diagnostics result with SRM relations (relations/own_mass)")

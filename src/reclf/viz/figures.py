@@ -38,16 +38,8 @@ def _save(fig, path: str | Path) -> Path:
 REFERENCE_STYLES = {"chance": ("#d62728", ":"), "floor": ("#7f7f7f", "--"), "ceiling": ("#2ca02c", "--")}
 
 
-def bar_chart(
-    labels: Sequence[str],
-    values: Sequence[float],
-    lows: Sequence[float],
-    highs: Sequence[float],
-    title: str,
-    path: str | Path,
-    ylabel: str = "",
-    references: dict[str, float] | None = None,
-) -> Path:
+def bar_chart(labels: Sequence[str], values: Sequence[float], lows: Sequence[float], highs: Sequence[float],
+              title: str, path: str | Path, ylabel: str = "", references: dict[str, float] | None = None) -> Path:
     """Bars with asymmetric 95 % interval whiskers (NaN intervals drawn without whiskers).
 
     ``references``: horizontal reference lines by name (``chance``, ``floor``, ``ceiling``), so a bar is
@@ -108,14 +100,8 @@ def loss_curves(runs: Mapping[str, str | Path], path: str | Path, smooth: int = 
     return _save(fig, path)
 
 
-def attention_overlays(
-    image: np.ndarray,
-    attention: np.ndarray,
-    words: Sequence[str],
-    path: str | Path,
-    title: str = "",
-    max_words: int = 12,
-) -> Path:
+def attention_overlays(image: np.ndarray, attention: np.ndarray, words: Sequence[str], path: str | Path,
+                       title: str = "", max_words: int = 12) -> Path:
     """The image, then one panel per word with its attention map (bilinear to image size) overlaid."""
     from reclf.utils.maps import upsample_map
 
@@ -139,9 +125,8 @@ def attention_overlays(
     return _save(fig, path)
 
 
-def shaded_report(
-    words: Sequence[str], weights: Sequence[float] | np.ndarray, path: str | Path, title: str = "", per_line: int = 10
-) -> Path:
+def shaded_report(words: Sequence[str], weights: Sequence[float] | np.ndarray, path: str | Path, title: str = "",
+                  per_line: int = 10) -> Path:
     """The words as text, each on a background whose strength is its (max-scaled) importance."""
     plt = _plt()
     import matplotlib
@@ -156,14 +141,8 @@ def shaded_report(
     cmap = matplotlib.colormaps["Reds"]
     for i, word in enumerate(words):
         r, c = divmod(i, per_line)
-        ax.text(
-            0.01 + c * (0.98 / per_line),
-            lines - r - 0.5,
-            str(word),
-            fontsize=9,
-            va="center",
-            bbox={"boxstyle": "round,pad=0.2", "facecolor": cmap(0.05 + 0.6 * scaled[i]), "edgecolor": "none"},
-        )
+        ax.text(0.01 + c * (0.98 / per_line), lines - r - 0.5, str(word), fontsize=9, va="center",
+                bbox={"boxstyle": "round,pad=0.2", "facecolor": cmap(0.05 + 0.6 * scaled[i]), "edgecolor": "none"})
     if title:
         ax.set_title(title, fontsize=9)
     return _save(fig, path)

@@ -125,14 +125,13 @@ def relation_candidates(study_id: str, triples: list[Triple], seed: int = 0) -> 
         return None
 
     flip = {"left": "right", "right": "left"}
-    sides = [
-        [*triples[:i], Triple(t.finding, flip[t.side], t.anatomy), *triples[i + 1 :]] for i, t in enumerate(triples)
-    ]
+    sides = [[*triples[:i], Triple(t.finding, flip[t.side], t.anatomy), *triples[i + 1:]]
+             for i, t in enumerate(triples)]
     moves = []
     for i, t in enumerate(triples):
         for level, region in LEVEL_REGION.items():
             if level not in LUNG_REGIONS[t.anatomy]:
-                moves.append([*triples[:i], Triple(t.finding, t.side, region), *triples[i + 1 :]])
+                moves.append([*triples[:i], Triple(t.finding, t.side, region), *triples[i + 1:]])
     swaps = []
     for i in range(len(triples)):
         for j in range(i + 1, len(triples)):
@@ -150,11 +149,8 @@ def relation_candidates(study_id: str, triples: list[Triple], seed: int = 0) -> 
 
 def candidates_frame(triples_of: dict[str, list[Triple]], seed: int = 0) -> pd.DataFrame:
     """``study_id, text, is_correct, contrast`` for every image (SynthCXR's ``candidates.csv`` format)."""
-    rows = [
-        {"study_id": sid, "text": text, "is_correct": int(ok), "contrast": contrast}
-        for sid, triples in triples_of.items()
-        for text, ok, contrast in relation_candidates(sid, triples, seed)
-    ]
+    rows = [{"study_id": sid, "text": text, "is_correct": int(ok), "contrast": contrast}
+            for sid, triples in triples_of.items() for text, ok, contrast in relation_candidates(sid, triples, seed)]
     return pd.DataFrame(rows, columns=["study_id", "text", "is_correct", "contrast"])
 
 
@@ -182,26 +178,20 @@ def read_gold(path: Path, drops: DropLog) -> pd.DataFrame:
     context`` (stripped, lower-cased where it is vocabulary); rows without ids counted and dropped."""
     df = read_csv_counting_bad(path, drops, delimiter="\t")
     require_columns(df, GOLD_COLUMNS, path)
-    out = pd.DataFrame(
-        {
-            "dicom_id": df["image_id"].astype(str).str.strip().str.replace(r"\.dcm$", "", regex=True),
-            "patient_id": df["patient_id"].astype(str).str.strip(),
-            "study_id": df["study_id"].astype(str).str.strip(),
-            "order": [_sent_order(r) for r in df.get("row_id", pd.Series("", index=df.index))],
-            "sentence": df.get("sentence", pd.Series("", index=df.index)).astype(str).str.strip(),
-            "bbox": df["bbox"].astype(str).str.strip().str.lower(),
-            "label": df["label_name"].astype(str).str.strip().str.lower(),
-            "category": df["categoryID"].astype(str).str.strip().str.lower(),
-            "context": df["context"].astype(str).str.strip().str.lower(),
-        }
-    )
+    out = pd.DataFrame({
+        "dicom_id": df["image_id"].astype(str).str.strip().str.replace(r"\.dcm$", "", regex=True),
+        "patient_id": df["patient_id"].astype(str).str.strip(),
+        "study_id": df["study_id"].astype(str).str.strip(),
+        "order": [_sent_order(r) for r in df.get("row_id", pd.Series("", index=df.index))],
+        "sentence": df.get("sentence", pd.Series("", index=df.index)).astype(str).str.strip(),
+        "bbox": df["bbox"].astype(str).str.strip().str.lower(),
+        "label": df["label_name"].astype(str).str.strip().str.lower(),
+        "category": df["categoryID"].astype(str).str.strip().str.lower(),
+        "context": df["context"].astype(str).str.strip().str.lower(),
+    })
     bad = ~(out["patient_id"].str.fullmatch(r"\d+") & out["study_id"].str.fullmatch(r"\d+")) | (out["dicom_id"] == "")
-    drops.bad(
-        "malformed_row",
-        f"{path.name}: a row without an image_id or with a non-numeric patient/study id",
-        int(bad.sum()),
-        [f"line {n}" for n in np.asarray(df.attrs.get("lines", []))[bad.to_numpy()][:5]],
-    )
+    drops.bad("malformed_row", f"{path.name}: a row without an image_id or with a non-numeric patient/study id",
+              int(bad.sum()), [f"line {n}" for n in np.asarray(df.attrs.get("lines", []))[bad.to_numpy()][:5]])
     return out[~bad].reset_index(drop=True)
 
 
@@ -226,32 +216,24 @@ def read_scene_graphs(paths: list[Path], drops: DropLog) -> pd.DataFrame:
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             bad.append(f"{path.name}: {exc}")
     drops.bad("unreadable_scene_graph", "a *_SceneGraph.json that is not a Chest ImaGenome scene graph", len(bad), bad)
-    return pd.DataFrame(
-        rows,
-        columns=["dicom_id", "patient_id", "study_id", "order", "sentence", "bbox", "label", "category", "context"],
-    )
+    return pd.DataFrame(rows, columns=["dicom_id", "patient_id", "study_id", "order", "sentence", "bbox", "label",
+                                       "category", "context"])
 
 
 def image_triples(rows: pd.DataFrame, drops: DropLog) -> dict[str, list[Triple]]:
     """Asserted finding triples per image in report order (filters counted by reason)."""
     finding = rows["category"].isin(FINDING_CATEGORIES)
-    drops.filtered(
-        "not_a_finding", f"an attribute of another category than {', '.join(FINDING_CATEGORIES)}", int((~finding).sum())
-    )
+    drops.filtered("not_a_finding", f"an attribute of another category than {', '.join(FINDING_CATEGORIES)}",
+                   int((~finding).sum()))
     rows = rows[finding]
     denied = rows["context"] != "yes"
     drops.filtered("denied_finding", "a finding the report denies (context = no)", int(denied.sum()))
     rows = rows[~denied]
     regions = rows["bbox"].map(parse_region)
-    drops.filtered(
-        "not_a_sided_lung_region",
-        "a finding on a midline, unnamed or non-lung region",
-        int(regions.isna().sum()),
-        rows.loc[regions.isna(), "bbox"].drop_duplicates().head(5),
-    )
-    rows = (
-        rows[regions.notna()].assign(region=regions[regions.notna()]).sort_values(["dicom_id", "order"], kind="stable")
-    )
+    drops.filtered("not_a_sided_lung_region", "a finding on a midline, unnamed or non-lung region", int(
+        regions.isna().sum()), rows.loc[regions.isna(), "bbox"].drop_duplicates().head(5))
+    rows = rows[regions.notna()].assign(region=regions[regions.notna()]).sort_values(["dicom_id", "order"],
+                                                                                      kind="stable")
     out: dict[str, list[Triple]] = {}
     repeated = cut = 0
     for dicom, g in rows.groupby("dicom_id", sort=True):
@@ -280,25 +262,17 @@ def parse(opts: PrepareOptions) -> SourceTable:
     else:
         graphs = sorted(root.rglob("*_SceneGraph.json"))
         if not graphs:
-            raise SourceLayoutError(
-                f"{root} does not look like Chest ImaGenome: expected {GOLD_FILE} (or "
-                "*_SceneGraph.json files) below it; point --root at the chest-imagenome folder"
-            )
+            raise SourceLayoutError(f"{root} does not look like Chest ImaGenome: expected {GOLD_FILE} (or "
+                                    "*_SceneGraph.json files) below it; point --root at the chest-imagenome folder")
         rows = read_scene_graphs(graphs, drops)
         n_read, source = len(graphs), f"{len(graphs)} scene graphs below {root}"
     ids = rows.drop_duplicates("dicom_id").set_index("dicom_id")[["patient_id", "study_id"]]
-    sentences = {
-        d: " ".join(dict.fromkeys(s for s in g.sort_values("order", kind="stable")["sentence"] if s))
-        for d, g in rows.groupby("dicom_id")
-    }
+    sentences = {d: " ".join(dict.fromkeys(s for s in g.sort_values("order", kind="stable")["sentence"] if s))
+                 for d, g in rows.groupby("dicom_id")}
     triples_of = image_triples(rows, drops)
     no_triple = sorted(set(ids.index) - set(triples_of))
-    drops.filtered(
-        "image_without_triple",
-        "an image without an asserted finding on a left/right lung region",
-        len(no_triple),
-        no_triple[:5],
-    )
+    drops.filtered("image_without_triple", "an image without an asserted finding on a left/right lung region",
+                   len(no_triple), no_triple[:5])
     dicoms = sorted(triples_of)
     mimic = Path(opts.get("mimic_jpg", root)).resolve()
     pids = [str(ids.loc[d, "patient_id"]) for d in dicoms]
@@ -311,34 +285,21 @@ def parse(opts: PrepareOptions) -> SourceTable:
         report=reports,
         findings=reports,
         split="test",
-        source_path=[
-            str(mimic / "files" / f"p{p[:2]}" / f"p{p}" / f"s{s}" / f"{d}.jpg") for d, p, s in zip(dicoms, pids, sids)
-        ],
+        source_path=[str(mimic / "files" / f"p{p[:2]}" / f"p{p}" / f"s{s}" / f"{d}.jpg")
+                     for d, p, s in zip(dicoms, pids, sids)],
     )
     df["mimic_study_id"] = sids
     df["task"] = ["single" if len(triples_of[d]) == 1 else "binding" for d in dicoms]
     df["class"] = [triples_of[d][0].finding if len(triples_of[d]) == 1 else "binding" for d in dicoms]
-    df["annotations"] = [
-        json.dumps(
-            [{"finding": t.finding, "anatomy": t.anatomy, "side": t.side, "bbox": t.bbox} for t in triples_of[d]]
-        )
-        for d in dicoms
-    ]
+    df["annotations"] = [json.dumps([{"finding": t.finding, "anatomy": t.anatomy, "side": t.side, "bbox": t.bbox}
+                                     for t in triples_of[d]]) for d in dicoms]
     df["source"] = "chest-imagenome"
     cands = candidates_frame({d: triples_of[d] for d in dicoms}, opts.seed)
-    drops.note(
-        "foils_by_contrast",
-        {k: int(v) for k, v in cands.loc[cands["is_correct"] == 0, "contrast"].value_counts().sort_index().items()},
-    )
+    drops.note("foils_by_contrast", {k: int(v) for k, v in cands.loc[cands["is_correct"] == 0, "contrast"]
+                                     .value_counts().sort_index().items()})
     if not (mimic / "files").is_dir() and not opts.metadata_only:
-        raise SourceLayoutError(
-            f"{mimic} has no files/ folder; pass --mimic-jpg, the MIMIC-CXR-JPG folder that holds files/pXX/..."
-        )
-    return SourceTable(
-        "chest-imagenome",
-        df,
-        drops,
-        rows_read=n_read,
-        info={"annotations": source, "mimic_jpg": str(mimic)},
-        id_lists={"candidates.csv": cands.to_csv(index=False)},
-    )
+        raise SourceLayoutError(f"{mimic} has no files/ folder; pass --mimic-jpg, the MIMIC-CXR-JPG folder that "
+                                "holds files/pXX/...")
+    return SourceTable("chest-imagenome", df, drops, rows_read=n_read,
+                       info={"annotations": source, "mimic_jpg": str(mimic)},
+                       id_lists={"candidates.csv": cands.to_csv(index=False)})

@@ -211,12 +211,8 @@ def parse(opts: PrepareOptions) -> SourceTable:
         pool = data[(data["split"] == "train") & data["frontal"]]
         rt = build_retrieval(pool, retrieval_per_class, opts.seed, drops)
         hit = (data["split"] == "train") & data["patient_id"].isin(set(rt["patient_id"]))
-        drops.filtered(
-            "retrieval_patient",
-            f"image of a patient in the {RETRIEVAL_NAME} set (kept out of training)",
-            int(hit.sum()),
-            data.loc[hit, "study_id"],
-        )
+        drops.filtered("retrieval_patient", f"image of a patient in the {RETRIEVAL_NAME} set (kept out of training)",
+                       int(hit.sum()), data.loc[hit, "study_id"])
         data = data[~hit]
         extra[RETRIEVAL_NAME] = rt
         id_lists[f"{RETRIEVAL_NAME}.txt"] = "".join(f"{s}\t{c}\n" for s, c in zip(rt["study_id"], rt["class"]))

@@ -22,16 +22,8 @@ import pandas as pd
 from reclf.data.studies import CHEXPERT_LABELS
 from reclf.utils.seed import rng
 
-RETRIEVAL_CLASSES = (
-    "Atelectasis",
-    "Cardiomegaly",
-    "Edema",
-    "Fracture",
-    "No Finding",
-    "Pleural Effusion",
-    "Pneumonia",
-    "Pneumothorax",
-)
+RETRIEVAL_CLASSES = ("Atelectasis", "Cardiomegaly", "Edema", "Fracture", "No Finding", "Pleural Effusion",
+                     "Pneumonia", "Pneumothorax")
 RETRIEVAL_NAME = "retrieval_8x200"
 IGNORED = ("Support Devices",)
 

@@ -139,9 +139,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  dropped {f['count']:>8} {name}: {f['reason']}")
     shared = report.get("notes", {}).get("rows_sharing_an_image")
     if shared:
-        print(
-            f"  note: {shared['count']} rows name {shared['files']} image file(s) that another row names too "
-            f"(kept), e.g. {', '.join(shared['examples'][:3])}"
-        )
+        print(f"  note: {shared['count']} rows name {shared['files']} image file(s) that another row names too "
+              f"(kept), e.g. {', '.join(shared['examples'][:3])}")
     print(f"wrote {opts.out}/studies.csv and {opts.out}/prepare_report.json")
     return 0

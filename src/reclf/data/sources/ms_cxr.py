@@ -44,9 +44,8 @@ from reclf.data.sources.common import (
 CSV_NAMES = ("MS_CXR_Local_Alignment_v1.1.0.csv", "MS_CXR_Local_Alignment_v1.0.0.csv")
 COLUMNS = ("dicom_id", "category_name", "label_text", "path", "x", "y", "w", "h", "image_width", "image_height")
 SPLIT_MAP = {"train": "train", "val": "valid", "valid": "valid", "validate": "valid", "test": "test"}
-_PATH = re.compile(
-    r"(?:^|/)files/p\d+/p(?P<subject>\d+)/s(?P<study>\d+)/(?P<dicom>[^/]+)\.(?:jpg|jpeg|png|dcm)$", re.IGNORECASE
-)
+_PATH = re.compile(r"(?:^|/)files/p\d+/p(?P<subject>\d+)/s(?P<study>\d+)/(?P<dicom>[^/]+)\.(?:jpg|jpeg|png|dcm)$",
+                   re.IGNORECASE)
 
 
 def find_csv(root: Path, csv: Path | None) -> Path:
@@ -62,13 +61,12 @@ def find_csv(root: Path, csv: Path | None) -> Path:
     others = sorted(root.glob("MS_CXR_Local_Alignment_v*.csv"))
     if others:
         return others[-1]
-    raise SourceLayoutError(
-        f"{root} does not look like MS-CXR: expected {CSV_NAMES[0]} (or v1.0.0) in it; point "
-        "--root at the MS-CXR folder or name the CSV with --csv"
-    )
+    raise SourceLayoutError(f"{root} does not look like MS-CXR: expected {CSV_NAMES[0]} (or v1.0.0) in it; point "
+                            "--root at the MS-CXR folder or name the CSV with --csv")
 
 
-def fractions(box: tuple[float, float, float, float], width: float, height: float, square: bool) -> list[float]:
+def fractions(box: tuple[float, float, float, float], width: float, height: float, square: bool
+              ) -> list[float]:
     """``[x, y, w, h]`` pixels -> fractions of the image (or of its padded square, as the cache pads it)."""
     x, y, w, h = box
     if square:
@@ -93,78 +91,45 @@ def parse(opts: PrepareOptions) -> SourceTable:
     num = df[["x", "y", "w", "h", "image_width", "image_height"]].apply(pd.to_numeric, errors="coerce")
     finite = np.isfinite(num.to_numpy(dtype=float)).all(axis=1)
     inside = (
-        (num["w"] > 0)
-        & (num["h"] > 0)
-        & (num["image_width"] > 0)
-        & (num["image_height"] > 0)
-        & (num["x"] >= -1)
-        & (num["y"] >= -1)
-        & (num["x"] + num["w"] <= num["image_width"] + 1)
-        & (num["y"] + num["h"] <= num["image_height"] + 1)
+        (num["w"] > 0) & (num["h"] > 0) & (num["image_width"] > 0) & (num["image_height"] > 0)
+        & (num["x"] >= -1) & (num["y"] >= -1)
+        & (num["x"] + num["w"] <= num["image_width"] + 1) & (num["y"] + num["h"] <= num["image_height"] + 1)
     ).to_numpy()
     bad_box = ~(finite & inside)
     where = [f"line {n}" for n in np.asarray(lines)[bad_box][:5]]
-    drops.bad(
-        "malformed_box",
-        f"{csv.name}: a box that is not four numbers with a positive size inside the image",
-        int(bad_box.sum()),
-        where,
-    )
+    drops.bad("malformed_box", f"{csv.name}: a box that is not four numbers with a positive size inside the image",
+              int(bad_box.sum()), where)
     keep = ~bad_box
     empty = keep & ((df["label_text"] == "") | (df["dicom_id"] == "")).to_numpy()
-    drops.bad(
-        "empty_phrase",
-        f"{csv.name}: a row without a dicom_id or a label_text",
-        int(empty.sum()),
-        [f"line {n}" for n in np.asarray(lines)[empty][:5]],
-    )
+    drops.bad("empty_phrase", f"{csv.name}: a row without a dicom_id or a label_text", int(empty.sum()),
+              [f"line {n}" for n in np.asarray(lines)[empty][:5]])
     keep &= ~empty
     match = df["path"].str.extract(_PATH)
     bad_path = keep & (match["dicom"].isna() | (match["dicom"] != df["dicom_id"])).to_numpy()
-    drops.bad(
-        "bad_path",
-        f"{csv.name}: path is not files/pXX/pSUBJECT/sSTUDY/<dicom_id>.jpg",
-        int(bad_path.sum()),
-        [f"line {n}: {p}" for n, p in zip(np.asarray(lines)[bad_path][:5], df["path"][bad_path][:5])],
-    )
+    drops.bad("bad_path", f"{csv.name}: path is not files/pXX/pSUBJECT/sSTUDY/<dicom_id>.jpg", int(bad_path.sum()),
+              [f"line {n}: {p}" for n, p in zip(np.asarray(lines)[bad_path][:5], df["path"][bad_path][:5])])
     keep &= ~bad_path
     has_split = "split" in df.columns
-    split = (
-        df["split"].astype(str).str.strip().str.lower().map(SPLIT_MAP)
-        if has_split
-        else pd.Series("test", index=df.index)
-    )
+    split = df["split"].astype(str).str.strip().str.lower().map(SPLIT_MAP) if has_split else pd.Series(
+        "test", index=df.index)
     bad_split = keep & split.isna().to_numpy()
-    drops.bad(
-        "unknown_split",
-        f"{csv.name}: a split other than train, val, test",
-        int(bad_split.sum()),
-        [f"line {n}" for n in np.asarray(lines)[bad_split][:5]],
-    )
+    drops.bad("unknown_split", f"{csv.name}: a split other than train, val, test", int(bad_split.sum()),
+              [f"line {n}" for n in np.asarray(lines)[bad_split][:5]])
     keep &= ~bad_split
-    rows = df[keep].assign(
-        **{k: num.loc[keep, k] for k in num.columns}, split=split[keep], subject=match.loc[keep, "subject"]
-    )
+    rows = df[keep].assign(**{k: num.loc[keep, k] for k in num.columns}, split=split[keep],
+                           subject=match.loc[keep, "subject"])
 
     # one image size per image: rows of one dicom that disagree are all dropped (their boxes cannot be placed)
     sizes = rows.groupby("dicom_id")[["image_width", "image_height"]].nunique()
     conflicting = sizes.index[(sizes > 1).any(axis=1)]
     n_conf = int(rows["dicom_id"].isin(conflicting).sum())
-    drops.bad(
-        "conflicting_image_size",
-        "rows of one image with different image_width/image_height",
-        n_conf,
-        list(conflicting[:5]),
-    )
+    drops.bad("conflicting_image_size", "rows of one image with different image_width/image_height", n_conf,
+              list(conflicting[:5]))
     rows = rows[~rows["dicom_id"].isin(conflicting)]
     splits = rows.groupby("dicom_id")["split"].nunique()
     two = splits.index[splits > 1]
-    drops.bad(
-        "conflicting_split",
-        "rows of one image in different splits",
-        int(rows["dicom_id"].isin(two).sum()),
-        list(two[:5]),
-    )
+    drops.bad("conflicting_split", "rows of one image in different splits", int(rows["dicom_id"].isin(two).sum()),
+              list(two[:5]))
     rows = rows[~rows["dicom_id"].isin(two)]
 
     square = bool(opts.square) and not opts.metadata_only  # the cache pads; the originals are not padded
@@ -174,25 +139,18 @@ def parse(opts: PrepareOptions) -> SourceTable:
         phrases = []
         for phrase, p in g.groupby("label_text", sort=False):
             px = [[float(v) for v in b] for b in p[["x", "y", "w", "h"]].to_numpy()]
-            phrases.append(
-                {
-                    "phrase": phrase,
-                    "category": str(p["category_name"].iloc[0]),
-                    "boxes": [
-                        [round(v, 6) for v in fractions((b[0], b[1], b[2], b[3]), width, height, square)] for b in px
-                    ],
-                    "boxes_px": [[round(v, 2) for v in b] for b in px],
-                }
-            )
-        records.append(
-            {
-                "dicom_id": dicom,
-                "subject": str(g["subject"].iloc[0]),
-                "path": str(g["path"].iloc[0]),
-                "split": str(g["split"].iloc[0]),
-                "phrases": phrases,
-            }
-        )
+            phrases.append({
+                "phrase": phrase,
+                "category": str(p["category_name"].iloc[0]),
+                "boxes": [
+                    [round(v, 6) for v in fractions((b[0], b[1], b[2], b[3]), width, height, square)] for b in px
+                ],
+                "boxes_px": [[round(v, 2) for v in b] for b in px],
+            })
+        records.append({
+            "dicom_id": dicom, "subject": str(g["subject"].iloc[0]), "path": str(g["path"].iloc[0]),
+            "split": str(g["split"].iloc[0]), "phrases": phrases,
+        })
     drops.note("phrases", sum(len(r["phrases"]) for r in records))
     drops.note("phrases_with_several_boxes", sum(len(p["boxes"]) > 1 for r in records for p in r["phrases"]))
     text = [" ".join(p["phrase"].rstrip(".") + "." for p in r["phrases"]) for r in records]
@@ -211,13 +169,7 @@ def parse(opts: PrepareOptions) -> SourceTable:
     out["annotations"] = [json.dumps(r["phrases"]) for r in records]
     out["source"] = "ms-cxr"
     if not (mimic / "files").is_dir() and not opts.metadata_only:
-        raise SourceLayoutError(
-            f"{mimic} has no files/ folder; pass --mimic-jpg, the MIMIC-CXR-JPG folder that holds files/pXX/..."
-        )
-    return SourceTable(
-        "ms-cxr",
-        out,
-        drops,
-        rows_read=n_read,
-        info={"csv": str(csv), "mimic_jpg": str(mimic), "split_column": has_split},
-    )
+        raise SourceLayoutError(f"{mimic} has no files/ folder; pass --mimic-jpg, the MIMIC-CXR-JPG folder that "
+                                "holds files/pXX/...")
+    return SourceTable("ms-cxr", out, drops, rows_read=n_read,
+                       info={"csv": str(csv), "mimic_jpg": str(mimic), "split_column": has_split})

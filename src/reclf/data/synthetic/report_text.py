@@ -178,7 +178,8 @@ def mark(text: str, roles: tuple[str, ...] = ("finding", "anatomy", "cue")) -> s
     pattern, terms = _LEXICON[roles]
     parts = re.split(r"(<[a-z]\d*:[^<>]*>)", text)
     return "".join(
-        p if _TAG.fullmatch(p) else pattern.sub(lambda m: tag(terms[m.group(0).lower()], m.group(0)), p) for p in parts
+        p if _TAG.fullmatch(p) else pattern.sub(lambda m: tag(terms[m.group(0).lower()], m.group(0)), p)
+        for p in parts
     )
 
 
@@ -633,7 +634,9 @@ def relation_candidates(spec: FindingSpec, seed: int) -> list[tuple[str, bool, s
         if foil is None:
             continue
         if contrast == "negation":
-            rows.append((f"No {FOIL_NEGATIONS[spec.finding]}.", False, contrast))
+            rows.append(
+                (f"No {FOIL_NEGATIONS[spec.finding]}.", False, contrast)
+            )
         else:
             text = caption(foil, seed)
             if text != rows[0][0]:
@@ -650,19 +653,11 @@ def relation_candidates(spec: FindingSpec, seed: int) -> list[tuple[str, bool, s
 #: side (no "lingula", no "right middle lobe"), so a side can move between findings without changing
 #: any other word, and a zone phrase moves with its zone (preposition included).
 BINDING_ZONE_PHRASES: dict[str, list[tuple[str, str]]] = {
-    "upper": [
-        ("in the", "{side} upper lobe"),
-        ("in the", "{side} upper lung"),
-        ("at the", "{side} lung apex"),
-        ("in the", "{side} upper zone"),
-    ],
+    "upper": [("in the", "{side} upper lobe"), ("in the", "{side} upper lung"), ("at the", "{side} lung apex"),
+              ("in the", "{side} upper zone")],
     "middle": [("in the", "{side} mid lung"), ("in the", "{side} midlung zone"), ("in the", "{side} perihilar region")],
-    "lower": [
-        ("in the", "{side} lower lobe"),
-        ("at the", "{side} lung base"),
-        ("at the", "{side} base"),
-        ("in the", "{side} lower lung"),
-    ],
+    "lower": [("in the", "{side} lower lobe"), ("at the", "{side} lung base"), ("at the", "{side} base"),
+              ("in the", "{side} lower lung")],
 }
 #: Foils of binding studies: sides exchanged between two findings, zones exchanged between two
 #: findings (same bag of words as the true caption), and every side flipped (``flip_sides``).
@@ -710,10 +705,8 @@ def _binding_phrase(spec: FindingSpec, slot: BindingSlot, zone_phrase: tuple[str
 
 
 def _binding_text(specs, slots, zone_phrases, tagged: bool) -> str:
-    sentences = [
-        cap(link(_binding_phrase(s, slot, zp), k)) + "."
-        for k, (s, slot, zp) in enumerate(zip(specs, slots, zone_phrases, strict=True))
-    ]
+    sentences = [cap(link(_binding_phrase(s, slot, zp), k)) + "."
+                 for k, (s, slot, zp) in enumerate(zip(specs, slots, zone_phrases, strict=True))]
     text = " ".join(sentences)
     return text if tagged else plain(text)
 

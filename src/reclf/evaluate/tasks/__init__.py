@@ -58,9 +58,8 @@ class TaskSpec:
     def field_names(self) -> list[str]:
         return [f.name for f in fields(self.config_class)]
 
-    def make_config(
-        self, values: Mapping[str, Any] | None = None, overrides: Sequence[str] = (), prefix: str = ""
-    ) -> Any:
+    def make_config(self, values: Mapping[str, Any] | None = None, overrides: Sequence[str] = (),
+                    prefix: str = "") -> Any:
         """The task's config: defaults <- ``values`` <- ``key=value`` ``overrides``, type- and range-checked.
 
         ``prefix`` is put before the keys in error messages (the demo's ``zeroshot.n_boot``).
@@ -90,106 +89,59 @@ TASKS: dict[str, TaskSpec] = {
     spec.name: spec
     for spec in (
         TaskSpec(
-            "zeroshot",
-            "reclf.evaluate.tasks.zeroshot",
-            "ZeroShotConfig",
-            "run_zeroshot",
+            "zeroshot", "reclf.evaluate.tasks.zeroshot", "ZeroShotConfig", "run_zeroshot",
             "zero-shot classification with prompt files",
-            "a table with a class column (or label columns) and images",
-            "zeroshot_5x200",
+            "a table with a class column (or label columns) and images", "zeroshot_5x200",
             headline=("method/accuracy", "global/accuracy", "fused/accuracy"),
             choices={"reduce": ("mean", "max")},
         ),
         TaskSpec(
-            "linear",
-            "reclf.evaluate.tasks.linear",
-            "LinearConfig",
-            "run_linear",
-            "linear probe on the frozen global feature",
-            "a table with label columns (or a class column)",
-            "classification",
-            needs_text=False,
+            "linear", "reclf.evaluate.tasks.linear", "LinearConfig", "run_linear",
+            "linear probe on the frozen global feature", "a table with label columns (or a class column)",
+            "classification", needs_text=False,
             headline=("1%/auroc", "10%/auroc", "100%/auroc", "1%/accuracy", "10%/accuracy", "100%/accuracy"),
-            choices={
-                "target": ("auto", "labels", "class"),
-                "label_set": ("auto", "competition", "all"),
-                "uncertain": ("ignore", "ones", "zeros", "gloria"),
-                "recipe": ("cached", "mgca"),
-            },
+            choices={"target": ("auto", "labels", "class"), "label_set": ("auto", "competition", "all"),
+                     "uncertain": ("ignore", "ones", "zeros", "gloria"), "recipe": ("cached", "mgca")},
         ),
         TaskSpec(
-            "segment",
-            "reclf.evaluate.tasks.segment",
-            "SegmentConfig",
-            "run_segment_tasks",
-            "U-Net segmentation on the encoder's feature pyramid",
-            "a table with mask_path (and patient_id)",
-            "segmentation",
-            needs_text=False,
+            "segment", "reclf.evaluate.tasks.segment", "SegmentConfig", "run_segment_tasks",
+            "U-Net segmentation on the encoder's feature pyramid", "a table with mask_path (and patient_id)",
+            "segmentation", needs_text=False,
             headline=("100%/dice", "pneumothorax/100%/dice", "opacity/100%/dice", "10%/dice"),
             choices={"loss": ("bce_dice", "focal_dice"), "monitor": ("dice", "loss")},
             builder="segment_config",
         ),
         TaskSpec(
-            "retrieve",
-            "reclf.evaluate.tasks.retrieve",
-            "RetrieveConfig",
-            "run_retrieve",
-            "image<->report retrieval (Recall@K, Precision@K)",
-            "a table of images with their reports",
+            "retrieve", "reclf.evaluate.tasks.retrieve", "RetrieveConfig", "run_retrieve",
+            "image<->report retrieval (Recall@K, Precision@K)", "a table of images with their reports",
             "retrieval_8x200",
             headline=("method/i2t/R@5", "method/t2i/R@5", "global/i2t/R@5", "global/t2i/R@5", "method/i2t/P@10"),
         ),
         TaskSpec(
-            "relations",
-            "reclf.evaluate.tasks.relations",
-            "RelationsConfig",
-            "run_relations",
+            "relations", "reclf.evaluate.tasks.relations", "RelationsConfig", "run_relations",
             "true caption vs side/zone/severity/negation and binding (swap) foils",
-            f"a table with candidates.csv ({_SYNTH} relations, or a relations set)",
-            "relations",
-            headline=(
-                "side",
-                "zone",
-                "severity",
-                "negation",
-                "swap_side",
-                "swap_zone",
-                "all_foils_single",
-                "all_foils_binding",
-                "all_foils",
-            ),
+            f"a table with candidates.csv ({_SYNTH} relations, or a relations set)", "relations",
+            headline=("side", "zone", "severity", "negation", "swap_side", "swap_zone", "all_foils_single",
+                      "all_foils_binding", "all_foils"),
             choices={"score": ("method", "global", "local")},
         ),
         TaskSpec(
-            "grounding",
-            "reclf.evaluate.tasks.grounding",
-            "GroundingConfig",
-            "run_grounding",
+            "grounding", "reclf.evaluate.tasks.grounding", "GroundingConfig", "run_grounding",
             "word-region attention vs the true masks (pointing game, IoU)",
-            "a table with finding masks and annotations",
-            "relations",
+            "a table with finding masks and annotations", "relations",
             headline=("pointing_game", "attention_iou"),
         ),
         TaskSpec(
-            "phrase-grounding",
-            "reclf.evaluate.tasks.phrase_grounding",
-            "PhraseGroundingConfig",
+            "phrase-grounding", "reclf.evaluate.tasks.phrase_grounding", "PhraseGroundingConfig",
             "run_phrase_grounding",
             "phrase similarity maps vs boxes: BioViL's CNR, mIoU over thresholds, pointing game",
-            f"a table with phrases and boxes (MS-CXR: reclf prepare ms-cxr; {_SYNTH} relations)",
-            "relations",
+            f"a table with phrases and boxes (MS-CXR: reclf prepare ms-cxr; {_SYNTH} relations)", "relations",
             headline=("cnr", "miou", "pointing_game"),
             choices={"map": ("similarity", "attention"), "region": ("box", "mask")},
         ),
         TaskSpec(
-            "diagnostics",
-            "reclf.evaluate.tasks.diagnostics",
-            "DiagnosticsConfig",
-            "run_diagnostics",
-            "word importance, SRM relations and grounding by word role",
-            f"{_SYNTH} (word roles)",
-            "relations",
+            "diagnostics", "reclf.evaluate.tasks.diagnostics", "DiagnosticsConfig", "run_diagnostics",
+            "word importance, SRM relations and grounding by word role", f"{_SYNTH} (word roles)", "relations",
         ),
     )
 }
@@ -208,24 +160,9 @@ def task_spec(name: str) -> TaskSpec:
 
 #: field name -> its lowest allowed value, for every task config that has the field
 _AT_LEAST: dict[str, float] = {
-    "n_boot": 1,
-    "batch_size": 1,
-    "chunk": 1,
-    "epochs": 1,
-    "max_steps": 1,
-    "min_steps": 0,
-    "shuffles": 1,
-    "eval_every": 1,
-    "patience": 0,
-    "rerank_k": 0,
-    "prompts_per_class": 1,
-    "max_images": 1,
-    "max_reports": 1,
-    "image_size": 8,
-    "width": 1,
-    "mgca_batch_size": 1,
-    "mgca_patience": 0,
-    "seed": 0,
+    "n_boot": 1, "batch_size": 1, "chunk": 1, "epochs": 1, "max_steps": 1, "min_steps": 0, "shuffles": 1,
+    "eval_every": 1, "patience": 0, "rerank_k": 0, "prompts_per_class": 1, "max_images": 1, "max_reports": 1,
+    "image_size": 8, "width": 1, "mgca_batch_size": 1, "mgca_patience": 0, "seed": 0,
 }
 _POSITIVE = ("lr", "encoder_lr", "mgca_lr", "temperature")
 _UNIT = ("threshold",)  # in [0, 1]

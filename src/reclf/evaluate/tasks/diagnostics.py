@@ -119,13 +119,8 @@ def read_word_roles(folder: str | Path) -> dict[str, RoleRecord]:
             continue
         try:
             d = json.loads(line)
-            rec = RoleRecord(
-                str(d["study_id"]),
-                list(d["words"]),
-                list(d["roles"]),
-                [int(x) for x in d["finding"]],
-                list(d.get("section", [])),
-            )
+            rec = RoleRecord(str(d["study_id"]), list(d["words"]), list(d["roles"]), [int(x) for x in d["finding"]],
+                             list(d.get("section", [])))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{path}: line {n} is not a word-roles record ({exc})") from exc
         if not len(rec.words) == len(rec.roles) == len(rec.finding):
@@ -160,21 +155,11 @@ def ranked_words(words: list[str], weights: Any, roles: list[str] | None = None)
     (``None`` where unknown); ties keep reading order. For explanation figures and tables."""
     w = np.asarray(weights, dtype=float).reshape(-1)
     if len(w) != len(words) or (roles is not None and len(roles) != len(words)):
-        raise ValueError(
-            f"ranked_words: {len(words)} words, {len(w)} weights"
-            + ("" if roles is None else f", {len(roles)} roles")
-            + " (must be equal)"
-        )
+        raise ValueError(f"ranked_words: {len(words)} words, {len(w)} weights"
+                         + ("" if roles is None else f", {len(roles)} roles") + " (must be equal)")
     order = np.argsort(-w, kind="stable")
-    return [
-        {
-            "word": words[i],
-            "weight": float(w[i]),
-            "index": int(i),
-            "role": None if roles is None or roles[i] == "unknown" else roles[i],
-        }
-        for i in order
-    ]
+    return [{"word": words[i], "weight": float(w[i]), "index": int(i),
+             "role": None if roles is None or roles[i] == "unknown" else roles[i]} for i in order]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,9 +181,8 @@ def importance_stats(weights: np.ndarray, roles: list[str]) -> dict[str, float]:
     }
 
 
-def relation_stats(
-    rel: np.ndarray, roles: list[str], links: list[int], rng: np.random.Generator, shuffles: int = 20
-) -> dict[str, float] | None:
+def relation_stats(rel: np.ndarray, roles: list[str], links: list[int], rng: np.random.Generator,
+                   shuffles: int = 20) -> dict[str, float] | None:
     """Finding word -> own location words in one report's word-word relation matrix ``rel[n, n]``.
 
     Means over the report's finding words that have own location words (None if there is none):
@@ -213,19 +197,8 @@ def relation_stats(
     n = len(roles)
     r = np.asarray(roles)
     k_of = np.asarray(links)
-    acc: dict[str, list[float]] = {
-        k: []
-        for k in (
-            "own_mass",
-            "own_rr",
-            "top1",
-            "shuffled_mass",
-            "shuffled_rr",
-            "nearest_mass",
-            "nearest_rr",
-            "filler_mass",
-        )
-    }
+    acc: dict[str, list[float]] = {k: [] for k in ("own_mass", "own_rr", "top1", "shuffled_mass", "shuffled_rr",
+                                                   "nearest_mass", "nearest_rr", "filler_mass")}
     filler = np.flatnonzero(r == "filler")
     for i in np.flatnonzero((r == "finding") & (k_of >= 0)):
         own = np.flatnonzero((r == "location") & (k_of == k_of[i]))
@@ -265,8 +238,7 @@ def relation_stats(
     if not acc["own_mass"]:
         return None
     return {k: float(np.nanmean(v)) if v and not np.all(np.isnan(v)) else float("nan") for k, v in acc.items()} | {
-        "finding_words": float(len(acc["own_mass"]))
-    }
+        "finding_words": float(len(acc["own_mass"]))}
 
 
 def binding_stats(rel: np.ndarray, roles: list[str], links: list[int]) -> dict[str, np.ndarray] | None:
@@ -319,9 +291,8 @@ def binding_stats(rel: np.ndarray, roles: list[str], links: list[int]) -> dict[s
     return out
 
 
-def grounding_stats(
-    argmax: np.ndarray, roles: list[str], links: list[int], masks: list[np.ndarray], union: np.ndarray
-) -> dict[str, tuple[float, float]]:
+def grounding_stats(argmax: np.ndarray, roles: list[str], links: list[int], masks: list[np.ndarray],
+                    union: np.ndarray) -> dict[str, tuple[float, float]]:
     """Per role: (hit rate, chance) of one report's words. ``argmax[n]``: each word's most attended
     region (flat index); ``masks``: each finding's mask on the region grid (flat bool); ``union``:
     their union. Linked clinical words use their finding's mask; anatomy / filler words the union;
@@ -384,15 +355,8 @@ def model_outputs(model: EvaluableModel, images: torch.Tensor, texts: list[str])
         return None if values is None else [v.float().numpy() for v in values]
 
     argmax = None if ex.attention is None else [a.argmax(dim=-1).numpy() for a in ex.attention]
-    return BatchOutputs(
-        ex.words,
-        [p.numpy() for p in ex.pieces],
-        numpy(ex.word_weights),
-        numpy(ex.relations),
-        argmax,
-        ex.grid,
-        numpy(ex.head_relations),
-    )
+    return BatchOutputs(ex.words, [p.numpy() for p in ex.pieces], numpy(ex.word_weights), numpy(ex.relations),
+                        argmax, ex.grid, numpy(ex.head_relations))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -413,9 +377,8 @@ def ratio_ci(num: np.ndarray, den: np.ndarray, n_boot: int = 1000, seed: int = 0
     return bootstrap_ci(ratio, a[ok], b[ok], n_boot=n_boot, seed=seed)
 
 
-def select_head(
-    own: list[np.ndarray | None], other: list[np.ndarray | None]
-) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+def select_head(own: list[np.ndarray | None], other: list[np.ndarray | None]
+                ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """The head with the largest mean own-location mass over the reports, and per report that head's own
     and other mass (NaN for reports without the statistic). ``own``/``other``: per report ``[H]`` or None."""
     heads = max((len(x) for x in own if x is not None), default=0)
@@ -428,13 +391,9 @@ def select_head(
         warnings.simplefilter("ignore", RuntimeWarning)
         mean_own, mean_other = np.nanmean(o, axis=0), np.nanmean(t, axis=0)
     h = int(np.nanargmax(np.where(np.isnan(mean_own), -np.inf, mean_own)))
-    info = {
-        "heads": heads,
-        "selected": h,
-        "own_mass": [float(v) for v in mean_own],
-        "other_mass": [float(v) for v in mean_other],
-        "selection": "argmax over heads of the mean own-location mass on these reports",
-    }
+    info = {"heads": heads, "selected": h, "own_mass": [float(v) for v in mean_own],
+            "other_mass": [float(v) for v in mean_other],
+            "selection": "argmax over heads of the mean own-location mass on these reports"}
     return o[:, h], t[:, h], info
 
 
@@ -445,15 +404,8 @@ def _box(values: np.ndarray) -> dict[str, float]:
     iqr = q3 - q1
     lo = float(v[v >= q1 - 1.5 * iqr].min())
     hi = float(v[v <= q3 + 1.5 * iqr].max())
-    return {
-        "q1": float(q1),
-        "med": float(med),
-        "q3": float(q3),
-        "whislo": lo,
-        "whishi": hi,
-        "mean": float(v.mean()),
-        "n": int(v.size),
-    }
+    return {"q1": float(q1), "med": float(med), "q3": float(q3), "whislo": lo, "whishi": hi,
+            "mean": float(v.mean()), "n": int(v.size)}
 
 
 @dataclass
@@ -466,9 +418,8 @@ class Measured:
     extra: dict[str, Any]
 
 
-def run_diagnostics(
-    loaded: LoadedModel, data: str | Path, out: str | Path | None, cfg: DiagnosticsConfig
-) -> TaskResult:
+def run_diagnostics(loaded: LoadedModel, data: str | Path, out: str | Path | None,
+                    cfg: DiagnosticsConfig) -> TaskResult:
     from reclf.evaluate.baselines import floor_model
 
     model = loaded.model
@@ -478,33 +429,22 @@ def run_diagnostics(
     sections = list(cfg.sections or model_sections(model))
     size = cfg.image_size or image_size_of(model)
     kind = weight_kind(model)
-    config = asdict(cfg) | {
-        "image_size": size,
-        "sections": sections,
-        "word_weights": WEIGHT_KINDS.get(kind, None) if kind else None,
-        "chance": {
-            "importance/auroc": 0.5,
-            "importance/clinical_share": "uniform_share",
-            "relations": "shuffled (random word sets of the same size)",
-            "binding": "another finding's location words (same report, same head)",
-            "grounding": "share of regions inside the mask",
-        },
-    }
+    config = asdict(cfg) | {"image_size": size, "sections": sections,
+                            "word_weights": WEIGHT_KINDS.get(kind, None) if kind else None,
+                            "chance": {"importance/auroc": 0.5, "importance/clinical_share": "uniform_share",
+                                       "relations": "shuffled (random word sets of the same size)",
+                                       "binding": "another finding's location words (same report, same head)",
+                                       "grounding": "share of regions inside the mask"}}
     missing = [str(s) for s in df["study_id"] if str(s) not in records]
     if missing:
-        raise ValueError(
-            f"{table.folder / ROLES_FILE}: no roles for {len(missing)} studies (first {missing[0]}); "
-            "the roles file and the table come from different generator runs: regenerate the set"
-        )
+        raise ValueError(f"{table.folder / ROLES_FILE}: no roles for {len(missing)} studies (first {missing[0]}); "
+                         "the roles file and the table come from different generator runs: regenerate the set")
     found = _measure(model, table, df, records, sections, size, cfg)
     metrics, not_applicable, extra = found.metrics, found.not_applicable, found.extra
     extra["word_weights"] = config["word_weights"]
     floor = floor_model(loaded, cfg.floor_seed) if cfg.floor else None
-    extra["floor"] = (
-        {"seed": cfg.floor_seed, "meaning": FLOOR_MEANING}
-        if floor is not None
-        else {"not_measured": "floor off" if not cfg.floor else "the model is itself a baseline or not a reclf method"}
-    )
+    extra["floor"] = {"seed": cfg.floor_seed, "meaning": FLOOR_MEANING} if floor is not None else {
+        "not_measured": "floor off" if not cfg.floor else "the model is itself a baseline or not a reclf method"}
     if floor is not None:
         twin = _measure(floor, table, df, records, sections, size, cfg)
         metrics |= {f"floor/{k}": v for k, v in twin.metrics.items() if not k.startswith("reference/")}
@@ -518,39 +458,17 @@ def run_diagnostics(
     return result
 
 
-def _measure(
-    model: EvaluableModel,
-    table: Any,
-    df: Any,
-    records: dict[str, RoleRecord],
-    sections: list[str],
-    size: int,
-    cfg: DiagnosticsConfig,
-) -> Measured:
+def _measure(model: EvaluableModel, table: Any, df: Any, records: dict[str, RoleRecord], sections: list[str],
+             size: int, cfg: DiagnosticsConfig) -> Measured:
     """Every diagnostic of ``model`` on the reports ``df`` (shuffles drawn from ``cfg.seed`` afresh: a model
     and its random-init floor see the same random word sets)."""
     from reclf.data.reports import study_report_text
     from reclf.evaluate.features import iter_image_batches, prepare_mask
 
     rng = np.random.default_rng(cfg.seed)
-    per: dict[str, list[float]] = {
-        k: []
-        for k in (
-            "importance_auroc",
-            "clinical_share",
-            "uniform_share",
-            "pieces_auroc",
-            "own_mass",
-            "shuffled_mass",
-            "nearest_mass",
-            "filler_mass",
-            "own_rr",
-            "shuffled_rr",
-            "nearest_rr",
-            "top1",
-            "unknown_words",
-        )
-    }
+    per: dict[str, list[float]] = {k: [] for k in (
+        "importance_auroc", "clinical_share", "uniform_share", "pieces_auroc", "own_mass", "shuffled_mass",
+        "nearest_mass", "filler_mass", "own_rr", "shuffled_rr", "nearest_rr", "top1", "unknown_words")}
     per_role_pg: dict[str, list[float]] = {r: [] for r in GROUNDING_ROLES}
     per_role_chance: dict[str, list[float]] = {r: [] for r in GROUNDING_ROLES}
     rel_words = 0
@@ -587,26 +505,13 @@ def _measure(
                 for role, v in zip(roles, rel_w, strict=True):
                     role_weights.setdefault(role, []).append(float(v))
                 if len(samples) < 4:
-                    samples.append(
-                        {
-                            "study_id": sid,
-                            "text": texts[j],
-                            "ranked": ranked_words(outs.words[j], outs.weights[j], roles)[:12],
-                        }
-                    )
+                    samples.append({"study_id": sid, "text": texts[j],
+                                    "ranked": ranked_words(outs.words[j], outs.weights[j], roles)[:12]})
             stats = None
             if outs.relations is not None:
                 stats = relation_stats(outs.relations[j], roles, links, rng, cfg.shuffles)
-            for key in (
-                "own_mass",
-                "shuffled_mass",
-                "nearest_mass",
-                "filler_mass",
-                "own_rr",
-                "shuffled_rr",
-                "nearest_rr",
-                "top1",
-            ):
+            for key in ("own_mass", "shuffled_mass", "nearest_mass", "filler_mass", "own_rr", "shuffled_rr",
+                        "nearest_rr", "top1"):
                 per[key].append(stats[key] if stats else float("nan"))
             rel_words += int(stats["finding_words"]) if stats else 0
             b_mean = binding_stats(outs.relations[j], roles, links) if outs.relations is not None else None
@@ -678,11 +583,8 @@ def _measure(
         metrics["binding/own_per_word"] = est(bind["own_per_word"])
         metrics["binding/other_per_word"] = est(bind["other_per_word"])
         h_own, h_other, binding_heads = select_head(bind_heads["own_mass"], bind_heads["other_mass"])
-        binding_heads["source"] = (
-            "head_relations (SRM's last layer, per head)"
-            if has_heads
-            else "head mean (the aggregator gave no per-head relations)"
-        )
+        binding_heads["source"] = ("head_relations (SRM's last layer, per head)" if has_heads
+                                   else "head mean (the aggregator gave no per-head relations)")
         per["bind_head_own_mass"] = [float(x) for x in h_own]
         per["bind_head_other_mass"] = [float(x) for x in h_other]
         metrics["binding/head_max/own_mass"] = est(list(h_own))
@@ -694,10 +596,8 @@ def _measure(
     elif not has_rel:
         not_applicable["binding"] = f"method {method} has no relation matrix (no SRM)"
     else:
-        not_applicable["binding"] = (
-            "no finding word with location words of its own and of another finding "
-            "(needs reports with two or more findings)"
-        )
+        not_applicable["binding"] = ("no finding word with location words of its own and of another finding "
+                                     "(needs reports with two or more findings)")
     if has_attn:
         for role in GROUNDING_ROLES:
             if not np.all(np.isnan(per_role_pg[role])):
@@ -705,13 +605,11 @@ def _measure(
                 metrics[f"grounding/{role}_chance"] = est(per_role_chance[role])
     else:
         not_applicable["grounding"] = f"method {method} has no word-region attention"
-    info = data_info(table, None, bad) | {
-        "used": len(study_ids),
-        "relation_finding_words": rel_words,
-        "binding_finding_words": bind_words,
-        "binding_reports": int(np.sum(~np.isnan(bind["own_mass"]))) if bind["own_mass"] else 0,
-        "unknown_word_share": float(np.mean(per["unknown_words"])),
-    }
+    info = data_info(table, None, bad) | {"used": len(study_ids), "relation_finding_words": rel_words,
+                                          "binding_finding_words": bind_words,
+                                          "binding_reports": int(np.sum(~np.isnan(bind["own_mass"])))
+                                          if bind["own_mass"] else 0,
+                                          "unknown_word_share": float(np.mean(per["unknown_words"]))}
     extra: dict[str, Any] = {
         "not_applicable": not_applicable,
         "role_boxes": {r: _box(np.asarray(v)) for r, v in sorted(role_weights.items())},
@@ -736,7 +634,8 @@ PAIRED_KEYS: dict[str, str] = {
 }
 
 
-def paired_difference(a: dict[str, Any], b: dict[str, Any], key: str, n_boot: int = 1000, seed: int = 0) -> Estimate:
+def paired_difference(a: dict[str, Any], b: dict[str, Any], key: str, n_boot: int = 1000,
+                      seed: int = 0) -> Estimate:
     """``a - b`` of per-report ``key`` over the reports both diagnostics results share (paired
     bootstrap over those reports; NaN pairs dropped). ``a``, ``b``: results dicts (``results.json``)."""
     pa, pb = a.get("extra", {}).get("per_report", {}), b.get("extra", {}).get("per_report", {})
@@ -754,13 +653,9 @@ def _method(r: dict[str, Any]) -> str:
     return str(r.get("model", {}).get("method") or "")
 
 
-def diagnostics_table(
-    results: list[dict[str, Any]],
-    reference: str = "reclf",
-    ablations: tuple[str, ...] = ("reclf-no-irm", "reclf-no-srm"),
-    n_boot: int = 1000,
-    seed: int = 0,
-) -> str:
+def diagnostics_table(results: list[dict[str, Any]], reference: str = "reclf",
+                      ablations: tuple[str, ...] = ("reclf-no-irm", "reclf-no-srm"), n_boot: int = 1000,
+                      seed: int = 0) -> str:
     """Markdown: one row per model with the headline diagnostics (value [95 % CI], n/a where the method
     has no such part), under it the row of its random-init floor (``floor/*``: the same architecture with
     random weights) when the result has one, then the paired differences ``reference - ablation`` over the
@@ -772,24 +667,23 @@ def diagnostics_table(
     from reclf.evaluate.results import estimate_from_dict
 
     results = [r for r in results if r.get("task") == "diagnostics"]
-    cols = [
-        ("importance/auroc", "importance AUROC (0.5)"),
-        ("importance/clinical_share", "clinical share"),
-        ("importance/uniform_share", "uniform share"),
-        ("relations/own_mass", "finding->own location mass"),
-        ("relations/shuffled_mass", "shuffled mass"),
-        ("relations/nearest_mass", "nearest-words mass"),
-        ("relations/own_mrr", "own-location MRR"),
-        ("relations/shuffled_mrr", "shuffled MRR"),
-        ("relations/nearest_mrr", "nearest-words MRR"),
-        ("binding/own_mass", "binding: own-location mass"),
-        ("binding/other_mass", "other-finding location mass"),
-        ("binding/head_max/own_mass", "best head: own"),
-        ("binding/head_max/other_mass", "best head: other"),
-        ("grounding/finding", "pointing: finding"),
-        ("grounding/filler", "pointing: filler"),
-    ]
-    lines = ["| model | word weights | " + " | ".join(c[1] for c in cols) + " |", "|---|---|" + "---|" * len(cols)]
+    cols = [("importance/auroc", "importance AUROC (0.5)"),
+            ("importance/clinical_share", "clinical share"),
+            ("importance/uniform_share", "uniform share"),
+            ("relations/own_mass", "finding->own location mass"),
+            ("relations/shuffled_mass", "shuffled mass"),
+            ("relations/nearest_mass", "nearest-words mass"),
+            ("relations/own_mrr", "own-location MRR"),
+            ("relations/shuffled_mrr", "shuffled MRR"),
+            ("relations/nearest_mrr", "nearest-words MRR"),
+            ("binding/own_mass", "binding: own-location mass"),
+            ("binding/other_mass", "other-finding location mass"),
+            ("binding/head_max/own_mass", "best head: own"),
+            ("binding/head_max/other_mass", "best head: other"),
+            ("grounding/finding", "pointing: finding"),
+            ("grounding/filler", "pointing: filler")]
+    lines = ["| model | word weights | " + " | ".join(c[1] for c in cols) + " |",
+             "|---|---|" + "---|" * len(cols)]
     for r in results:
         cells = []
         for key, _ in cols:
@@ -799,11 +693,8 @@ def diagnostics_table(
         lines.append(f"| {_label(r)} | {kind.split(':')[0]} | " + " | ".join(cells) + " |")
         floor = [r.get("metrics", {}).get(f"floor/{key}") for key, _ in cols]
         if any(floor):  # the same architecture with random weights: this row's own floor
-            lines.append(
-                f"| {_label(r)} · random init | {kind.split(':')[0]} | "
-                + " | ".join(estimate_from_dict(m).fmt() if m else "n/a" for m in floor)
-                + " |"
-            )
+            lines.append(f"| {_label(r)} · random init | {kind.split(':')[0]} | "
+                         + " | ".join(estimate_from_dict(m).fmt() if m else "n/a" for m in floor) + " |")
     # the pretrained models only: a floor (random init) has the reference's method name too
     pretrained = [r for r in results if not _label(r).startswith(("floor", "ceiling"))]
     ref = next((r for r in pretrained if _method(r) == reference), None)
@@ -814,14 +705,10 @@ def diagnostics_table(
             if match is not None:
                 pairs.append((ab, match))
         if pairs:
-            lines += [
-                "",
-                f"Paired differences {reference} − ablation over the same reports "
-                "(mean [95 % CI], paired bootstrap; n/a where either model lacks the part):",
-                "",
-                "| difference | " + " | ".join(PAIRED_KEYS.values()) + " |",
-                "|---|" + "---|" * len(PAIRED_KEYS),
-            ]
+            lines += ["", f"Paired differences {reference} − ablation over the same reports "
+                      "(mean [95 % CI], paired bootstrap; n/a where either model lacks the part):", "",
+                      "| difference | " + " | ".join(PAIRED_KEYS.values()) + " |",
+                      "|---|" + "---|" * len(PAIRED_KEYS)]
             for ab, other in pairs:
                 cells = [paired_difference(ref, other, k, n_boot, seed).fmt() for k in PAIRED_KEYS]
                 lines.append(f"| {reference} − {ab} | " + " | ".join(cells) + " |")

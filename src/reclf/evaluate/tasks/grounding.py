@@ -91,9 +91,8 @@ class AttentionEntropy:
     n_regions: int
 
 
-def attention_entropy(
-    model: EvaluableModel, images: Tensor, reports: Sequence[str], batch_size: int = 16
-) -> AttentionEntropy:
+def attention_entropy(model: EvaluableModel, images: Tensor, reports: Sequence[str],
+                      batch_size: int = 16) -> AttentionEntropy:
     """Mean normalised entropy of the word -> region attention of ``model`` on paired ``images[i]``-``reports[i]``.
 
     The attention is the method's own (``model.explain_pairs``, i.e. ``word_region_attention``: its matcher with
@@ -133,9 +132,8 @@ class Pointing:
     entropy: AttentionEntropy
 
 
-def _point(
-    model: EvaluableModel, items: list[tuple[Any, Tensor, list[Any], list[np.ndarray], str]], cfg: GroundingConfig
-) -> tuple[Pointing | None, int]:
+def _point(model: EvaluableModel, items: list[tuple[Any, Tensor, list[Any], list[np.ndarray], str]],
+           cfg: GroundingConfig) -> tuple[Pointing | None, int]:
     """Pointing game and IoU of ``model`` on ``items`` (row, image, annotations, masks, report text); ``None``
     when the method has no word-region attention. Also the number of findings not located in their report."""
     hits: list[float] = []
@@ -161,20 +159,10 @@ def _point(
             ious.append(attention_iou(amap, mask, cfg.threshold))
             kinds.append(str(ann.get("finding", "")))
             if len(samples) < 8:
-                samples.append(
-                    {
-                        "study_id": str(row["study_id"]),
-                        "finding": kinds[-1],
-                        "words": [ex.words[j] for j in idx],
-                        "hit": hits[-1],
-                        "iou": ious[-1],
-                    }
-                )
-    entropy = (
-        attention_entropy(model, torch.stack([it[1][0] for it in items]), [it[4] for it in items])
-        if items
-        else AttentionEntropy(float("nan"), [], 0, 0)
-    )
+                samples.append({"study_id": str(row["study_id"]), "finding": kinds[-1],
+                                "words": [ex.words[j] for j in idx], "hit": hits[-1], "iou": ious[-1]})
+    entropy = attention_entropy(model, torch.stack([it[1][0] for it in items]), [it[4] for it in items]) \
+        if items else AttentionEntropy(float("nan"), [], 0, 0)
     return Pointing(hits, ious, kinds, samples, entropy), unmatched
 
 
@@ -188,9 +176,8 @@ def run_grounding(loaded: LoadedModel, data: str | Path, out: str | Path | None,
 
     def not_applicable() -> TaskResult:
         reason = f"method {model.method} has no word-region attention (no local matcher)"
-        result = TaskResult(
-            "grounding", {}, config, model_info(loaded), data_info(table), [cfg.seed], {"not_applicable": reason}
-        )
+        result = TaskResult("grounding", {}, config, model_info(loaded), data_info(table), [cfg.seed],
+                            {"not_applicable": reason})
         if out is not None:
             write_results(result, out)
         print(f"grounding: not applicable: {reason}")
@@ -222,37 +209,28 @@ def run_grounding(loaded: LoadedModel, data: str | Path, out: str | Path | None,
     if found is None:
         return not_applicable()
     if not found.hits:
-        raise ValueError(
-            f"{table.folder}: no annotated finding could be located in its report "
-            f"({unmatched} unmatched, {len(bad)} unreadable rows)"
-        )
+        raise ValueError(f"{table.folder}: no annotated finding could be located in its report "
+                         f"({unmatched} unmatched, {len(bad)} unreadable rows)")
     if bad:
         print(f"grounding: skipped {len(bad)} rows (first: row {bad[0][0]}: {bad[0][1]})")
 
     def measured(p: Pointing) -> dict[str, Estimate]:
-        return {
-            "pointing_game": mean_ci(np.asarray(p.hits), cfg.n_boot, cfg.seed),
-            "attention_iou": mean_ci(np.asarray(p.ious), cfg.n_boot, cfg.seed),
-            "attention_entropy": mean_ci(np.asarray(p.entropy.per_pair), cfg.n_boot, cfg.seed),
-        }
+        return {"pointing_game": mean_ci(np.asarray(p.hits), cfg.n_boot, cfg.seed),
+                "attention_iou": mean_ci(np.asarray(p.ious), cfg.n_boot, cfg.seed),
+                "attention_entropy": mean_ci(np.asarray(p.entropy.per_pair), cfg.n_boot, cfg.seed)}
 
     metrics = measured(found)
     hits, ious, kinds, entropy = found.hits, found.ious, found.kinds, found.entropy
     kinds_arr = np.asarray(kinds)
     per_finding: dict[str, Any] = {
-        k: {
-            "pointing_game": float(np.mean(np.asarray(hits)[kinds_arr == k])),
-            "attention_iou": float(np.mean(np.asarray(ious)[kinds_arr == k])),
-            "n": int((kinds_arr == k).sum()),
-        }
+        k: {"pointing_game": float(np.mean(np.asarray(hits)[kinds_arr == k])),
+            "attention_iou": float(np.mean(np.asarray(ious)[kinds_arr == k])), "n": int((kinds_arr == k).sum())}
         for k in sorted(set(kinds))
     }
     info = data_info(table, None, bad) | {"pairs": len(hits), "unmatched_findings": unmatched}
     extra: dict[str, Any] = {"per_finding": per_finding, "samples": found.samples}
     extra["attention_entropy"] = {
-        "mean": entropy.mean,
-        "n_words": entropy.n_words,
-        "n_images": len(entropy.per_pair),
+        "mean": entropy.mean, "n_words": entropy.n_words, "n_images": len(entropy.per_pair),
         "n_regions": entropy.n_regions,
         "meaning": "normalised entropy of word->region attention: 1 uniform, 0 one region",
     }
@@ -263,11 +241,8 @@ def run_grounding(loaded: LoadedModel, data: str | Path, out: str | Path | None,
             metrics |= {f"floor/{k}": v for k, v in measured(twin).items()}
         extra["floor"] = {"seed": cfg.floor_seed, "meaning": FLOOR_MEANING}
     else:
-        extra["floor"] = {
-            "not_measured": "floor off"
-            if not cfg.floor
-            else "the model is itself a baseline or does not rebuild as a reclf method"
-        }
+        extra["floor"] = {"not_measured": "floor off" if not cfg.floor
+                          else "the model is itself a baseline or does not rebuild as a reclf method"}
     result = TaskResult("grounding", metrics, config, model_info(loaded), info, [cfg.seed], extra)
     if out is not None:
         write_results(result, out)

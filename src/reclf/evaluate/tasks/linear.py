@@ -75,16 +75,8 @@ class LinearConfig:
     cache_dir: str | None = None
 
 
-def train_head(
-    x_tr: torch.Tensor,
-    y_tr: torch.Tensor,
-    x_va: torch.Tensor,
-    y_va: torch.Tensor,
-    kind: str,
-    n_out: int,
-    cfg: LinearConfig,
-    seed: int,
-) -> nn.Linear:
+def train_head(x_tr: torch.Tensor, y_tr: torch.Tensor, x_va: torch.Tensor, y_va: torch.Tensor, kind: str,
+               n_out: int, cfg: LinearConfig, seed: int) -> nn.Linear:
     """Full-batch AdamW on a linear head, early-stopped on the validation loss; returns the best head."""
     torch.manual_seed(seed)
     head = nn.Linear(x_tr.shape[1], n_out)
@@ -140,19 +132,8 @@ def _augment(x: torch.Tensor, crop: int, gen: torch.Generator) -> torch.Tensor:
     return out
 
 
-def mgca_probe(
-    encoder: Any,
-    table: Any,
-    kept: np.ndarray,
-    sub: np.ndarray,
-    idx: dict[str, np.ndarray],
-    y_all: torch.Tensor,
-    kind: str,
-    n_out: int,
-    size: int,
-    cfg: LinearConfig,
-    seed: int,
-) -> torch.Tensor:
+def mgca_probe(encoder: Any, table: Any, kept: np.ndarray, sub: np.ndarray, idx: dict[str, np.ndarray],
+               y_all: torch.Tensor, kind: str, n_out: int, size: int, cfg: LinearConfig, seed: int) -> torch.Tensor:
     """MGCA's linear-probe recipe (see the module doc); returns the test logits of the best-validation epoch."""
     from reclf.evaluate.features import prepare_image
 
@@ -167,9 +148,8 @@ def mgca_probe(
 
     def feats(x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return torch.cat(
-                [encoder(x[i : i + cfg.mgca_batch_size]).global_.float() for i in range(0, len(x), cfg.mgca_batch_size)]
-            )
+            return torch.cat([encoder(x[i : i + cfg.mgca_batch_size]).global_.float()
+                              for i in range(0, len(x), cfg.mgca_batch_size)])
 
     head = nn.Linear(encoder.global_dim, n_out)
     opt = AdamW(head.parameters(), lr=cfg.mgca_lr, weight_decay=cfg.mgca_weight_decay)
@@ -205,9 +185,8 @@ def run_linear(loaded: LoadedModel, data: str | Path, out: str | Path | None, cf
     model = loaded.model
     table = load_table(data, require=("patient_id",))
     size = cfg.image_size or image_size_of(model)
-    enc = backbone_features(
-        model.image_encoder, table.paths(), size, cfg.batch_size, cache_dir=cfg.cache_dir, model_hash=loaded.sha256
-    )
+    enc = backbone_features(model.image_encoder, table.paths(), size, cfg.batch_size, cache_dir=cfg.cache_dir,
+                            model_hash=loaded.sha256)
     report_bad(enc.bad, table)
     df = table.df.iloc[enc.kept].reset_index(drop=True)
     feats = enc.tensors["global"].float()
@@ -218,10 +197,8 @@ def run_linear(loaded: LoadedModel, data: str | Path, out: str | Path | None, cf
         y_all = torch.as_tensor([names.index(c) for c in df["class"].astype(str)], dtype=torch.float32)
     idx = {s: np.flatnonzero(df["split"].to_numpy() == s) for s in ("train", "valid", "test")}
     if not len(idx["train"]) or not len(idx["test"]):
-        raise ValueError(
-            f"{table.folder}: the linear probe needs train and test rows "
-            f"(found {len(idx['train'])} train, {len(idx['test'])} test)"
-        )
+        raise ValueError(f"{table.folder}: the linear probe needs train and test rows "
+                         f"(found {len(idx['train'])} train, {len(idx['test'])} test)")
     train_df = df.iloc[idx["train"]].reset_index(drop=True)
     metrics: dict[str, Estimate] = {}
     per_run: dict[str, Any] = {}
@@ -232,16 +209,14 @@ def run_linear(loaded: LoadedModel, data: str | Path, out: str | Path | None, cf
             local = patient_subset(train_df, frac, seed)
             sub = idx["train"][local]
             if cfg.recipe == "mgca":
-                logits = mgca_probe(
-                    model.image_encoder, table, enc.kept, sub, idx, y_all, kind, len(names), size, cfg, seed
-                )
+                logits = mgca_probe(model.image_encoder, table, enc.kept, sub, idx, y_all, kind, len(names), size,
+                                    cfg, seed)
             else:
                 mu = feats[sub].mean(0)
                 sd = feats[sub].std(0).clamp_min(1e-6) if len(sub) > 1 else torch.ones_like(mu)
                 norm = (feats - mu) / sd
-                head = train_head(
-                    norm[sub], y_all[sub], norm[idx["valid"]], y_all[idx["valid"]], kind, len(names), cfg, seed
-                )
+                head = train_head(norm[sub], y_all[sub], norm[idx["valid"]], y_all[idx["valid"]], kind,
+                                  len(names), cfg, seed)
                 with torch.no_grad():
                     logits = head(norm[idx["test"]])
             y_te = y_all[idx["test"]].numpy()
@@ -250,42 +225,21 @@ def run_linear(loaded: LoadedModel, data: str | Path, out: str | Path | None, cf
             else:
                 pred = logits.argmax(1).numpy()
                 est = bootstrap_ci(accuracy, y_te, pred, n_boot=cfg.n_boot, seed=seed)
-                f1s.append(
-                    bootstrap_ci(
-                        lambda a, b: macro_f1(a, b, labels=np.arange(len(names))),
-                        y_te,
-                        pred,
-                        n_boot=cfg.n_boot,
-                        seed=seed,
-                    )
-                )
+                f1s.append(bootstrap_ci(lambda a, b: macro_f1(a, b, labels=np.arange(len(names))), y_te, pred,
+                                        n_boot=cfg.n_boot, seed=seed))
             ests.append(est)
-            per_run[f"{frac:g}/{seed}"] = {
-                "train_rows": int(len(sub)),
-                "value": est.value,
-                "train_patients": int(train_df.iloc[local]["patient_id"].nunique()),
-            }
+            per_run[f"{frac:g}/{seed}"] = {"train_rows": int(len(sub)), "value": est.value,
+                                           "train_patients": int(train_df.iloc[local]["patient_id"].nunique())}
         pct = f"{frac * 100:g}%"
         metrics[f"{pct}/{metric_name}"] = summarise_seeds(ests)
         if f1s:
             metrics[f"{pct}/macro_f1"] = summarise_seeds(f1s)
-    config = asdict(cfg) | {
-        "image_size": size,
-        "target_kind": kind,
-        "targets": names,
-        "label_set": resolve_label_set(df, cfg.labels, cfg.label_set),
-        "uncertain_policy": cfg.uncertain,
-        "feature_dim": int(feats.shape[1]),
-    }
-    result = TaskResult(
-        "linear",
-        metrics,
-        config,
-        model_info(loaded),
-        data_info(table, enc.kept, enc.bad),
-        list(cfg.seeds),
-        {"runs": per_run},
-    )
+    config = asdict(cfg) | {"image_size": size, "target_kind": kind, "targets": names,
+                            "label_set": resolve_label_set(df, cfg.labels, cfg.label_set),
+                            "uncertain_policy": cfg.uncertain,
+                            "feature_dim": int(feats.shape[1])}
+    result = TaskResult("linear", metrics, config, model_info(loaded), data_info(table, enc.kept, enc.bad),
+                        list(cfg.seeds), {"runs": per_run})
     if out is not None:
         write_results(result, out)
     print(format_table(result))

@@ -132,22 +132,13 @@ def read_phrases(df: pd.DataFrame, folder: Path, cfg: PhraseGroundingConfig) -> 
                 if not str(a["phrase"]).strip() or not boxes or not all(_valid_box(b) for b in boxes):
                     out.skip("bad_phrase_or_box", f"{sid}: {str(a.get('phrase'))[:40]!r} {boxes!r}"[:120])
                     continue
-                out.phrases.append(
-                    Phrase(
-                        i,
-                        sid,
-                        str(a["phrase"]).strip(),
-                        str(a.get("category", "")),
-                        [[float(v) for v in b] for b in boxes],
-                    )
-                )
+                out.phrases.append(Phrase(i, sid, str(a["phrase"]).strip(), str(a.get("category", "")),
+                                          [[float(v) for v in b] for b in boxes]))
         return out
     cands = folder / "candidates.csv"
     if not cands.is_file():
-        raise ValueError(
-            f"{folder}: no annotation has a 'phrase' and there is no candidates.csv; expected a table "
-            "written by `reclf prepare ms-cxr` or SynthCXR's relations/ folder"
-        )
+        raise ValueError(f"{folder}: no annotation has a 'phrase' and there is no candidates.csv; expected a table "
+                         "written by `reclf prepare ms-cxr` or SynthCXR's relations/ folder")
     c = pd.read_csv(cands, dtype=str, keep_default_na=False)
     true = c[c["is_correct"].isin(["1", "True", "true"])].drop_duplicates("study_id")
     caption_of = dict(zip(true["study_id"], true["text"]))
@@ -215,24 +206,20 @@ def applicable(model: EvaluableModel, size: int) -> str | None:
 
 
 @torch.no_grad()
-def phrase_maps(model: EvaluableModel, image: torch.Tensor, phrases: list[str], kind: str = "similarity") -> np.ndarray:
+def phrase_maps(model: EvaluableModel, image: torch.Tensor, phrases: list[str], kind: str = "similarity"
+                ) -> np.ndarray:
     """``[P, h, w]``: each phrase's map over the region grid of ``image`` (``[1, C, H, W]`` in [0, 1])."""
     img = model.encode_image(image)
     txt = model.encode_text(list(phrases))
     n = len(phrases)
     mask = txt.word_mask.to(txt.words.device).float()  # [P, W]
     if kind == "attention":
-        expanded = replace(
-            img,
-            global_=img.global_.expand(n, -1),
-            local=img.local.expand(n, -1, -1),
-            patch_weights=None if img.patch_weights is None else img.patch_weights.expand(n, -1),
-        )
+        expanded = replace(img, global_=img.global_.expand(n, -1), local=img.local.expand(n, -1, -1),
+                           patch_weights=None if img.patch_weights is None else img.patch_weights.expand(n, -1))
         per_word = model.word_region_attention(expanded, txt).float()  # [P, W, R]
     elif kind == "similarity":
-        per_word = torch.einsum(
-            "pwd,rd->pwr", F.normalize(txt.words.float(), dim=-1), F.normalize(img.local[0].float(), dim=-1)
-        )
+        per_word = torch.einsum("pwd,rd->pwr", F.normalize(txt.words.float(), dim=-1),
+                                F.normalize(img.local[0].float(), dim=-1))
     else:
         raise ValueError(f"unknown map {kind!r}; choose one of {', '.join(MAPS)}")
     mean = (per_word * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
@@ -246,14 +233,12 @@ def to_image(grid_map: np.ndarray, size: int, sigma: float = 0.0) -> np.ndarray:
         from scipy.ndimage import gaussian_filter
 
         m = gaussian_filter(m, sigma=sigma)
-    return F.interpolate(torch.from_numpy(np.ascontiguousarray(m))[None, None], size=(size, size), mode="nearest")[
-        0, 0
-    ].numpy()
+    return F.interpolate(torch.from_numpy(np.ascontiguousarray(m))[None, None], size=(size, size),
+                         mode="nearest")[0, 0].numpy()
 
 
-def pair_metrics(
-    grid_map: np.ndarray, target: np.ndarray, valid: np.ndarray, cfg: PhraseGroundingConfig
-) -> dict[str, float]:
+def pair_metrics(grid_map: np.ndarray, target: np.ndarray, valid: np.ndarray, cfg: PhraseGroundingConfig
+                 ) -> dict[str, float]:
     """The four numbers of one (image, phrase) pair (see the module docstring)."""
     up = to_image(grid_map, target.shape[0], cfg.smooth_sigma)
     scaled = up
@@ -268,9 +253,8 @@ def pair_metrics(
     }
 
 
-def run_phrase_grounding(
-    loaded: LoadedModel, data: str | Path, out: str | Path | None, cfg: PhraseGroundingConfig
-) -> TaskResult:
+def run_phrase_grounding(loaded: LoadedModel, data: str | Path, out: str | Path | None,
+                         cfg: PhraseGroundingConfig) -> TaskResult:
     from reclf.data.images import load_image
 
     if cfg.map not in MAPS:
@@ -284,9 +268,8 @@ def run_phrase_grounding(
     config = asdict(cfg) | {"image_size": size}
     reason = applicable(model, size)
     if reason is not None:
-        result = TaskResult(
-            TASK, {}, config, model_info(loaded), data_info(table), [cfg.seed], {"not_applicable": reason}
-        )
+        result = TaskResult(TASK, {}, config, model_info(loaded), data_info(table), [cfg.seed],
+                            {"not_applicable": reason})
         if out is not None:
             write_results(result, out)
         print(f"{TASK}: not applicable: {reason}")
@@ -326,10 +309,8 @@ def run_phrase_grounding(
                 if len(samples) < 8:
                     samples.append({"study_id": p.study_id, "phrase": p.phrase, "category": p.category} | m)
     if not ids:
-        raise ValueError(
-            f"{table.folder}: no (image, phrase) pair could be evaluated "
-            f"({len(pset.phrases)} phrases, {len(bad)} unreadable images, skipped: {pset.skipped})"
-        )
+        raise ValueError(f"{table.folder}: no (image, phrase) pair could be evaluated "
+                         f"({len(pset.phrases)} phrases, {len(bad)} unreadable images, skipped: {pset.skipped})")
     if bad:
         print(f"{TASK}: skipped {len(bad)} images (first: row {bad[0][0]}: {bad[0][1]})")
     metrics: dict[str, Estimate] = {name: mean_ci(np.asarray(values[name]), cfg.n_boot, cfg.seed) for name in METRICS}
@@ -339,12 +320,8 @@ def run_phrase_grounding(
         | {"n": int((cat_arr == c).sum())}
         for c in sorted(set(cats))
     }
-    info = data_info(table, None, bad) | {
-        "pairs": len(ids),
-        "phrases_from": pset.source,
-        "skipped": pset.skipped,
-        "split": split or "all",
-    }
+    info = data_info(table, None, bad) | {"pairs": len(ids), "phrases_from": pset.source, "skipped": pset.skipped,
+                                          "split": split or "all"}
     extra: dict[str, Any] = {
         "per_category": per_category,
         "per_item": {name: per_item(ids, values[name]) for name in METRICS},
@@ -352,7 +329,7 @@ def run_phrase_grounding(
         "definitions": {
             "cnr": "|mean_in - mean_out| / sqrt(var_in + var_out) of the phrase's map (BioViL)",
             "miou": f"mean IoU of map >= t with the boxes over t in {list(cfg.thresholds)} "
-            f"({'raw cosine' if cfg.map == 'similarity' else 'min-max scaled attention'})",
+                    f"({'raw cosine' if cfg.map == 'similarity' else 'min-max scaled attention'})",
             "pointing_game": "the most similar region overlaps the boxes",
         },
     }

@@ -93,16 +93,16 @@ def run_relations(loaded: LoadedModel, data: str | Path, out: str | Path | None,
     table = load_table(data, splits=(split,) if split else None)
     cands = table_candidates(table.df, table.folder / cfg.candidates, cfg.seed)
     size = cfg.image_size or image_size_of(model)
-    img, enc = encode_images(
-        model, table.paths(), size, cfg.batch_size, cache_dir=cfg.cache_dir, model_hash=loaded.sha256
-    )
+    img, enc = encode_images(model, table.paths(), size, cfg.batch_size, cache_dir=cfg.cache_dir,
+                             model_hash=loaded.sha256)
     report_bad(enc.bad, table)
     df = table.df.iloc[enc.kept].reset_index(drop=True)
     cands = cands[cands["study_id"].isin(set(df["study_id"].astype(str)))]  # only this split's captions
     texts = sorted(set(cands["text"]))
     text_index = {t: i for i, t in enumerate(texts)}
     txt = encode_texts(model, texts)
-    fn = {"method": model.similarity, "global": model.global_similarity, "local": model.local_similarity}[cfg.score]
+    fn = {"method": model.similarity, "global": model.global_similarity,
+          "local": model.local_similarity}[cfg.score]
     if cfg.score == "local" and not model.has_local:
         raise ValueError(f"method {model.method} has no local score; use --score method")
     groups = dict(tuple(cands.groupby("study_id", sort=False)))
@@ -139,10 +139,8 @@ def run_relations(loaded: LoadedModel, data: str | Path, out: str | Path | None,
     if not all_beaten:
         raise ValueError(f"{table.folder}: no study has a true caption and at least one foil in {cfg.candidates}")
     if missing or no_true:
-        print(
-            f"relations: {missing} images without candidates, {no_true} without exactly one true caption "
-            "and a foil (skipped)"
-        )
+        print(f"relations: {missing} images without candidates, {no_true} without exactly one true caption "
+              "and a foil (skipped)")
     metrics: dict[str, Estimate] = {}
     items: dict[str, Any] = {}
     for contrast in sorted(per_contrast):
@@ -162,22 +160,12 @@ def run_relations(loaded: LoadedModel, data: str | Path, out: str | Path | None,
         frame["class"] = frame["study_id"].map(cls_of)
         by_class = {f"{c}/{k}": float(v) for (c, k), v in frame.groupby(["class", "contrast"])["win"].mean().items()}
     config = asdict(cfg) | {"image_size": size, "chance": 0.5}
-    info = data_info(table, enc.kept, enc.bad) | {
-        "skipped_no_candidates": missing,
-        "skipped_incomplete": no_true,
-        "split": split or "all",
-    }
+    info = data_info(table, enc.kept, enc.bad) | {"skipped_no_candidates": missing, "skipped_incomplete": no_true,
+                                                  "split": split or "all"}
     if task_of:
         info["studies_by_task"] = {t: len(v) for t, v in sorted(ids_by_task.items())}
-    result = TaskResult(
-        "relations",
-        metrics,
-        config,
-        model_info(loaded),
-        info,
-        [cfg.seed],
-        {"by_class_contrast": by_class, "per_item": items},
-    )
+    result = TaskResult("relations", metrics, config, model_info(loaded), info, [cfg.seed],
+                        {"by_class_contrast": by_class, "per_item": items})
     if out is not None:
         write_results(result, out)
     print(format_table(result))

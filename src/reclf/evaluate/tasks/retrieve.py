@@ -61,12 +61,8 @@ class Ranking:
 
 @torch.no_grad()
 def rank_targets(
-    score_chunk: Callable[[slice], torch.Tensor],
-    n_queries: int,
-    k: int,
-    query_group: np.ndarray,
-    target_group: np.ndarray,
-    chunk: int = 64,
+    score_chunk: Callable[[slice], torch.Tensor], n_queries: int, k: int, query_group: np.ndarray,
+    target_group: np.ndarray, chunk: int = 64,
 ) -> Ranking:
     """Top-``k`` targets per query and the rank of the first relevant one, chunk by chunk.
 
@@ -90,14 +86,8 @@ def rank_targets(
 
 @torch.no_grad()
 def rank_targets_rerank(
-    global_chunk: Callable[[slice], torch.Tensor],
-    pair_scores: Callable[[int, torch.Tensor], torch.Tensor],
-    n_queries: int,
-    k: int,
-    rerank_k: int,
-    query_group: np.ndarray,
-    target_group: np.ndarray,
-    chunk: int = 64,
+    global_chunk: Callable[[slice], torch.Tensor], pair_scores: Callable[[int, torch.Tensor], torch.Tensor],
+    n_queries: int, k: int, rerank_k: int, query_group: np.ndarray, target_group: np.ndarray, chunk: int = 64,
 ) -> Ranking:
     """Rank by the global score, then re-rank each query's top ``rerank_k`` by ``pair_scores(q, targets)``.
 
@@ -135,18 +125,9 @@ def rank_targets_rerank(
 
 
 def retrieval_metrics(
-    ranking: Ranking,
-    q_inst: np.ndarray,
-    t_inst: np.ndarray,
-    q_cls: np.ndarray | None,
-    t_cls: np.ndarray | None,
-    recall_ks: list[int],
-    precision_ks: list[int],
-    prefix: str,
-    n_boot: int,
-    seed: int,
-    items: dict[str, Any] | None = None,
-    ids: Any = None,
+    ranking: Ranking, q_inst: np.ndarray, t_inst: np.ndarray, q_cls: np.ndarray | None, t_cls: np.ndarray | None,
+    recall_ks: list[int], precision_ks: list[int], prefix: str, n_boot: int, seed: int,
+    items: dict[str, Any] | None = None, ids: Any = None,
 ) -> dict[str, Estimate]:
     """Recall@K / Precision@K / median rank of one direction; ``items`` (if given) receives the per-query
     values of every mean metric under its name, keyed by ``ids`` (for paired comparisons)."""
@@ -164,9 +145,8 @@ def retrieval_metrics(
         out[name] = mean_ci(values, n_boot, seed)
         if items is not None:
             items[name] = per_item(ids, values)
-    out[f"{prefix}/median_rank"] = bootstrap_ci(
-        lambda r: float(np.median(r)), ranking.first_hit_rank.astype(float), n_boot=n_boot, seed=seed
-    )
+    out[f"{prefix}/median_rank"] = bootstrap_ci(lambda r: float(np.median(r)), ranking.first_hit_rank.astype(float),
+                                                n_boot=n_boot, seed=seed)
     return out
 
 
@@ -207,21 +187,19 @@ def _scorer(model: EvaluableModel, mode: str) -> Scorer:
 
 def run_retrieve(loaded: LoadedModel, data: str | Path, out: str | Path | None, cfg: RetrieveConfig) -> TaskResult:
     model = loaded.model
-    table = load_table(data, (cfg.split,) if cfg.split else None, require=(cfg.text_column,) if cfg.text_column else ())
+    table = load_table(data, (cfg.split,) if cfg.split else None,
+                       require=(cfg.text_column,) if cfg.text_column else ())
     size = cfg.image_size or image_size_of(model)
-    img, enc = encode_images(
-        model, table.paths(), size, cfg.batch_size, cache_dir=cfg.cache_dir, model_hash=loaded.sha256
-    )
+    img, enc = encode_images(model, table.paths(), size, cfg.batch_size, cache_dir=cfg.cache_dir,
+                             model_hash=loaded.sha256)
     report_bad(enc.bad, table)
     df = table.df.iloc[enc.kept].reset_index(drop=True)
     texts = df[cfg.text_column].astype(str).tolist() if cfg.text_column else report_texts(df, model)
     empty = [i for i, t in enumerate(texts) if not t.strip()]
     if empty:
         what = repr(cfg.text_column) if cfg.text_column else f"report ({', '.join(model_sections(model))})"
-        raise ValueError(
-            f"{table.folder}: {len(empty)} rows have an empty {what} "
-            f"(first: study {df.loc[empty[0], 'study_id']}); retrieval needs a report per image"
-        )
+        raise ValueError(f"{table.folder}: {len(empty)} rows have an empty {what} "
+                         f"(first: study {df.loc[empty[0], 'study_id']}); retrieval needs a report per image")
     txt = encode_texts(model, texts)
     _, inst = np.unique(np.asarray(texts), return_inverse=True)  # identical texts = one instance
     cls = df["class"].astype(str).to_numpy() if "class" in df.columns and (df["class"] != "").all() else None
@@ -237,82 +215,28 @@ def run_retrieve(loaded: LoadedModel, data: str | Path, out: str | Path | None, 
         if mode != "global" and cfg.rerank_k > 0:
             if cfg.rerank_k < kmax:
                 raise ValueError(f"rerank_k={cfg.rerank_k} must be >= the largest K ({kmax})")
-            i2t = rank_targets_rerank(
-                lambda sl: model.global_similarity(img.index(sl), txt),
-                partial(_image_query, fn, img, txt),
-                n,
-                kmax,
-                cfg.rerank_k,
-                inst,
-                inst,
-                cfg.chunk,
-            )
-            t2i = rank_targets_rerank(
-                lambda sl: model.global_similarity(img, txt.index(sl)).T,
-                partial(_report_query, fn, img, txt),
-                n,
-                kmax,
-                cfg.rerank_k,
-                inst,
-                inst,
-                cfg.chunk,
-            )
+            i2t = rank_targets_rerank(lambda sl: model.global_similarity(img.index(sl), txt),
+                                      partial(_image_query, fn, img, txt), n, kmax, cfg.rerank_k, inst, inst, cfg.chunk)
+            t2i = rank_targets_rerank(lambda sl: model.global_similarity(img, txt.index(sl)).T,
+                                      partial(_report_query, fn, img, txt), n, kmax, cfg.rerank_k, inst, inst,
+                                      cfg.chunk)
         else:
             i2t = rank_targets(partial(_image_rows, fn, img, txt), n, kmax, inst, inst, cfg.chunk)
             t2i = rank_targets(partial(_report_rows, fn, img, txt), n, kmax, inst, inst, cfg.chunk)
-        metrics.update(
-            retrieval_metrics(
-                i2t,
-                inst,
-                inst,
-                cls,
-                cls,
-                cfg.recall_ks,
-                cfg.precision_ks,
-                f"{mode}/i2t",
-                cfg.n_boot,
-                cfg.seed,
-                items,
-                df["study_id"],
-            )
-        )
-        metrics.update(
-            retrieval_metrics(
-                t2i,
-                inst,
-                inst,
-                cls,
-                cls,
-                cfg.recall_ks,
-                cfg.precision_ks,
-                f"{mode}/t2i",
-                cfg.n_boot,
-                cfg.seed,
-                items,
-                df["study_id"],
-            )
-        )
+        metrics.update(retrieval_metrics(i2t, inst, inst, cls, cls, cfg.recall_ks, cfg.precision_ks,
+                                         f"{mode}/i2t", cfg.n_boot, cfg.seed, items, df["study_id"]))
+        metrics.update(retrieval_metrics(t2i, inst, inst, cls, cls, cfg.recall_ks, cfg.precision_ks,
+                                         f"{mode}/t2i", cfg.n_boot, cfg.seed, items, df["study_id"]))
     for k in cfg.recall_ks:  # what a random ranking would score, for reading the numbers
         counts = np.bincount(inst)[inst]
-        metrics[f"chance/R@{k}"] = Estimate(float(np.mean(1 - _none_hit(n, counts, k))), float("nan"), float("nan"), n)
-    config = asdict(cfg) | {
-        "image_size": size,
-        "modes_run": modes,
-        "two_stage": "local/method scores re-rank the global top rerank_k" if cfg.rerank_k > 0 else "every pair scored",
-    }
-    result = TaskResult(
-        "retrieve",
-        metrics,
-        config,
-        model_info(loaded),
-        data_info(table, enc.kept, enc.bad),
-        [cfg.seed],
-        {
-            "n_instances": int(inst.max() + 1),
-            "classes": None if cls is None else sorted(set(cls.tolist())),
-            "per_item": items,
-        },
-    )
+        metrics[f"chance/R@{k}"] = Estimate(float(np.mean(1 - _none_hit(n, counts, k))), float("nan"),
+                                            float("nan"), n)
+    config = asdict(cfg) | {"image_size": size, "modes_run": modes,
+                            "two_stage": "local/method scores re-rank the global top rerank_k"
+                            if cfg.rerank_k > 0 else "every pair scored"}
+    result = TaskResult("retrieve", metrics, config, model_info(loaded), data_info(table, enc.kept, enc.bad),
+                        [cfg.seed], {"n_instances": int(inst.max() + 1), "classes": None if cls is None
+                                     else sorted(set(cls.tolist())), "per_item": items})
     if out is not None:
         write_results(result, out)
     print(format_table(result))

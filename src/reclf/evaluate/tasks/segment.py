@@ -68,38 +68,13 @@ class SegmentConfig:
 
 
 SEGMENT_PRESETS: dict[str, dict[str, Any]] = {
-    "mgca": {
-        "freeze_encoder": True,
-        "epochs": 50,
-        "min_steps": 0,
-        "batch_size": 8,
-        "lr": 2e-4,
-        "weight_decay": 0.05,
-        "decoder_channels": [256, 128, 64, 32, 16],
-        "loss": "focal_dice",
-        "balance_train": True,
-        "monitor": "loss",
-        "patience": 10,
-        "eval_every": 1,
-        "image_size": 224,
-    },
-    "gloria": {
-        "freeze_encoder": False,
-        "epochs": 100,
-        "min_steps": 0,
-        "batch_size": 8,
-        "lr": 5e-4,
-        "encoder_lr": 5e-4,
-        "weight_decay": 1e-6,
-        "betas": (0.5, 0.999),
-        "decoder_channels": [256, 128, 64, 32, 16],
-        "loss": "focal_dice",
-        "balance_train": True,
-        "monitor": "dice",
-        "patience": 20,
-        "eval_every": 1,
-        "image_size": 512,
-    },
+    "mgca": {"freeze_encoder": True, "epochs": 50, "min_steps": 0, "batch_size": 8, "lr": 2e-4,
+             "weight_decay": 0.05, "decoder_channels": [256, 128, 64, 32, 16], "loss": "focal_dice",
+             "balance_train": True, "monitor": "loss", "patience": 10, "eval_every": 1, "image_size": 224},
+    "gloria": {"freeze_encoder": False, "epochs": 100, "min_steps": 0, "batch_size": 8, "lr": 5e-4,
+               "encoder_lr": 5e-4, "weight_decay": 1e-6, "betas": (0.5, 0.999),
+               "decoder_channels": [256, 128, 64, 32, 16], "loss": "focal_dice", "balance_train": True,
+               "monitor": "dice", "patience": 20, "eval_every": 1, "image_size": 512},
 }
 
 
@@ -140,12 +115,8 @@ def load_pixels(table: Table, size: int) -> tuple[torch.Tensor, torch.Tensor, np
         kept.append(i)
     if not kept:
         raise ValueError(f"{table.folder}: no readable image/mask pairs (first error: {bad[:1]})")
-    return (
-        torch.from_numpy(np.stack(imgs))[:, None],
-        torch.from_numpy(np.stack(masks)).float()[:, None],
-        np.asarray(kept),
-        bad,
-    )
+    return (torch.from_numpy(np.stack(imgs))[:, None], torch.from_numpy(np.stack(masks)).float()[:, None],
+            np.asarray(kept), bad)
 
 
 @torch.no_grad()
@@ -155,15 +126,8 @@ def predict(seg: Segmenter, x: torch.Tensor, batch: int, threshold: float, devic
     return torch.cat(out)[:, 0].numpy()
 
 
-def train_segmenter(
-    encoder: Any,
-    x_tr: torch.Tensor,
-    y_tr: torch.Tensor,
-    x_va: torch.Tensor,
-    y_va: torch.Tensor,
-    cfg: SegmentConfig,
-    seed: int,
-) -> tuple[Segmenter, list[float]]:
+def train_segmenter(encoder: Any, x_tr: torch.Tensor, y_tr: torch.Tensor, x_va: torch.Tensor, y_va: torch.Tensor,
+                    cfg: SegmentConfig, seed: int) -> tuple[Segmenter, list[float]]:
     """Train a decoder (and the encoder copy when fine-tuning); keep the best-validation-Dice epoch."""
     torch.manual_seed(seed)
     enc = copy.deepcopy(encoder)
@@ -171,11 +135,8 @@ def train_segmenter(
     params = list(seg.decoder.parameters())
     betas = (float(cfg.betas[0]), float(cfg.betas[1]))  # a list when it comes from JSON or the command line
     opt = AdamW(params, lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay)
-    enc_opt = (
-        None
-        if cfg.freeze_encoder
-        else AdamW(enc.parameters(), lr=cfg.encoder_lr, betas=betas, weight_decay=cfg.weight_decay)
-    )
+    enc_opt = None if cfg.freeze_encoder else AdamW(enc.parameters(), lr=cfg.encoder_lr, betas=betas,
+                                                    weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(seed)
     best, best_state, curve = -float("inf"), None, []
     steps_per_epoch = max(1, len(x_tr) // cfg.batch_size)
@@ -230,14 +191,8 @@ def run_segment(loaded: LoadedModel, data: str | Path, out: str | Path | None, c
     return run_segment_tasks(loaded, data, out, cfg, seg_task=None, by_task=False)
 
 
-def run_segment_tasks(
-    loaded: LoadedModel,
-    data: str | Path,
-    out: str | Path | None,
-    cfg: SegmentConfig,
-    seg_task: str | None = None,
-    by_task: bool = True,
-) -> TaskResult:
+def run_segment_tasks(loaded: LoadedModel, data: str | Path, out: str | Path | None, cfg: SegmentConfig,
+                      seg_task: str | None = None, by_task: bool = True) -> TaskResult:
     """Segment; a table with a ``task`` column (SynthCXR: pneumothorax / opacity) is evaluated per task.
 
     Each task is its own target (its rows' ``mask_path``), so a decoder never mixes two targets;
@@ -266,16 +221,12 @@ def run_segment_tasks(
         runs.update({prefix + k: v for k, v in r.items()})
         counts[prefix.rstrip("/") or "all"] = c
         all_bad += bad
-    config = asdict(cfg) | {
-        "image_size": size,
-        "empty_mask_convention": "all: an empty true mask scores 1 if the prediction is empty, else 0; "
-        "_pos: positive (non-empty mask) images only",
-        "test_counts": counts,
-        "targets": [p.rstrip("/") for p, _ in groups],
-    }
-    result = TaskResult(
-        "segment", metrics, config, model_info(loaded), data_info(table, None, all_bad), list(cfg.seeds), {"runs": runs}
-    )
+    config = asdict(cfg) | {"image_size": size, "empty_mask_convention":
+                            "all: an empty true mask scores 1 if the prediction is empty, else 0; "
+                            "_pos: positive (non-empty mask) images only", "test_counts": counts,
+                            "targets": [p.rstrip("/") for p, _ in groups]}
+    result = TaskResult("segment", metrics, config, model_info(loaded), data_info(table, None, all_bad),
+                        list(cfg.seeds), {"runs": runs})
     if out is not None:
         write_results(result, out)
     print(format_table(result))
@@ -289,10 +240,8 @@ def _segment_one(model: EvaluableModel, table: Table, size: int, cfg: SegmentCon
     df = table.df.iloc[kept].reset_index(drop=True)
     idx = {s: np.flatnonzero(df["split"].to_numpy() == s) for s in ("train", "valid", "test")}
     if not len(idx["train"]) or not len(idx["test"]):
-        raise ValueError(
-            f"{table.folder}: segmentation needs train and test rows "
-            f"(found {len(idx['train'])} train, {len(idx['test'])} test)"
-        )
+        raise ValueError(f"{table.folder}: segmentation needs train and test rows "
+                         f"(found {len(idx['train'])} train, {len(idx['test'])} test)")
     y_te = y[idx["test"], 0].numpy() > 0.5
     pos = positives(y_te)
     metrics: dict[str, Estimate] = {}
@@ -304,20 +253,16 @@ def _segment_one(model: EvaluableModel, table: Table, size: int, cfg: SegmentCon
             if cfg.balance_train:  # balanced first, then the label fraction of it (MGCA's order)
                 pool = balanced_rows(y[pool, 0].flatten(1).amax(1).numpy() > 0.5, pool, seed)
             sub = pool[patient_subset(df.iloc[pool].reset_index(drop=True), frac, seed)]
-            seg, curve = train_segmenter(
-                model.image_encoder, x[sub], y[sub], x[idx["valid"]], y[idx["valid"]], cfg, seed
-            )
+            seg, curve = train_segmenter(model.image_encoder, x[sub], y[sub], x[idx["valid"]], y[idx["valid"]],
+                                         cfg, seed)
             pred = predict(seg, x[idx["test"]], cfg.batch_size, cfg.threshold, cfg.device)
             dice, iou = dice_iou(pred, y_te)
             per["dice"].append(mean_ci(dice, cfg.n_boot, seed))
             per["iou"].append(mean_ci(iou, cfg.n_boot, seed))
             per["dice_pos"].append(mean_ci(dice[pos], cfg.n_boot, seed))
             per["iou_pos"].append(mean_ci(iou[pos], cfg.n_boot, seed))
-            runs[f"{frac:g}/{seed}"] = {
-                "train_rows": int(len(sub)),
-                "val_dice_curve": curve,
-                "test_dice": float(dice.mean()),
-            }
+            runs[f"{frac:g}/{seed}"] = {"train_rows": int(len(sub)), "val_dice_curve": curve,
+                                        "test_dice": float(dice.mean())}
         pct = f"{frac * 100:g}%"
         for name, ests in per.items():
             metrics[f"{pct}/{name}"] = summarise_seeds(ests)

@@ -84,15 +84,8 @@ def choose_prompts(classes: list[str], ps: PromptSet, per_class: int | None, see
     return {c: sample_prompts(ps.classes[mapping[c]], per_class, seed + ci) for ci, c in enumerate(classes)}
 
 
-def multiclass_metrics(
-    per_mode: dict[str, torch.Tensor],
-    y: np.ndarray,
-    ids: Any,
-    n_classes: int,
-    n_boot: int,
-    seed: int,
-    extra: dict[str, Any],
-) -> dict[str, Estimate]:
+def multiclass_metrics(per_mode: dict[str, torch.Tensor], y: np.ndarray, ids: Any, n_classes: int, n_boot: int,
+                       seed: int, extra: dict[str, Any]) -> dict[str, Estimate]:
     """Accuracy and macro F1 (bootstrap intervals) of the best class by each rule, chance, and in ``extra`` the
     confusion matrices and the per-item hits; ``y`` are class indices, ``ids`` name the items."""
     metrics: dict[str, Estimate] = {}
@@ -102,8 +95,7 @@ def multiclass_metrics(
         metrics[f"{mode}/accuracy"] = bootstrap_ci(accuracy, y, pred, n_boot=n_boot, seed=seed)
         extra.setdefault("per_item", {})[f"{mode}/accuracy"] = per_item(ids, pred == y)
         metrics[f"{mode}/macro_f1"] = bootstrap_ci(
-            lambda a, b: macro_f1(a, b, labels=np.arange(n_classes)), y, pred, n_boot=n_boot, seed=seed
-        )
+            lambda a, b: macro_f1(a, b, labels=np.arange(n_classes)), y, pred, n_boot=n_boot, seed=seed)
         conf = np.zeros((n_classes, n_classes), dtype=int)
         np.add.at(conf, (y, pred), 1)
         extra["confusion"][mode] = conf.tolist()
@@ -116,16 +108,13 @@ def run_zeroshot(loaded: LoadedModel, data: str | Path, out: str | Path | None, 
     table = load_table(data, (cfg.split,) if cfg.split else None)
     has_class = "class" in table.df.columns and (table.df["class"].astype(str).str.len() > 0).any()
     if not has_class and not cfg.binary:
-        raise ValueError(
-            f"{table.folder}: no 'class' column for multi-class zero-shot; pass --binary for "
-            "the positive/negative prompt tasks on the label columns"
-        )
+        raise ValueError(f"{table.folder}: no 'class' column for multi-class zero-shot; pass --binary for "
+                         "the positive/negative prompt tasks on the label columns")
     if has_class:
         table.df = table.df[table.df["class"].astype(str).str.len() > 0].reset_index(drop=True)
     size = cfg.image_size or image_size_of(model)
-    img, enc = encode_images(
-        model, table.paths(), size, cfg.batch_size, cache_dir=cfg.cache_dir, model_hash=loaded.sha256
-    )
+    img, enc = encode_images(model, table.paths(), size, cfg.batch_size, cache_dir=cfg.cache_dir,
+                             model_hash=loaded.sha256)
     report_bad(enc.bad, table)
     df = table.df.iloc[enc.kept].reset_index(drop=True)
     metrics: dict[str, Estimate] = {}
@@ -133,12 +122,10 @@ def run_zeroshot(loaded: LoadedModel, data: str | Path, out: str | Path | None, 
     classes = sorted(df["class"].astype(str).unique()) if has_class else []
     sources = set(table.df["source"].astype(str)) if "source" in table.df.columns else set()
     ps = pick_prompt_file(cfg.prompts, classes if has_class else [], "synthcxr" if sources == {"synthcxr"} else "")
-    config = asdict(cfg) | {
-        "prompt_file": ps.describe(),
-        "prompt_file_version": ps.version,
-        "prompt_sampling": f"{cfg.prompts_per_class or 'all'} per class, seed {cfg.seed} + class index",
-        "image_size": size,
-    }
+    config = asdict(cfg) | {"prompt_file": ps.describe(), "prompt_file_version": ps.version,
+                            "prompt_sampling": f"{cfg.prompts_per_class or 'all'} per class, "
+                                               f"seed {cfg.seed} + class index",
+                            "image_size": size}
 
     if has_class:
         prompts = choose_prompts(classes, ps, cfg.prompts_per_class, cfg.seed)
@@ -153,18 +140,16 @@ def run_zeroshot(loaded: LoadedModel, data: str | Path, out: str | Path | None, 
     if cfg.binary:
         metrics.update(_binary(model, img, df, ps, cfg, extra))
 
-    result = TaskResult(
-        "zeroshot", metrics, config, model_info(loaded), data_info(table, enc.kept, enc.bad), [cfg.seed], extra
-    )
+    result = TaskResult("zeroshot", metrics, config, model_info(loaded), data_info(table, enc.kept, enc.bad),
+                        [cfg.seed], extra)
     if out is not None:
         write_results(result, out)
     print(format_table(result))
     return result
 
 
-def _binary(
-    model: EvaluableModel, img: Any, df: Any, ps: PromptSet, cfg: ZeroShotConfig, extra: dict
-) -> dict[str, Estimate]:
+def _binary(model: EvaluableModel, img: Any, df: Any, ps: PromptSet, cfg: ZeroShotConfig,
+            extra: dict) -> dict[str, Estimate]:
     labels = [lab for lab in ps.binary if lab in df.columns]
     if not labels:
         raise ValueError(f"none of the binary labels {list(ps.binary)} of {ps.path} is a column of the data")
@@ -182,14 +167,14 @@ def _binary(
             s = similarity_matrix(fn, img, encode_texts(model, pos + neg), cfg.chunk)
             sp, sn = s[:, : len(pos)].mean(1), s[:, len(pos) :].mean(1)
             prob = torch.softmax(torch.stack([sp, sn], 1) / cfg.temperature, 1)[:, 0].numpy()
-            metrics[f"binary/{mode}/{lab}/auroc"] = bootstrap_ci(
-                auroc, y[keep], prob[keep], n_boot=cfg.n_boot, seed=cfg.seed
-            )
+            metrics[f"binary/{mode}/{lab}/auroc"] = bootstrap_ci(auroc, y[keep], prob[keep], n_boot=cfg.n_boot,
+                                                                 seed=cfg.seed)
             ys.append(np.where(keep, y, np.nan))
             ps_.append(prob)
             used.append(lab)
         if used:
             Y, P = np.stack(ys, 1), np.stack(ps_, 1)
-            metrics[f"binary/{mode}/macro_auroc"] = bootstrap_ci(macro_auroc, Y, P, n_boot=cfg.n_boot, seed=cfg.seed)
+            metrics[f"binary/{mode}/macro_auroc"] = bootstrap_ci(macro_auroc, Y, P, n_boot=cfg.n_boot,
+                                                                 seed=cfg.seed)
             extra.setdefault("binary_labels", used)
     return metrics
