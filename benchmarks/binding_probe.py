@@ -144,9 +144,10 @@ def side_probe(model, root: Path, binding: bool) -> dict[str, float]:
         train = train[:2000]  # plenty for a side probe; bounds the time
     test = lateral_samples(pd.read_csv(root / "relations" / "studies.csv"), binding)
     out: dict[str, float] = {"train_samples": len(train), "test_samples": len(test)}
+    train_feats = image_features(model, root / "pretrain", [p for p, _, _ in train])  # encoded once, both kinds
+    test_feats = image_features(model, root / "relations", [p for p, _, _ in test])
     for kind in ("global", "regions"):
-        tr = image_features(model, root / "pretrain", [p for p, _, _ in train])[kind].numpy()
-        te = image_features(model, root / "relations", [p for p, _, _ in test])[kind].numpy()
+        tr, te = train_feats[kind].numpy(), test_feats[kind].numpy()
         correct = 0
         for finding in sorted({f for _, f, _ in test}):
             i_tr = [i for i, (_, f, _) in enumerate(train) if f == finding]
