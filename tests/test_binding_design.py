@@ -333,3 +333,40 @@ def test_srm_topk_reasons_over_the_most_important_nodes_and_passes_the_rest_thro
                                full(words, ctx, mask, sent, img_g, txt_g).score)
     with pytest.raises(Exception, match="srm_topk"):
         create_model("reclf-no-irm", image_encoder=IMAGE, text_encoder=TEXT, srm_topk=4)
+
+
+def test_claim_loss_scores_each_changed_sentence_against_the_images_and_its_twin():
+    from reclf.methods.model import changed_sentences
+
+    img = ImageFeatures(unit(B, 128, seed=1), unit(B, 16, 128, seed=2), GRID)
+    torch.manual_seed(0)
+    model = create_model("convirt", image_encoder=IMAGE, text_encoder=TEXT, binding_negatives="side",
+                         claim_weight=1.0).train()
+    model.text_encoder.eval()  # no dropout: the reference below re-encodes the same reports
+    model.encode_image = lambda images: img
+    terms = model.loss({"images": torch.zeros(B, 1, 64, 64), "reports": REPORTS})
+    txt = model.encode_text(REPORTS)
+    twin = model.encode_text([swap_laterality(r) for r in REPORTS])
+    changed = changed_sentences(txt, twin)
+    # report 0: both sentences name a side; report 2: its only one; reports 1 and 3: none
+    assert changed.tolist() == [[True, True], [False, False], [True, False], [False, False]]
+    rows = [(0, 0), (0, 1), (2, 0)]
+    own = torch.stack([txt.claims[b, k] for b, k in rows])
+    other = torch.stack([twin.claims[b, k] for b, k in rows])
+    owners = torch.tensor([b for b, _ in rows])
+    tau = float(model.global_tau.tau)
+    logits = own @ img.global_.t() / tau
+    own_score = logits[torch.arange(3), owners]
+    twin_score = (other * img.global_[owners]).sum(-1) / tau
+    ref = (F.cross_entropy(logits, owners) + F.softplus(twin_score - own_score).mean()) / 2
+    torch.testing.assert_close(terms["claim"], ref, atol=1e-5, rtol=1e-5)
+    assert float(terms["claim_acc"]) == float((own_score > twin_score).float().mean())
+    torch.testing.assert_close(terms["loss"], terms["global"] + terms["claim"], atol=1e-5, rtol=1e-5)
+    assert txt.claims.norm(dim=-1)[0].tolist() == pytest.approx([1.0, 1.0], abs=1e-5)
+
+
+def test_claim_weight_needs_binding_negatives():
+    from reclf.config import ConfigError
+
+    with pytest.raises(ConfigError, match="claim_weight"):
+        create_model("convirt", image_encoder=IMAGE, text_encoder=TEXT, claim_weight=1.0)

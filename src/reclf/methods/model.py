@@ -100,6 +100,8 @@ class VLModel(nn.Module):
         self.text_global = GlobalProjection(self.text_encoder.hidden_size, d, kind, hidden)
         if params.sentence_global:  # one MLP per sentence (a non-linear head: a linear one would pool a bag again)
             self.sentence_global = LocalProjection(self.text_encoder.hidden_size, d, "mlp", hidden)
+        if params.claim_weight > 0:  # the sentence-claim head: training only (method.claim_weight)
+            self.claim_head = LocalProjection(self.text_encoder.hidden_size, d, "mlp", hidden)
         if params.needs_local_features:
             self.image_local = LocalProjection(self.image_encoder.local_dim, d, kind, hidden)
             self.text_local = LocalProjection(self.text_encoder.hidden_size, d, kind, hidden)
@@ -191,14 +193,21 @@ class VLModel(nn.Module):
         need_attn = self.params.token_weight > 0 and self.training
         out = self.text_encoder(tokens.to(self.device), need_cls_attention=need_attn)
         if self.params.sentence_global:
-            g = sentence_pooled(out.words, out.word_mask, out.sentence_ids, self.sentence_global)
+            g = F.normalize(
+                sentence_vectors(out.words, out.word_mask, out.sentence_ids, self.sentence_global).sum(1),
+                dim=-1,
+                eps=1e-8,
+            )
         else:
             g = self.text_global(out.global_)
         if self.params.needs_local_features:
             words = self.text_local(out.words, out.word_mask)
         else:
             words = F.normalize(out.words, dim=-1) * out.word_mask.unsqueeze(-1)
-        return TextFeatures(g, words, out.word_mask, out.sentence_ids, out.word_strings, out.cls_attention)
+        claims = None
+        if self.params.claim_weight > 0 and self.training:
+            claims = sentence_vectors(out.words, out.word_mask, out.sentence_ids, self.claim_head)
+        return TextFeatures(g, words, out.word_mask, out.sentence_ids, out.word_strings, out.cls_attention, claims)
 
     # ------------------------------------------------------------------------------------------
     # inference on files (``reclf.methods.inference``: the code ``reclf embed`` / ``classify`` / ``evaluate`` run)
@@ -364,6 +373,9 @@ class VLModel(nn.Module):
             with torch.no_grad():  # the share of changed reports whose own report beats its twin globally
                 own_cos = F.cosine_similarity(img.global_, txt.global_, dim=-1)
                 terms["binding_global_acc"] = (own_cos[changed] > twin_cos[changed]).float().mean()
+        if p.claim_weight > 0 and swapped is not None:
+            terms.update(self._claim_loss(img.global_, txt, swapped[0]))
+            total = total + p.claim_weight * terms["claim"]
         if p.has_local:
             terms.update(self._local_loss(img, txt, gather if gather_local else None, swapped))
             total = total + p.local_weight * terms["local"]
@@ -405,6 +417,27 @@ class VLModel(nn.Module):
         swapped = [swap_laterality(r, zones=mode == "side+zone") for r in reports]
         changed = torch.tensor([a != b for a, b in zip(swapped, reports)], device=self.device)
         return self.encode_text(swapped), changed
+
+    def _claim_loss(self, g: Tensor, txt: TextFeatures, twin: TextFeatures) -> dict[str, Tensor]:
+        """``claim``: each sentence the side swap changes, scored against the images by ``cos(g, u) / tau_g``
+        with its claim vector ``u``, must pick its own image among the batch's (InfoNCE) and, on its own
+        image, beat its twin sentence (``softplus(s_twin - s_own)``); the two averaged. ``claim_acc``: the
+        share of those sentences that beat their twin (no gradient). Within a rank's batch."""
+        if txt.claims is None or twin.claims is None:
+            raise ValueError("method.claim_weight: the text features carry no claim vectors (training mode only)")
+        changed = changed_sentences(txt, twin)  # [B, K]
+        if not bool(changed.any()):
+            return {"claim": g.new_zeros(())}
+        b_idx, k_idx = changed.nonzero(as_tuple=True)
+        own = txt.claims[b_idx, k_idx]  # [M, d]
+        other = twin.claims[b_idx, k_idx]
+        logits = self.global_tau(own @ g.t())  # [M, B]: sentence -> images
+        own_score = logits.gather(1, b_idx.unsqueeze(1)).squeeze(1)
+        twin_score = self.global_tau((other * g[b_idx]).sum(-1))
+        loss = (F.cross_entropy(logits, b_idx) + F.softplus(twin_score - own_score).mean()) / 2
+        with torch.no_grad():
+            acc = (own_score > twin_score).float().mean()
+        return {"claim": loss, "claim_acc": acc}
 
     def _local_loss(
         self,
@@ -567,14 +600,29 @@ def _match_mode(p: MethodParams) -> AttentionMode:
     return "gloria" if p.match_mode == "gloria" else "softmax"
 
 
-def sentence_pooled(words: Tensor, word_mask: Tensor, sentence_ids: Tensor, head: nn.Module) -> Tensor:
-    """``normalise(sum_k head(mean of sentence k's valid word states))``: ``[B, W, C] -> [B, d]``
-    (``method.sentence_global``). A report without a valid word gets the zero vector."""
+def sentence_vectors(words: Tensor, word_mask: Tensor, sentence_ids: Tensor, head: nn.Module) -> Tensor:
+    """``head(mean of sentence k's valid word states)``: ``[B, W, C] -> [B, K, d]``, unit vectors; a sentence
+    a report does not have is the zero vector. Their normalised sum is ``method.sentence_global``'s report
+    vector; each alone is a claim of ``method.claim_weight``."""
     member = sentence_membership(word_mask, sentence_ids, words.dtype)  # [B, W, K]
     counts = member.sum(1)  # [B, K]
     means = (member.transpose(1, 2) @ words) / counts.clamp_min(1).unsqueeze(-1)
-    sentences = head(means, counts > 0)  # [B, K, d], unit vectors; absent sentences are zeros
-    return F.normalize(sentences.sum(1), dim=-1, eps=1e-8)
+    return head(means, counts > 0)
+
+
+def changed_sentences(txt: TextFeatures, twin: TextFeatures) -> Tensor:
+    """bool ``[B, K]``: sentence ``k`` of report ``b`` has a word that differs in its twin (the word strings;
+    the swap keeps every word's position and sentence)."""
+    if len(txt.word_strings) != len(txt) or len(twin.word_strings) != len(twin):
+        raise ValueError("method.claim_weight needs the word strings of both reports (TextFeatures.word_strings)")
+    k = min(txt.claims.shape[1], twin.claims.shape[1]) if txt.claims is not None and twin.claims is not None else 0
+    out = torch.zeros(len(txt), k, dtype=torch.bool, device=txt.words.device)
+    for b, (own, other) in enumerate(zip(txt.word_strings, twin.word_strings)):
+        ids = txt.sentence_ids[b][txt.word_mask[b]].tolist()
+        for w, (a, c) in enumerate(zip(own, other)):
+            if a != c and w < len(ids) and 0 <= ids[w] < k:
+                out[b, ids[w]] = True
+    return out
 
 
 def _normalised(w: Tensor) -> Tensor:

@@ -82,6 +82,14 @@ class MethodParams:
     # weight of the pairwise binding term (own report vs its swapped twin alone); 0: the twins only join
     # the local InfoNCE as extra negatives
     binding_weight: float = 0.0
+    # sentence claims: each sentence of a report that the side swap changes ("moderate left lower lobe
+    # consolidation") is a claim about the image. The image's global vector g must score it above the same
+    # sentence with its side flipped (the twin's sentence), and the sentence must pick its image among the
+    # batch's (sentence -> image InfoNCE); both through a claim head of its own (an MLP of the sentence's mean
+    # word state, at tau_g; not used at inference). The contrastive analogue of per-(finding, side) labels,
+    # which teach this encoder the two-finding binding (benchmarks/binding_ceiling.py); any method can use it.
+    # Needs binding_negatives; 0: off
+    claim_weight: float = 0.0
     hard_negatives: int = 0  # >0: score only the positive + this many hardest negatives (by global sim)
     # >0: the local InfoNCE within groups of this many consecutive pairs of the (shuffled) batch, not over all
     # B x B pairs: the matching, SRM and IRM then cost B * G pairs instead of B^2 (each image meets G - 1
@@ -260,8 +268,13 @@ def _validate(p: MethodParams) -> None:
             "method.binding_weight must be >= 0 and needs method.binding_negatives",
         ),
         (
-            p.binding_negatives == "none" or p.has_local or p.binding_global,
-            "method.binding_negatives needs a local matcher (method.local_weight > 0) or method.binding_global",
+            p.binding_negatives == "none" or p.has_local or p.binding_global or p.claim_weight > 0,
+            "method.binding_negatives needs a local matcher (method.local_weight > 0), method.binding_global "
+            "or method.claim_weight",
+        ),
+        (
+            p.claim_weight >= 0 and (p.claim_weight == 0 or p.binding_negatives != "none"),
+            "method.claim_weight must be >= 0 and needs method.binding_negatives (side or side+zone)",
         ),
         (
             not p.binding_global or p.binding_negatives != "none",

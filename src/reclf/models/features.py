@@ -62,6 +62,7 @@ class TextFeatures:
     sentence_ids: Tensor  # long [B, W]
     word_strings: list[list[str]] = field(default_factory=list)
     word_weights: Tensor | None = None  # [B, W], e.g. MGCA's [CLS]-attention weights
+    claims: Tensor | None = None  # [B, K, d] one unit vector per sentence (method.claim_weight), zeros if absent
 
     def __len__(self) -> int:
         return self.global_.shape[0]
@@ -72,6 +73,7 @@ class TextFeatures:
         else:
             strings = [self.word_strings[int(i)] for i in idx] if self.word_strings else []
         ww = None if self.word_weights is None else self.word_weights[idx]
+        claims = None if self.claims is None else self.claims[idx]
         return TextFeatures(
-            self.global_[idx], self.words[idx], self.word_mask[idx], self.sentence_ids[idx], strings, ww
+            self.global_[idx], self.words[idx], self.word_mask[idx], self.sentence_ids[idx], strings, ww, claims
         )
