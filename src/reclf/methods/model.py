@@ -205,7 +205,7 @@ class VLModel(nn.Module):
         else:
             words = F.normalize(out.words, dim=-1) * out.word_mask.unsqueeze(-1)
         claims = None
-        if self.params.claim_weight > 0 and self.training:
+        if self.params.claim_weight > 0:
             claims = sentence_vectors(out.words, out.word_mask, out.sentence_ids, self.claim_head)
         return TextFeatures(g, words, out.word_mask, out.sentence_ids, out.word_strings, out.cls_attention, claims)
 
@@ -424,7 +424,7 @@ class VLModel(nn.Module):
         image, beat its twin sentence (``softplus(s_twin - s_own)``); the two averaged. ``claim_acc``: the
         share of those sentences that beat their twin (no gradient). Within a rank's batch."""
         if txt.claims is None or twin.claims is None:
-            raise ValueError("method.claim_weight: the text features carry no claim vectors (training mode only)")
+            raise ValueError("method.claim_weight: the text features carry no claim vectors")
         changed = changed_sentences(txt, twin)  # [B, K]
         if not bool(changed.any()):
             return {"claim": g.new_zeros(())}
