@@ -125,6 +125,19 @@ def test_local_group_contrasts_within_groups_of_the_batch(method, features):
     torch.testing.assert_close(whole["local"], nce(s))
 
 
+def test_irm_logit_std_is_the_mean_over_the_local_groups(features):
+    img, txt = features
+    out = loss_on("reclf", img, txt, local_group=2, srm_topk=0)  # groups {0, 1} and {2, 3}
+    model = out["model"]
+    stds = []
+    with torch.no_grad():
+        for group in (slice(0, 2), slice(2, 4)):
+            model._local(img.index(group), txt.index(group), None)
+            stds.append(float(model.aggregator.irm.last_logit_std))
+    assert stds[0] != pytest.approx(stds[1])  # the two groups differ: a last-group-only value would fail
+    assert float(out["irm_logit_std"]) == pytest.approx(sum(stds) / 2, rel=1e-5)
+
+
 def mgca_token_reference(img: ImageFeatures, txt: TextFeatures, tau: float = 0.1) -> torch.Tensor:
     """MGCA's token loss with uniform weights, one report at a time: words pick their own attended
     patch context within the report (rows and columns averaged), and patches their word context."""

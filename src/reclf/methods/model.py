@@ -100,7 +100,7 @@ class VLModel(nn.Module):
         self.text_global = GlobalProjection(self.text_encoder.hidden_size, d, kind, hidden)
         if params.sentence_global:  # one MLP per sentence (a non-linear head: a linear one would pool a bag again)
             self.sentence_global = LocalProjection(self.text_encoder.hidden_size, d, "mlp", hidden)
-        if params.claim_weight > 0:  # the sentence-claim head: training only (method.claim_weight)
+        if params.claim_weight > 0:  # the sentence-claim head: training only, unused at inference
             self.claim_head = LocalProjection(self.text_encoder.hidden_size, d, "mlp", hidden)
         if params.needs_local_features:
             self.image_local = LocalProjection(self.image_encoder.local_dim, d, kind, hidden)
@@ -381,9 +381,6 @@ class VLModel(nn.Module):
             total = total + p.local_weight * terms["local"]
             if "binding" in terms and p.binding_weight > 0:
                 total = total + p.binding_weight * terms["binding"]
-            irm = getattr(self.aggregator, "irm", None)
-            if irm is not None and irm.last_logit_std is not None:
-                terms["irm_logit_std"] = irm.last_logit_std
         if p.token_weight > 0:
             token = mgca_token_loss(
                 txt.words,
@@ -470,10 +467,13 @@ class VLModel(nn.Module):
         # the local InfoNCE within groups of ``local_group`` consecutive pairs of the (shuffled) batch, or over
         # the whole batch; a group's loss counts by its size
         size = p.local_group if 0 < p.local_group < n else n
-        losses, own_scores = [], []
+        losses, own_scores, irm_stds = [], [], []
+        irm = getattr(self.aggregator, "irm", None)
         for start in range(0, n, size):
             group = slice(start, min(start + size, n))
             scores = self._local(img.index(group), txt.index(group), pairs)
+            if irm is not None and irm.last_logit_std is not None:
+                irm_stds.append(irm.last_logit_std)  # each group's pass: the diagnostic covers every pair
             own_scores.append(scores[:, 0] if pairs is not None else scores.diagonal())
             group_loss = local_contrastive_loss(
                 scores,
@@ -486,6 +486,8 @@ class VLModel(nn.Module):
             )
             losses.append(group_loss * (group.stop - group.start))
         terms: dict[str, Tensor] = {"local": torch.stack(losses).sum() / n}
+        if irm_stds:
+            terms["irm_logit_std"] = torch.stack(irm_stds).mean()
         if extra is not None and gather is None:
             margin = self.local_tau(torch.cat(own_scores) - extra[:, 0])[changed]
             terms["binding"] = F.softplus(-margin).mean() if bool(changed.any()) else margin.new_zeros(())
