@@ -86,9 +86,9 @@ class MethodParams:
     # consolidation") is a claim about the image. The image's global vector g must score it above the same
     # sentence with its side flipped (the twin's sentence), and the sentence must pick its image among the
     # batch's (sentence -> image InfoNCE); both through a claim head of its own (an MLP of the sentence's mean
-    # word state, at tau_g; not used at inference). The contrastive analogue of per-(finding, side) labels,
-    # which teach this encoder the two-finding binding (benchmarks/binding_ceiling.py); any method can use it.
-    # Needs binding_negatives; 0: off
+    # word state, at tau_g; not used at inference). The contrastive analogue of per-(finding, side) labels, which
+    # do teach this encoder the two-finding binding (benchmarks/binding_ceiling.py); the claims did not, at 500
+    # steps (tried, off: docs/methods.md, "fourth round"). Any method can use it. Needs binding_negatives; 0: off
     claim_weight: float = 0.0
     hard_negatives: int = 0  # >0: score only the positive + this many hardest negatives (by global sim)
     # >0: the local InfoNCE within groups of this many consecutive pairs of the (shuffled) batch, not over all
