@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+from helpers.benchmarks import benchmark_module
 
 
 @pytest.fixture()
 def ceiling():
-    sys.path.insert(0, str(BENCH))
-    try:
-        yield importlib.import_module("binding_ceiling")
-    finally:
-        sys.path.remove(str(BENCH))
+    with benchmark_module("binding_ceiling") as module:
+        yield module
 
 
 def test_targets_mark_presence_and_each_side(ceiling):

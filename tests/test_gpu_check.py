@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+from helpers.benchmarks import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def gpu_check():
-    sys.path.insert(0, str(BENCH))
-    try:
-        yield importlib.import_module("gpu_check")
-    finally:
-        sys.path.remove(str(BENCH))
+    with benchmark_module("gpu_check") as module:
+        yield module
 
 
 @pytest.mark.parametrize("extra", [[], ["--precision", "bf16", "--checkpoint", "--methods", "reclf"]])
