@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -36,13 +35,13 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from binding_probe import side_probe  # noqa: E402
+from binding_probe import emit, side_probe  # noqa: E402
 from reclf.config import ImageEncoderConfig  # noqa: E402
 from reclf.data.synthetic.vocab import FINDINGS  # noqa: E402
 from reclf.data.transforms import TrainTransform  # noqa: E402
 from reclf.methods.inference import prepare_image  # noqa: E402
 from reclf.models.image import build_image_encoder  # noqa: E402
-from reclf.utils.io import atomic_write_json  # noqa: E402
+from reclf.train.schedule import WarmupCosine, warmup_steps  # noqa: E402
 
 HEADS = ("present", "left", "right")
 
@@ -63,11 +62,11 @@ def targets(annotations: str) -> np.ndarray:
 class Supervised(nn.Module):
     """The encoder + one linear head on its global vector: what a global image vector can be taught to hold."""
 
-    def __init__(self, encoder: nn.Module) -> None:
+    def __init__(self, encoder: nn.Module, image_size: int) -> None:
         super().__init__()
         self.encoder = encoder
         self.head = nn.Linear(encoder.global_dim, len(FINDINGS) * len(HEADS))
-        self.config = {"image_encoder": {"image_size": None}}
+        self.config = {"image_encoder": {"image_size": image_size}}  # what binding_probe's preprocess reads
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder(x).global_).view(-1, len(FINDINGS), len(HEADS))
@@ -83,21 +82,9 @@ def train(model: Supervised, root: Path, size: int, steps: int, batch: int, lr: 
     ys = torch.from_numpy(np.stack([targets(a) for a in table.annotations]))
     aug = TrainTransform(size)
     rng = np.random.default_rng(seed)
-    opt = torch.optim.AdamW(
-        [
-            {"params": model.encoder.parameters(), "lr": lr},
-            {"params": model.head.parameters(), "lr": lr},
-        ],
-        weight_decay=0.05,
-    )
-    warmup = max(1, steps // 10)
-
-    def factor(step: int) -> float:  # the demo's schedule: linear warmup, cosine decay
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    # the demo's schedule (train.warmup_fraction 0.1, then cosine), the same code as pretraining's
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(steps, warmup_steps(steps, 0.1)))
     losses = []
     model.train()
     for _ in range(steps):
@@ -119,6 +106,7 @@ def swap_supervised(model: Supervised, root: Path, size: int) -> dict[str, float
     """Share of swapped finding pairs whose true sides the head finds likelier than the sides exchanged."""
     table = pd.read_csv(root / "relations" / "studies.csv")
     table = table[table.task == "binding"]
+    col = {"left": 1, "right": 2}
     wins, n = 0.0, 0
     for path, ann in zip(table.image_path, table.annotations):
         lateral = [a for a in json.loads(ann) if a["side"] in ("left", "right")]
@@ -130,7 +118,6 @@ def swap_supervised(model: Supervised, root: Path, size: int) -> dict[str, float
                 if a["side"] == b["side"] or a["finding"] == b["finding"]:
                     continue
                 ka, kb = FINDINGS.index(a["finding"]), FINDINGS.index(b["finding"])
-                col = {"left": 1, "right": 2}
                 true = logp[ka, col[a["side"]]] + logp[kb, col[b["side"]]]
                 swap = logp[ka, col[b["side"]]] + logp[kb, col[a["side"]]]
                 wins += 1.0 if true > swap else (0.5 if true == swap else 0.0)
@@ -160,8 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     root = Path(args.synth)
     cfg = ImageEncoderConfig(name=args.encoder, weights=args.weights, image_size=args.image_size)
-    model = Supervised(build_image_encoder(cfg))
-    model.config["image_encoder"]["image_size"] = args.image_size
+    model = Supervised(build_image_encoder(cfg), args.image_size)
     t0 = time.perf_counter()
     losses = train(model, root, args.image_size, args.steps, args.batch, args.lr, args.seed)
     result: dict = {
@@ -178,9 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         from safetensors.torch import save_file
 
         save_file({k: v.contiguous() for k, v in model.encoder.state_dict().items()}, args.save_encoder)
-    print(json.dumps(result, indent=1))
-    if args.out:
-        atomic_write_json(args.out, result)
+    emit(result, args.out)
     return 0
 
 

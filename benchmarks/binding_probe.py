@@ -179,6 +179,13 @@ def image_probe(model, root: Path) -> dict[str, dict[str, float]]:
     return result
 
 
+def emit(result: dict, out: str | None) -> None:
+    """Print ``result`` as JSON, and write it to ``out`` (atomically) when given."""
+    print(json.dumps(result, indent=1))
+    if out:
+        atomic_write_json(out, result)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="a model folder (reclf export / a demo's models)")
@@ -194,9 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         result.update(probe(model, Path(args.synth)))
     if args.image_probe:
         result["image_side_probe"] = image_probe(model, Path(args.synth))
-    print(json.dumps(result, indent=1))
-    if args.out:
-        atomic_write_json(args.out, result)
+    emit(result, args.out)
     return 0
 
 

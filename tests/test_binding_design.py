@@ -347,7 +347,7 @@ def test_claim_loss_scores_each_changed_sentence_against_the_images_and_its_twin
     terms = model.loss({"images": torch.zeros(B, 1, 64, 64), "reports": REPORTS})
     txt = model.encode_text(REPORTS)
     twin = model.encode_text([swap_laterality(r) for r in REPORTS])
-    changed = changed_sentences(txt, twin)
+    changed = changed_sentences(txt, twin, 2)
     # report 0: both sentences name a side; report 2: its only one; reports 1 and 3: none
     assert changed.tolist() == [[True, True], [False, False], [True, False], [False, False]]
     rows = [(0, 0), (0, 1), (2, 0)]

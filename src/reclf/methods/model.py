@@ -422,7 +422,7 @@ class VLModel(nn.Module):
         share of those sentences that beat their twin (no gradient). Within a rank's batch."""
         if txt.claims is None or twin.claims is None:
             raise ValueError("method.claim_weight: the text features carry no claim vectors")
-        changed = changed_sentences(txt, twin)  # [B, K]
+        changed = changed_sentences(txt, twin, min(txt.claims.shape[1], twin.claims.shape[1]))  # [B, K]
         if not bool(changed.any()):
             return {"claim": g.new_zeros(())}
         b_idx, k_idx = changed.nonzero(as_tuple=True)
@@ -612,12 +612,11 @@ def sentence_vectors(words: Tensor, word_mask: Tensor, sentence_ids: Tensor, hea
     return head(means, counts > 0)
 
 
-def changed_sentences(txt: TextFeatures, twin: TextFeatures) -> Tensor:
-    """bool ``[B, K]``: sentence ``k`` of report ``b`` has a word that differs in its twin (the word strings;
+def changed_sentences(txt: TextFeatures, twin: TextFeatures, k: int) -> Tensor:
+    """bool ``[B, k]``: sentence ``k`` of report ``b`` has a word that differs in its twin (the word strings;
     the swap keeps every word's position and sentence)."""
     if len(txt.word_strings) != len(txt) or len(twin.word_strings) != len(twin):
         raise ValueError("method.claim_weight needs the word strings of both reports (TextFeatures.word_strings)")
-    k = min(txt.claims.shape[1], twin.claims.shape[1]) if txt.claims is not None and twin.claims is not None else 0
     out = torch.zeros(len(txt), k, dtype=torch.bool, device=txt.words.device)
     for b, (own, other) in enumerate(zip(txt.word_strings, twin.word_strings)):
         ids = txt.sentence_ids[b][txt.word_mask[b]].tolist()
