@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from reclf.align.aggregators import (
     MAX_DISTANCE,
     build_aggregator,
+    build_edge_mask,
     grounding_overlap,
     region_centres,
     structure_buckets,
@@ -108,6 +109,66 @@ def test_new_edges_start_as_the_plain_graph_and_then_change_it():
     torch.testing.assert_close(fused, c.score, atol=1e-5, rtol=0)
     torch.testing.assert_close(c.head_relations.mean(dim=2), c.relations)
     assert c.head_relations.shape == (3, 4, 2, 9, 9)
+
+
+def test_grounding_values_put_the_attention_weighted_overlap_into_each_message():
+    """``grounding_values`` starts as the plain SRM; once r_h is set, node i's head-h message gains exactly
+    ``(sum_j alpha^h_ij G_ij) r_h`` (written out here from the layer's own attention), on every SRM path."""
+    words, ctx, mask, sent, img_g, txt_g, attn = inputs()
+    kw = dict(d_z=8, heads=2, prenorm=True, sentence_edges=True, irm_before_srm=True)
+    torch.manual_seed(0)
+    plain = build_aggregator("srm+irm", D, **kw)
+    torch.manual_seed(0)
+    agg = build_aggregator("srm+irm", D, grounding_values=True, **kw)
+    torch.testing.assert_close(
+        plain(words, ctx, mask, sent, img_g, txt_g).score, agg(words, ctx, mask, sent, img_g, txt_g, attention=attn).score
+    )
+    layer = agg.srm.layers[0]
+    with torch.no_grad():
+        layer.edge_value.normal_()
+        layer.out.weight.normal_()
+    out = agg(words, ctx, mask, sent, img_g, txt_g, attention=attn)
+    assert not torch.allclose(out.score, plain(words, ctx, mask, sent, img_g, txt_g).score)
+    # the layer by hand, for one pair (image 2, report 0) and node 3 (word 2, sentence 0)
+    z, _ = agg.matchings(words, ctx, mask, img_g, txt_g, attn)
+    x = z[2 * 4 + 0]
+    sid = torch.cat([torch.tensor([-2]), sent[0]])
+    q, k, v = layer.qkv(layer.norm1(x)).reshape(9, 3, 2, 4).unbind(1)  # [N, H, hd]
+    is_global = torch.arange(9) == 0
+    allowed = (sid[:, None] == sid[None, :]) | is_global[:, None] | is_global[None, :]
+    g = grounding_overlap(attn, global_node=True)[2, 0]  # [N, N]
+    i = 3
+    heads = []
+    for h in range(2):
+        alpha = torch.softmax(((k[:, h] @ q[i, h]) / 2.0).masked_fill(~allowed[i], float("-inf")), dim=0)
+        heads.append(alpha @ v[:, h] + (alpha * g[i]).sum() * layer.edge_value[h])
+    y = x[i] + layer.out(torch.cat(heads))
+    y = y + layer.ffn(layer.norm2(y))
+    got, _ = agg.srm(x.unsqueeze(0), allowed.unsqueeze(0), need_relations=False, overlap=g.unsqueeze(0))
+    torch.testing.assert_close(got[0, i], y, atol=1e-5, rtol=1e-5)
+    # the fused training path (no relations asked) and the explicit one give the same score
+    fused = agg(words, ctx, mask, sent, img_g, txt_g, extras=False, attention=attn).score
+    torch.testing.assert_close(fused, out.score, atol=1e-5, rtol=0)
+    # with SRM over the top words, the overlap follows the kept nodes: the same as SRM on the written-out subgraph
+    top = build_aggregator("srm+irm", D, grounding_values=True, topk=3, **kw)
+    top.load_state_dict(agg.state_dict())
+    res = top(words, ctx, mask, sent, img_g, txt_g, attention=attn)
+    torch.testing.assert_close(res.score, top(words, ctx, mask, sent, img_g, txt_g, extras=False, attention=attn).score,
+                               atol=1e-5, rtol=0)
+    zt, valid = top.matchings(words, ctx, mask, img_g, txt_g, attn)
+    keep = top._srm_nodes(top.irm.logits(zt, valid, top._irm_prior(words, ctx, mask, img_g, txt_g)), valid)
+    kp = keep[2 * 4 + 0]
+    sub, _ = top.srm(zt[8, kp].unsqueeze(0), allowed[kp][:, kp].unsqueeze(0), need_relations=False,
+                     overlap=g[kp][:, kp].unsqueeze(0))
+    full = top._srm_on(keep, zt, valid, build_edge_mask(valid, _node_sentences(sent, 3), True), None, False,
+                       grounding_overlap(attn, True).reshape(12, 9, 9))[0]
+    torch.testing.assert_close(full[8, kp], sub[0], atol=1e-5, rtol=1e-5)
+
+
+def _node_sentences(sent, n_img):
+    """``[P, N]`` the node sentence ids of every (image, report) pair, the global node first (-2)."""
+    sid = sent.unsqueeze(0).expand(n_img, -1, -1).reshape(-1, sent.shape[-1])
+    return torch.cat([sid.new_full((sid.shape[0], 1), -2), sid], dim=1)
 
 
 def test_masked_words_never_change_a_score_with_every_switch_on():

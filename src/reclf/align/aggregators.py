@@ -89,6 +89,11 @@ class SRMConfig:
     # edges that know grounding: per head, lambda_h * log(R * sum_r a_ir a_jr), the overlap of two words'
     # region-attention maps (0 when either map is uniform); lambda_h learned, starting at 0
     grounding_edges: bool = False
+    # messages that carry grounding agreement: head h's message to node i gains (sum_j alpha^h_ij G_ij) r_h, with
+    # G_ij = log(R sum_r a_ir a_jr) the edge's overlap and r_h learned from 0 (edge features in the values, as
+    # graph transformers with edge features do): a bias only changes *which* nodes a finding listens to, while
+    # this puts *how well* its own location word looks where it looks into the node, and so into the score
+    grounding_values: bool = False
     # SRM over the k most important word nodes of each pair only (by IRM's logits, scored before SRM), plus
     # the global node; the others pass through unchanged. 0: every node. SRM's cost is ~linear in the
     # nodes, and most of a report's words are filler that IRM weighs down anyway
@@ -384,7 +389,13 @@ class SRMLayer(nn.Module):
     """
 
     def __init__(
-        self, d_z: int, heads: int = 4, ffn_mult: float = 2.0, dropout: float = 0.0, prenorm: bool = False
+        self,
+        d_z: int,
+        heads: int = 4,
+        ffn_mult: float = 2.0,
+        dropout: float = 0.0,
+        prenorm: bool = False,
+        edge_values: bool = False,
     ) -> None:
         super().__init__()
         if d_z % heads:
@@ -397,6 +408,8 @@ class SRMLayer(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(d_z, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, d_z))
         self.norm1, self.norm2 = nn.LayerNorm(d_z), nn.LayerNorm(d_z)
         self.drop = nn.Dropout(dropout)
+        # r_h of ``grounding_values``: what a unit of attention-weighted overlap adds to head h's message
+        self.edge_value = nn.Parameter(torch.zeros(heads, self.head_dim)) if edge_values else None
         if prenorm:  # residual branches start at 0: the layer starts as the identity
             for lin in (self.out, self.ffn[-1]):
                 assert isinstance(lin, nn.Linear)
@@ -404,25 +417,37 @@ class SRMLayer(nn.Module):
                 nn.init.zeros_(lin.bias)
 
     def forward(
-        self, x: Tensor, edges: Tensor, need_relations: bool = True, bias: Tensor | None = None
+        self,
+        x: Tensor,
+        edges: Tensor,
+        need_relations: bool = True,
+        bias: Tensor | None = None,
+        overlap: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """``edges``: allowed edges ``[P, N, N]`` (``build_edge_mask``) or allowed keys ``[P, 1, N]``
         (``key_padding_mask``). ``need_relations=False`` runs the fused attention kernel (about 2x faster on
         CPU) and returns no attention matrix; the result is the same up to float rounding. The relations
-        returned are per head: ``[P, H, N, N]``."""
+        returned are per head: ``[P, H, N, N]``. ``overlap[P, N, N]``: the edges' grounding overlap, read by
+        ``edge_value`` (``grounding_values``; it needs the attention matrix, so the explicit path runs)."""
         p, n, d = x.shape
+        edge_values = self.edge_value is not None and overlap is not None
         h = self.norm1(x) if self.prenorm else x
         # strided views [P, H, N, hd] (no copy): the attention kernels take them as they are
         q, k, v = (t.transpose(1, 2) for t in self.qkv(h).reshape(p, n, 3, self.heads, self.head_dim).unbind(2))
         allowed = edges.unsqueeze(1)
         relations = None
-        if need_relations:
+        if need_relations or edge_values:
             logits = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim)  # [P, H, N, N]
             if bias is not None:
                 logits = logits + bias
             attn = masked_softmax(logits, allowed, dim=-1)
-            mixed = torch.matmul(self.drop(attn), v)
-            relations = attn
+            dropped = self.drop(attn)
+            mixed = torch.matmul(dropped, v)
+            if edge_values:
+                assert self.edge_value is not None and overlap is not None
+                agreement = (dropped * overlap.unsqueeze(1)).sum(-1, keepdim=True)  # [P, H, N, 1]
+                mixed = mixed + agreement * self.edge_value.unsqueeze(1)
+            relations = attn if need_relations else None
         else:
             p_drop = self.drop.p if self.training else 0.0
             mask = allowed if bias is None else bias.masked_fill(~allowed, float("-inf"))
@@ -453,7 +478,8 @@ class SRM(nn.Module):
             raise ValueError(f"SRM needs layers >= 1, got {cfg.layers}")
         self.cfg = cfg
         self.layers = nn.ModuleList(
-            SRMLayer(d_z, cfg.heads, cfg.ffn_mult, cfg.dropout, cfg.prenorm) for _ in range(cfg.layers)
+            SRMLayer(d_z, cfg.heads, cfg.ffn_mult, cfg.dropout, cfg.prenorm, cfg.grounding_values)
+            for _ in range(cfg.layers)
         )
         self.structure = nn.Parameter(torch.zeros(N_STRUCTURE_BUCKETS, cfg.heads)) if cfg.structure_edges else None
         self.grounding = nn.Parameter(torch.zeros(cfg.heads)) if cfg.grounding_edges else None
@@ -476,12 +502,17 @@ class SRM(nn.Module):
         return bias.reshape(n_img * n_txt, *bias.shape[2:])
 
     def forward(
-        self, z: Tensor, edges: Tensor, need_relations: bool = True, bias: Tensor | None = None
+        self,
+        z: Tensor,
+        edges: Tensor,
+        need_relations: bool = True,
+        bias: Tensor | None = None,
+        overlap: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         rel = None
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            z, rel = layer(z, edges, need_relations=need_relations and i == last, bias=bias)
+            z, rel = layer(z, edges, need_relations=need_relations and i == last, bias=bias, overlap=overlap)
         return z, rel
 
 
@@ -548,7 +579,9 @@ class RelationAggregator(Aggregator):
         self.srm = SRM(cfg.d_z, cfg.srm) if self.produces_relations else None
         self.irm = IRM(cfg.d_z, cfg.irm, dim) if cfg.name.endswith("irm") else None
         self.node_readout = nn.Linear(cfg.d_z, 1) if cfg.name == "srm+lse" else None
-        self.needs_attention = cfg.node_where or (self.srm is not None and cfg.srm.grounding_edges)
+        self.needs_attention = cfg.node_where or (
+            self.srm is not None and (cfg.srm.grounding_edges or cfg.srm.grounding_values)
+        )
 
     def _irm_prior(self, words, context, word_mask, img_global, txt_global) -> Tensor | None:
         """``[P, N]``: IRM's text and cosine priors (``None`` without either)."""
@@ -588,16 +621,21 @@ class RelationAggregator(Aggregator):
                 edges = key_padding_mask(valid)
             else:
                 edges = build_edge_mask(valid, node_sentence, self.global_node)
-            bias = None
+            bias = overlap = None
+            if self.cfg.srm.grounding_edges or self.cfg.srm.grounding_values:
+                overlap = grounding_overlap(attention, self.global_node)  # [I, T, N, N]
             if self.srm.has_bias:
                 buckets = structure_buckets(sentence_ids, self.global_node) if self.cfg.srm.structure_edges else None
-                overlap = grounding_overlap(attention, self.global_node) if self.cfg.srm.grounding_edges else None
                 bias = self.srm.edge_bias(buckets, overlap, n_img, n_txt)
+            values = None
+            if self.cfg.srm.grounding_values:
+                assert overlap is not None
+                values = overlap.reshape(n_img * n_txt, *overlap.shape[2:])
             keep = self._srm_nodes(u, valid) if self.cfg.srm.topk > 0 else None
             if keep is None:
-                z, rel = self.srm(z, edges, need_relations=extras, bias=bias)
+                z, rel = self.srm(z, edges, need_relations=extras, bias=bias, overlap=values)
             else:
-                z, rel = self._srm_on(keep, z, valid, edges, bias, extras)
+                z, rel = self._srm_on(keep, z, valid, edges, bias, extras, values)
             if rel is not None:
                 pair_valid = (valid.unsqueeze(2) & valid.unsqueeze(1)).unsqueeze(1)
                 rel = (rel * pair_valid).reshape(n_img, n_txt, *rel.shape[1:])
@@ -636,7 +674,14 @@ class RelationAggregator(Aggregator):
         return rank.topk(k, dim=1).indices
 
     def _srm_on(
-        self, keep: Tensor, z: Tensor, valid: Tensor, edges: Tensor, bias: Tensor | None, extras: bool
+        self,
+        keep: Tensor,
+        z: Tensor,
+        valid: Tensor,
+        edges: Tensor,
+        bias: Tensor | None,
+        extras: bool,
+        overlap: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """SRM over the nodes ``keep[P, K]`` only; the other nodes keep their matching vectors. Relations of
         the nodes left out are 0."""
@@ -652,8 +697,12 @@ class RelationAggregator(Aggregator):
             h = bias.shape[1]
             rows = bias.gather(2, keep[:, None, :, None].expand(-1, h, -1, n_nodes))
             sub_bias = rows.gather(3, keep[:, None, None, :].expand(-1, h, keep.shape[1], -1))
+        sub_overlap = None
+        if overlap is not None:  # [P, N, N] -> its rows and columns of the kept nodes
+            rows = overlap.gather(1, keep.unsqueeze(-1).expand(-1, -1, n_nodes))
+            sub_overlap = rows.gather(2, keep.unsqueeze(1).expand(-1, keep.shape[1], -1))
         index = keep.unsqueeze(-1).expand(-1, -1, d)
-        out, rel = self.srm(z.gather(1, index), sub_edges, need_relations=extras, bias=sub_bias)
+        out, rel = self.srm(z.gather(1, index), sub_edges, need_relations=extras, bias=sub_bias, overlap=sub_overlap)
         z = z.scatter(1, index, out)
         if rel is not None:
             h, k = rel.shape[1], keep.shape[1]

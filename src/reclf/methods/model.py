@@ -119,6 +119,7 @@ class VLModel(nn.Module):
                 prenorm=params.srm_prenorm,
                 structure_edges=params.structure_edges,
                 grounding_edges=params.grounding_edges,
+                grounding_values=params.grounding_values,
                 node_where=params.node_where,
                 irm_text_prior=params.irm_text_prior,
                 irm_cos_prior=params.irm_cos_prior,

@@ -58,6 +58,9 @@ class MethodParams:
     srm_prenorm: bool = False  # SRM as pre-norm residual layers starting at the identity (keeps match strength)
     structure_edges: bool = False  # SRM edges biased by relative word distance / same sentence
     grounding_edges: bool = False  # SRM edges biased by the overlap of the two words' region-attention maps
+    # SRM messages carry that overlap too: node i's head-h message gains (sum_j alpha_ij G_ij) r_h, so how well a
+    # finding and the location words it listens to look at the same place reaches the node and the score
+    grounding_values: bool = False
     node_where: bool = False  # matching nodes carry where their word looks (attention centroid, spread, peak)
     irm_text_prior: bool = False  # IRM: + MLP(e_w), an importance learned from the word itself
     irm_cos_prior: bool = False  # IRM: + gamma * cos(e_w, c_w) (starts as log-sum-exp's weights)
