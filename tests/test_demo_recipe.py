@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,20 @@ def test_a_changed_method_preset_is_a_changed_recipe(tmp_path, monkeypatch):
     assert params.resolve_method_section(cfg) == cfg
     monkeypatch.setitem(params.PRESETS, "reclf", {**params.PRESETS["reclf"], "srm_topk": 4})
     assert changed_keys(before, asked()) == ["method.srm_topk: 8 -> 4"]
+
+
+def test_an_override_back_to_the_default_reaches_the_model(tmp_path):
+    """``--set method.binding_negatives=none`` on RECLF (whose preset turns them on) is the value the run trains
+    with, after any number of resolutions: the section keeps a value that differs from the preset even when it
+    equals the dataclass default (it used to be dropped, and the preset's value came back)."""
+    from reclf.methods import params
+
+    overrides = ["method.binding_negatives=none", "method.local_group=0", "method.sentence_edges=false"]
+    settings = dataclasses.replace(demo.QUICK, overrides=overrides)
+    cfg = demo.demo_config("reclf", 0, settings, tmp_path / "synth", tmp_path / "runs")
+    assert cfg.method["binding_negatives"] == "none" and cfg.method["local_group"] == 0
+    assert params.resolve_method_section(params.resolve_method_section(cfg)) == cfg
+    built = params.method_params(**cfg.method)
+    assert (built.binding_negatives, built.local_group, built.sentence_edges) == ("none", 0, False)
+    plain = demo.demo_config("reclf", 0, demo.QUICK, tmp_path / "synth", tmp_path / "runs")
+    assert "binding_negatives" in plain.method and "lse_gamma" not in plain.method  # no-override sections as before

@@ -305,12 +305,20 @@ def resolve_method_section(cfg: Any) -> Any:
     A run saves this in its ``config.yaml`` and the demo's stage markers key on it, so a change to a method's
     preset in ``PRESETS`` is a changed recipe, never a stale run reused; a new switch that is off by default
     leaves old recipes as they were. Resolving twice gives the same section.
+
+    A value is kept when it differs from the dataclass default *or from the preset*: an override that sets a
+    preset's switch back to the default (``method.binding_negatives=none`` on RECLF) is what the run trains
+    with, and the next resolution must not fill the preset's value back in.
     """
     method = dict(cfg.method)
     name = method.pop("name", None)
     if name not in PRESETS:  # not a registered method (a model passed in by hand): nothing to resolve
         return cfg
     defaults = params_dict(MethodParams())
+    preset = params_dict(method_params(name))
     resolved = params_dict(method_params(name, **method))
-    section = {"name": name, **{k: v for k, v in resolved.items() if k != "name" and v != defaults[k]}}
+    section = {
+        "name": name,
+        **{k: v for k, v in resolved.items() if k != "name" and (v != defaults[k] or v != preset[k])},
+    }
     return dataclasses.replace(cfg, method=section)
