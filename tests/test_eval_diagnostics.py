@@ -173,6 +173,12 @@ def test_every_method_on_tiny_models(synth, tmp_path):
     boxes = by["reclf"]["extra"]["role_boxes"]
     total = sum(b["mean"] * b["n"] for b in boxes.values()) / sum(b["n"] for b in boxes.values())
     assert total == pytest.approx(1.0, rel=1e-4)
+    # the finding role, split by whether the word names a finding drawn in the image: the two parts are the role
+    split = by["reclf"]["extra"]["finding_boxes"]
+    assert split["linked"]["n"] > 0 and split["unlinked"]["n"] > 0
+    assert split["linked"]["n"] + split["unlinked"]["n"] == boxes["finding"]["n"]
+    parts = (split["linked"]["mean"] * split["linked"]["n"] + split["unlinked"]["mean"] * split["unlinked"]["n"])
+    assert parts / boxes["finding"]["n"] == pytest.approx(boxes["finding"]["mean"], rel=1e-6)
     table = diagnostics_table(results, n_boot=30)
     assert "| reclf − reclf-no-irm |" in table and "| reclf − reclf-no-srm |" in table
     # a random-init floor of the reference's method listed first is never taken as the reference

@@ -478,6 +478,7 @@ def _measure(model: EvaluableModel, table: Any, df: Any, records: dict[str, Role
     bind_heads: dict[str, list[np.ndarray | None]] = {"own_mass": [], "other_mass": []}
     has_heads = False
     role_weights: dict[str, list[float]] = {}
+    finding_weights: dict[str, list[float]] = {"linked": [], "unlinked": []}
     study_ids: list[str] = []
     samples: list[dict[str, Any]] = []
     bad: list = []
@@ -502,8 +503,10 @@ def _measure(model: EvaluableModel, table: Any, df: Any, records: dict[str, Role
                 per["clinical_share"].append(imp["share"])
                 per["uniform_share"].append(imp["uniform_share"])
                 rel_w = outs.weights[j] * len(roles)  # 1 = the uniform weight
-                for role, v in zip(roles, rel_w, strict=True):
+                for role, v, k in zip(roles, rel_w, links, strict=True):
                     role_weights.setdefault(role, []).append(float(v))
+                    if role == "finding":  # a finding drawn in the image, or one the report rules out / hedges
+                        finding_weights["linked" if k >= 0 else "unlinked"].append(float(v))
                 if len(samples) < 4:
                     samples.append({"study_id": sid, "text": texts[j],
                                     "ranked": ranked_words(outs.words[j], outs.weights[j], roles)[:12]})
@@ -613,6 +616,9 @@ def _measure(model: EvaluableModel, table: Any, df: Any, records: dict[str, Role
     extra: dict[str, Any] = {
         "not_applicable": not_applicable,
         "role_boxes": {r: _box(np.asarray(v)) for r, v in sorted(role_weights.items())},
+        # the finding role split: words naming a finding drawn in the image ("linked") and finding words of
+        # sentences that rule one out ("no pleural effusion": "unlinked"); about half of a report's finding words
+        "finding_boxes": {k: _box(np.asarray(v)) for k, v in finding_weights.items() if v},
         "per_report": {"study_id": study_ids, **{k: v for k, v in per.items() if v}},
         "grounding_per_report": {r: v for r, v in per_role_pg.items() if v},
         "binding_heads": binding_heads,
