@@ -430,3 +430,22 @@ def test_claim_weight_needs_binding_negatives():
 
     with pytest.raises(ConfigError, match="claim_weight"):
         create_model("convirt", image_encoder=IMAGE, text_encoder=TEXT, claim_weight=1.0)
+
+
+def test_global_node_off_builds_the_local_score_from_the_words_alone():
+    """``method.global_node=false`` on the shipped RECLF (SRM over the top words, sentence edges): the graph has
+    one node per word, and the local score no longer depends on the global vectors."""
+    mask = torch.ones(B, WORDS, dtype=torch.bool)
+    sentences = torch.tensor([0, 0, 1, 1, 1]).repeat(B, 1)
+    img = ImageFeatures(unit(B, 128, seed=1), unit(B, 16, 128, seed=2), GRID)
+    txt = TextFeatures(unit(B, 128, seed=4), unit(B, WORDS, 128, seed=3), mask, sentences)
+    moved = ImageFeatures(unit(B, 128, seed=9), img.local, GRID)  # other global vectors, the same regions
+    torch.manual_seed(0)
+    model = create_model("reclf", image_encoder=IMAGE, text_encoder=TEXT, global_node=False).eval()
+    assert model.aggregator.global_node is False and model.params.srm_topk == 8
+    with torch.no_grad():
+        torch.testing.assert_close(model.local_similarity(img, txt), model.local_similarity(moved, txt))
+    torch.manual_seed(0)
+    with_node = create_model("reclf", image_encoder=IMAGE, text_encoder=TEXT).eval()
+    with torch.no_grad():
+        assert not torch.allclose(with_node.local_similarity(img, txt), with_node.local_similarity(moved, txt))

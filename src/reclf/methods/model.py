@@ -112,6 +112,7 @@ class VLModel(nn.Module):
                 d,
                 gamma=params.lse_gamma,
                 d_z=params.d_z,
+                global_node=params.global_node,
                 layers=params.srm_layers,
                 heads=params.srm_heads,
                 topk=params.srm_topk,

@@ -50,6 +50,9 @@ class MethodParams:
     lse_gamma: float = 5.0  # GLoRIA temp2
     local_temperature: float = 0.1  # tau_l (GLoRIA: 1 / temp3)
     d_z: int = 64  # RECLF matching-vector width
+    # RECLF: the global matching z_0 = W_0 (h ⊙ g) joins the matching graph as node 0 (IRM weighs it beside the
+    # words, SRM relates it to them); false: the local score is built from the word matchings alone
+    global_node: bool = True
     srm_layers: int = 1
     srm_heads: int = 4
     srm_topk: int = 0  # SRM over the k most important word nodes of each pair (by IRM before SRM); 0: all
