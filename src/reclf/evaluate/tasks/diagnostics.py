@@ -617,7 +617,7 @@ def _measure(model: EvaluableModel, table: Any, df: Any, records: dict[str, Role
         "not_applicable": not_applicable,
         "role_boxes": {r: _box(np.asarray(v)) for r, v in sorted(role_weights.items())},
         # the finding role split: words naming a finding drawn in the image ("linked") and finding words of
-        # sentences that rule one out ("no pleural effusion": "unlinked"); about half of a report's finding words
+        # sentences that rule one out ("no pleural effusion": "unlinked"; 37 % of them in the SynthCXR relations set)
         "finding_boxes": {k: _box(np.asarray(v)) for k, v in finding_weights.items() if v},
         "per_report": {"study_id": study_ids, **{k: v for k, v in per.items() if v}},
         "grounding_per_report": {r: v for r, v in per_role_pg.items() if v},
