@@ -382,6 +382,16 @@ def grounding_overlap(attention: Tensor, global_node: bool) -> Tensor:
     return F.pad(g, (1, 0, 1, 0)) if global_node else g
 
 
+def kept_square(x: Tensor, keep: Tensor) -> Tensor:
+    """The rows and columns of the kept nodes: ``x[P, ..., N, N]``, ``keep[P, K]`` -> ``[P, ..., K, K]`` (an edge
+    mask, the per-head edge biases or the grounding overlap of SRM's subgraph)."""
+    p, n, k = x.shape[0], x.shape[-1], keep.shape[1]
+    mid = x.shape[1:-2]
+    ones = (1,) * len(mid)
+    rows = x.gather(-2, keep.view(p, *ones, k, 1).expand(p, *mid, k, n))
+    return rows.gather(-1, keep.view(p, *ones, 1, k).expand(p, *mid, k, k))
+
+
 class SRMLayer(nn.Module):
     """One post-norm transformer layer over the matching graph: masked MHA + FFN, residual, LayerNorm.
 
@@ -689,18 +699,10 @@ class RelationAggregator(Aggregator):
         p, n_nodes, d = z.shape
         if edges.shape[1] == 1:  # fully connected: the key mask of the kept nodes
             sub_edges = key_padding_mask(valid.gather(1, keep))
-        else:  # a sentence graph [P, N, N]: its rows and columns of the kept nodes
-            rows = edges.gather(1, keep.unsqueeze(-1).expand(-1, -1, n_nodes))
-            sub_edges = rows.gather(2, keep.unsqueeze(1).expand(-1, keep.shape[1], -1))
-        sub_bias = None
-        if bias is not None:
-            h = bias.shape[1]
-            rows = bias.gather(2, keep[:, None, :, None].expand(-1, h, -1, n_nodes))
-            sub_bias = rows.gather(3, keep[:, None, None, :].expand(-1, h, keep.shape[1], -1))
-        sub_overlap = None
-        if overlap is not None:  # [P, N, N] -> its rows and columns of the kept nodes
-            rows = overlap.gather(1, keep.unsqueeze(-1).expand(-1, -1, n_nodes))
-            sub_overlap = rows.gather(2, keep.unsqueeze(1).expand(-1, keep.shape[1], -1))
+        else:  # a sentence graph [P, N, N]
+            sub_edges = kept_square(edges, keep)
+        sub_bias = kept_square(bias, keep) if bias is not None else None  # [P, H, K, K]
+        sub_overlap = kept_square(overlap, keep) if overlap is not None else None  # [P, K, K]
         index = keep.unsqueeze(-1).expand(-1, -1, d)
         out, rel = self.srm(z.gather(1, index), sub_edges, need_relations=extras, bias=sub_bias, overlap=sub_overlap)
         z = z.scatter(1, index, out)
