@@ -164,6 +164,72 @@ def test_grounding_values_put_the_attention_weighted_overlap_into_each_message()
     torch.testing.assert_close(full[8, kp], sub[0], atol=1e-5, rtol=1e-5)
 
 
+def test_cross_values_put_each_words_matching_at_its_neighbours_place_into_the_message():
+    """``cross_values`` starts as the plain SRM; then node i's head-h message gains exactly
+    ``sum_j alpha^h_ij (V_x W_z(d e_i ⊙ c_j))_h`` (``W_0``/``h`` for the global row, ``g`` its column), written
+    out here for one pair, on every SRM path; and swapping two words' contexts changes it while each word's own
+    matching stays."""
+    words, ctx, mask, sent, img_g, txt_g, attn = inputs()
+    kw = dict(d_z=8, heads=2, prenorm=True, sentence_edges=True, irm_before_srm=True)
+    torch.manual_seed(0)
+    plain = build_aggregator("srm+irm", D, **kw)
+    agg = build_aggregator("srm+irm", D, cross_values=True, **kw)
+    missing = agg.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing == ["srm.layers.0.cross_value.weight"]
+    torch.testing.assert_close(agg(words, ctx, mask, sent, img_g, txt_g).score,
+                               plain(words, ctx, mask, sent, img_g, txt_g).score)  # the output map starts at 0
+    layer = agg.srm.layers[0]
+    with torch.no_grad():
+        layer.out.weight.normal_()
+    out = agg(words, ctx, mask, sent, img_g, txt_g, extras=True)
+    assert not torch.allclose(out.score, plain(words, ctx, mask, sent, img_g, txt_g).score)
+    # the layer by hand, for one pair (image 2, report 0) and node 4 (word 3, sentence 1)
+    z, _ = agg.matchings(words, ctx, mask, img_g, txt_g)
+    x = z[2 * 4 + 0]
+    e = torch.cat([txt_g[0:1], words[0]]) * D  # node 0: the report's global vector
+    c = torch.cat([img_g[2:3], ctx[2, 0]])
+    sid = torch.cat([torch.tensor([-2]), sent[0]])
+    q, k, v = layer.qkv(layer.norm1(x)).reshape(9, 3, 2, 4).unbind(1)  # [N, H, hd]
+    is_global = torch.arange(9) == 0
+    allowed = (sid[:, None] == sid[None, :]) | is_global[:, None] | is_global[None, :]
+    i = 4
+    cross = agg.matchings.word(e[i] * c)  # [N, d_z]: word i at node j's place
+    torch.testing.assert_close(cross[i], x[i])  # x_ii = z_i
+    heads = []
+    for h in range(2):
+        alpha = torch.softmax(((k[:, h] @ q[i, h]) / 2.0).masked_fill(~allowed[i], float("-inf")), dim=0)
+        heads.append(alpha @ v[:, h] + alpha @ layer.cross_value(cross).reshape(9, 2, 4)[:, h])
+    y = x[i] + layer.out(torch.cat(heads))
+    y = y + layer.ffn(layer.norm2(y))
+    xs = agg.matchings.cross(words, ctx, mask, img_g, txt_g.unsqueeze(0))
+    torch.testing.assert_close(xs[8, i], cross)
+    torch.testing.assert_close(xs[8, 0], agg.matchings.glob(e[0] * c))  # the global row takes W_0
+    got, _ = agg.srm(x.unsqueeze(0), allowed.unsqueeze(0), need_relations=False, cross=xs[8:9])
+    torch.testing.assert_close(got[0, i], y, atol=1e-5, rtol=1e-5)
+    fused = agg(words, ctx, mask, sent, img_g, txt_g, extras=False).score
+    torch.testing.assert_close(fused, out.score, atol=1e-5, rtol=0)
+    # over the top words: the same as SRM on the written-out subgraph with its cross-matchings
+    top = build_aggregator("srm+irm", D, cross_values=True, topk=3, **kw)
+    top.load_state_dict(agg.state_dict())
+    res = top(words, ctx, mask, sent, img_g, txt_g)
+    zt, valid = top.matchings(words, ctx, mask, img_g, txt_g)
+    keep = top._srm_nodes(top.irm.logits(zt, valid, top._irm_prior(words, ctx, mask, img_g, txt_g)), valid)
+    kp = keep[8]
+    sub, _ = top.srm(zt[8, kp].unsqueeze(0), allowed[kp][:, kp].unsqueeze(0), need_relations=False,
+                     cross=xs[8][kp][:, kp].unsqueeze(0))
+    full = top._srm_on(keep, zt, valid, build_edge_mask(valid, _node_sentences(sent, 3), True), None, False,
+                       None, top.matchings.cross(words, ctx, mask, img_g, txt_g.unsqueeze(0), keep))[0]
+    torch.testing.assert_close(full[8, kp], sub[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(res.score, top(words, ctx, mask, sent, img_g, txt_g, extras=False).score,
+                               atol=1e-5, rtol=0)
+    # two words' places exchanged: their own matchings swap with them, the cross-matchings across them do not
+    swapped = ctx.clone()
+    swapped[:, 0, [1, 2]] = ctx[:, 0, [2, 1]]
+    xw = agg.matchings.cross(words, swapped, mask, img_g, txt_g.unsqueeze(0))
+    assert not torch.allclose(xw[8, 2, 3], xs[8, 2, 3])
+    torch.testing.assert_close(xw[8, 2, 3], xs[8, 2, 2])
+
+
 def _node_sentences(sent, n_img):
     """``[P, N]`` the node sentence ids of every (image, report) pair, the global node first (-2)."""
     sid = sent.unsqueeze(0).expand(n_img, -1, -1).reshape(-1, sent.shape[-1])

@@ -94,6 +94,11 @@ class SRMConfig:
     # graph transformers with edge features do): a bias only changes *which* nodes a finding listens to, while
     # this puts *how well* its own location word looks where it looks into the node, and so into the score
     grounding_values: bool = False
+    # messages that carry cross-matchings: head h's message to node i gains sum_j alpha^h_ij (V_x x_ij)_h with
+    # x_ij = W_z (d e_i ⊙ c_j) word i matched at the place word j looks (x_ii = z_i without where-features): a
+    # finding hears whether *it* is where its location word looks, which the report with the places swapped
+    # between two findings changes while every word's own matching stays
+    cross_values: bool = False
     # SRM over the k most important word nodes of each pair only (by IRM's logits, scored before SRM), plus
     # the global node; the others pass through unchanged. 0: every node. SRM's cost is ~linear in the
     # nodes, and most of a report's words are filler that IRM weighs down anyway
@@ -323,6 +328,37 @@ class MatchingVectors(nn.Module):
             valid = torch.cat([valid.new_ones(n_img * n_txt, 1), valid], dim=1)
         return z, valid
 
+    def cross(
+        self,
+        words: Tensor,
+        context: Tensor,
+        word_mask: Tensor,
+        img_global: Tensor,
+        txt_global: Tensor,
+        keep: Tensor | None = None,
+    ) -> Tensor:
+        """``x[P, K, K, d_z]``, ``x_ij = W_z (d e_i ⊙ c_j)``: node i's word matched at the place node j's word
+        looks (``W_0`` and ``h`` for the global node's row, ``g`` its column), over the nodes ``keep[P, K]``
+        (every node when ``None``); ``x_ii`` is node i's matching vector without where-features."""
+        n_img, n_txt, n_words, dim = context.shape
+        e = torch.where(word_mask.unsqueeze(-1), words, words.new_zeros(())).expand(n_img, n_txt, n_words, dim)
+        c = context
+        if self.glob is not None:
+            e = torch.cat([txt_global.expand(n_img, n_txt, dim).unsqueeze(2), e], dim=2)
+            c = torch.cat([img_global[:, None, None, :].expand(n_img, n_txt, 1, dim), c], dim=2)
+        e = e.reshape(n_img * n_txt, -1, dim)
+        c = c.reshape(n_img * n_txt, -1, dim)
+        node = torch.arange(e.shape[1], device=e.device).expand(e.shape[0], -1)
+        if keep is not None:
+            index = keep.unsqueeze(-1).expand(-1, -1, dim)
+            e, c, node = e.gather(1, index), c.gather(1, index), keep
+        prod = (e * self.scale).unsqueeze(2) * c.unsqueeze(1)  # [P, K, K, d]
+        x = self.word(prod)
+        if self.glob is not None:
+            is_global = (node == 0)[:, :, None, None]
+            x = torch.where(is_global, self.glob(prod), x)
+        return x
+
 
 def build_edge_mask(valid: Tensor, node_sentence: Tensor | None, global_node: bool) -> Tensor:
     """Allowed edges ``[P, N, N]``: valid-valid pairs (same sentence only when ``node_sentence`` is given,
@@ -406,6 +442,7 @@ class SRMLayer(nn.Module):
         dropout: float = 0.0,
         prenorm: bool = False,
         edge_values: bool = False,
+        cross_values: bool = False,
     ) -> None:
         super().__init__()
         if d_z % heads:
@@ -420,6 +457,9 @@ class SRMLayer(nn.Module):
         self.drop = nn.Dropout(dropout)
         # r_h of ``grounding_values``: what a unit of attention-weighted overlap adds to head h's message
         self.edge_value = nn.Parameter(torch.zeros(heads, self.head_dim)) if edge_values else None
+        # V_x of ``cross_values``: the value map of the cross-matchings x_ij (the output map starts at 0 when
+        # pre-norm, so the layer still starts as the identity)
+        self.cross_value = nn.Linear(d_z, d_z, bias=False) if cross_values else None
         if prenorm:  # residual branches start at 0: the layer starts as the identity
             for lin in (self.out, self.ffn[-1]):
                 assert isinstance(lin, nn.Linear)
@@ -433,20 +473,24 @@ class SRMLayer(nn.Module):
         need_relations: bool = True,
         bias: Tensor | None = None,
         overlap: Tensor | None = None,
+        cross: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """``edges``: allowed edges ``[P, N, N]`` (``build_edge_mask``) or allowed keys ``[P, 1, N]``
         (``key_padding_mask``). ``need_relations=False`` runs the fused attention kernel (about 2x faster on
         CPU) and returns no attention matrix; the result is the same up to float rounding. The relations
         returned are per head: ``[P, H, N, N]``. ``overlap[P, N, N]``: the edges' grounding overlap, read by
-        ``edge_value`` (``grounding_values``; it needs the attention matrix, so the explicit path runs)."""
+        ``edge_value`` (``grounding_values``; it needs the attention matrix, so the explicit path runs).
+        ``cross[P, N, N, d_z]``: the cross-matchings ``x_ij``, read by ``cross_value`` (``cross_values``, explicit
+        path too)."""
         p, n, d = x.shape
         edge_values = self.edge_value is not None and overlap is not None
+        cross_values = self.cross_value is not None and cross is not None
         h = self.norm1(x) if self.prenorm else x
         # strided views [P, H, N, hd] (no copy): the attention kernels take them as they are
         q, k, v = (t.transpose(1, 2) for t in self.qkv(h).reshape(p, n, 3, self.heads, self.head_dim).unbind(2))
         allowed = edges.unsqueeze(1)
         relations = None
-        if need_relations or edge_values:
+        if need_relations or edge_values or cross_values:
             logits = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim)  # [P, H, N, N]
             if bias is not None:
                 logits = logits + bias
@@ -457,6 +501,10 @@ class SRMLayer(nn.Module):
                 assert self.edge_value is not None and overlap is not None
                 agreement = (dropped * overlap.unsqueeze(1)).sum(-1, keepdim=True)  # [P, H, N, 1]
                 mixed = mixed + agreement * self.edge_value.unsqueeze(1)
+            if cross_values:
+                assert self.cross_value is not None and cross is not None
+                xv = self.cross_value(cross).reshape(p, n, n, self.heads, self.head_dim)
+                mixed = mixed + torch.einsum("phij,pijhc->phic", dropped, xv)
             relations = attn if need_relations else None
         else:
             p_drop = self.drop.p if self.training else 0.0
@@ -488,7 +536,7 @@ class SRM(nn.Module):
             raise ValueError(f"SRM needs layers >= 1, got {cfg.layers}")
         self.cfg = cfg
         self.layers = nn.ModuleList(
-            SRMLayer(d_z, cfg.heads, cfg.ffn_mult, cfg.dropout, cfg.prenorm, cfg.grounding_values)
+            SRMLayer(d_z, cfg.heads, cfg.ffn_mult, cfg.dropout, cfg.prenorm, cfg.grounding_values, cfg.cross_values)
             for _ in range(cfg.layers)
         )
         self.structure = nn.Parameter(torch.zeros(N_STRUCTURE_BUCKETS, cfg.heads)) if cfg.structure_edges else None
@@ -518,11 +566,13 @@ class SRM(nn.Module):
         need_relations: bool = True,
         bias: Tensor | None = None,
         overlap: Tensor | None = None,
+        cross: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         rel = None
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            z, rel = layer(z, edges, need_relations=need_relations and i == last, bias=bias, overlap=overlap)
+            need = need_relations and i == last
+            z, rel = layer(z, edges, need_relations=need, bias=bias, overlap=overlap, cross=cross)
         return z, rel
 
 
@@ -642,10 +692,13 @@ class RelationAggregator(Aggregator):
                 assert overlap is not None
                 values = overlap.reshape(n_img * n_txt, *overlap.shape[2:])
             keep = self._srm_nodes(u, valid) if self.cfg.srm.topk > 0 else None
+            cross = None
+            if self.cfg.srm.cross_values:
+                cross = self.matchings.cross(words, context, word_mask, img_global, txt_global, keep)
             if keep is None:
-                z, rel = self.srm(z, edges, need_relations=extras, bias=bias, overlap=values)
+                z, rel = self.srm(z, edges, need_relations=extras, bias=bias, overlap=values, cross=cross)
             else:
-                z, rel = self._srm_on(keep, z, valid, edges, bias, extras, values)
+                z, rel = self._srm_on(keep, z, valid, edges, bias, extras, values, cross)
             if rel is not None:
                 pair_valid = (valid.unsqueeze(2) & valid.unsqueeze(1)).unsqueeze(1)
                 rel = (rel * pair_valid).reshape(n_img, n_txt, *rel.shape[1:])
@@ -692,9 +745,10 @@ class RelationAggregator(Aggregator):
         bias: Tensor | None,
         extras: bool,
         overlap: Tensor | None = None,
+        cross: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """SRM over the nodes ``keep[P, K]`` only; the other nodes keep their matching vectors. Relations of
-        the nodes left out are 0."""
+        the nodes left out are 0. ``cross`` is already that of the kept nodes ``[P, K, K, d_z]``."""
         assert self.srm is not None
         p, n_nodes, d = z.shape
         if edges.shape[1] == 1:  # fully connected: the key mask of the kept nodes
@@ -704,7 +758,9 @@ class RelationAggregator(Aggregator):
         sub_bias = kept_square(bias, keep) if bias is not None else None  # [P, H, K, K]
         sub_overlap = kept_square(overlap, keep) if overlap is not None else None  # [P, K, K]
         index = keep.unsqueeze(-1).expand(-1, -1, d)
-        out, rel = self.srm(z.gather(1, index), sub_edges, need_relations=extras, bias=sub_bias, overlap=sub_overlap)
+        out, rel = self.srm(
+            z.gather(1, index), sub_edges, need_relations=extras, bias=sub_bias, overlap=sub_overlap, cross=cross
+        )
         z = z.scatter(1, index, out)
         if rel is not None:
             h, k = rel.shape[1], keep.shape[1]

@@ -121,6 +121,7 @@ class VLModel(nn.Module):
                 structure_edges=params.structure_edges,
                 grounding_edges=params.grounding_edges,
                 grounding_values=params.grounding_values,
+                cross_values=params.cross_values,
                 node_where=params.node_where,
                 irm_text_prior=params.irm_text_prior,
                 irm_cos_prior=params.irm_cos_prior,

@@ -64,6 +64,9 @@ class MethodParams:
     # SRM messages carry that overlap too: node i's head-h message gains (sum_j alpha_ij G_ij) r_h, so how well a
     # finding and the location words it listens to look at the same place reaches the node and the score
     grounding_values: bool = False
+    # SRM messages carry cross-matchings W_z(e_i ⊙ c_j): a finding hears how well *it* matches where its location
+    # word looks, which swapping the places between two findings changes
+    cross_values: bool = False
     node_where: bool = False  # matching nodes carry where their word looks (attention centroid, spread, peak)
     irm_text_prior: bool = False  # IRM: + MLP(e_w), an importance learned from the word itself
     irm_cos_prior: bool = False  # IRM: + gamma * cos(e_w, c_w) (starts as log-sum-exp's weights)
