@@ -19,7 +19,8 @@ from reclf.align.aggregators import (
     where_features,
 )
 from reclf.align.matching import append_phrase_nodes, attend
-from reclf.data.reports import swap_laterality
+from reclf.config import ConfigError
+from reclf.data.reports import names_both_sides, swap_laterality
 from reclf.methods import create_model
 from reclf.models.features import ImageFeatures, TextFeatures
 
@@ -306,6 +307,32 @@ def test_binding_negatives_join_the_image_to_report_softmax_only(method):
     l_t2i = F.cross_entropy(s.t() / tau, torch.arange(B))
     ref = l_i2t + l_t2i if method == "gloria" else (l_i2t + l_t2i) / 2
     torch.testing.assert_close(terms["local"], ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("term_on", ["changed", "both-sides"])
+def test_the_binding_term_scores_the_twins_binding_term_on_names(term_on):
+    """``binding`` = mean softplus(-(s(i, T_i) - s(i, swap T_i)) / tau_l) over the changed reports, or with
+    ``both-sides`` over those naming both left and right only (report 0; report 2 is a one-side flip)."""
+    mask = torch.ones(B, WORDS, dtype=torch.bool)
+    sentences = torch.tensor([0, 0, 1, 1, 1]).repeat(B, 1)
+    img = ImageFeatures(unit(B, 128, seed=1), unit(B, 16, 128, seed=2), GRID)
+    txt = TextFeatures(unit(B, 128, seed=4), unit(B, WORDS, 128, seed=3), mask, sentences)
+    sw = TextFeatures(unit(B, 128, seed=6), unit(B, WORDS, 128, seed=5), mask, sentences)
+    torch.manual_seed(0)
+    model = create_model("reclf", image_encoder=IMAGE, text_encoder=TEXT, binding_negatives="side",
+                         binding_weight=2.0, binding_term_on=term_on, local_inference="aggregator").eval()
+    model.encode_image = lambda images: img
+    model.encode_text = lambda reports: sw if reports[0] != REPORTS[0] else txt
+    with torch.no_grad():
+        terms = model.loss({"images": torch.zeros(B, 1, 64, 64), "reports": REPORTS})
+        margin = (model.local_similarity(img, txt).diagonal() - model.local_similarity(img, sw).diagonal())
+    scored = [0, 2] if term_on == "changed" else [0]
+    ref = F.softplus(-margin[scored] / float(model.local_tau.tau)).mean()
+    torch.testing.assert_close(terms["binding"], ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(terms["loss"], terms["global"] + terms["local"] + 2.0 * ref, atol=1e-5, rtol=1e-5)
+    assert names_both_sides("Left effusion. RIGHT nodule.") and not names_both_sides("left effusion, leftward")
+    with pytest.raises(ConfigError, match="binding_term_on"):
+        create_model("reclf", image_encoder=IMAGE, text_encoder=TEXT, binding_negatives="side", binding_term_on="x")
 
 
 @pytest.mark.parametrize("method", ["reclf", "convirt"])

@@ -261,6 +261,13 @@ def swap_laterality(text: str, zones: bool = False) -> str:
     return pattern.sub(repl, text)
 
 
+def names_both_sides(text: str) -> bool:
+    """Whether a report names both ``left`` and ``right`` (whole words, any case): its ``swap_laterality`` twin then
+    names both sides too, so no side-only reading (something on the left?) tells them apart; two findings on
+    opposite sides are told from their swapped twin only by binding each to its own side."""
+    return {m.lower() for m in _SWAP_PATTERNS[False].findall(text)} == {"left", "right"}
+
+
 _SWAP_PATTERNS = {
     False: re.compile(r"\b(?:left|right)\b", re.IGNORECASE),
     True: re.compile(r"\b(?:left|right|upper|lower)\b", re.IGNORECASE),

@@ -49,7 +49,7 @@ from reclf.align.matching import (
 )
 from reclf.align.prototypes import PrototypeLoss
 from reclf.config import ImageEncoderConfig, TextEncoderConfig
-from reclf.data.reports import swap_laterality
+from reclf.data.reports import names_both_sides, swap_laterality
 from reclf.data.tokenization import WordTokens
 from reclf.methods.interface import PairExplanations
 from reclf.methods.params import MethodParams
@@ -77,6 +77,16 @@ class Explanation:
     global_node: bool
     global_score: float
     local_score: float | None
+
+
+@dataclass
+class Twins:
+    """Each report of a batch with its places swapped (``method.binding_negatives``): the encoded twins, which of
+    them differ from their report (``changed``), and which of those the binding term scores (``scored``)."""
+
+    text: TextFeatures
+    changed: Tensor
+    scored: Tensor
 
 
 class VLModel(nn.Module):
@@ -357,8 +367,8 @@ class VLModel(nn.Module):
         g_extra = None
         if swapped is not None and p.binding_global:
             # image i against its own report's twin (same words, places swapped), before any gathering
-            sw_txt, changed = swapped
-            twin_cos = F.cosine_similarity(g_img, sw_txt.global_, dim=-1)
+            changed = swapped.changed
+            twin_cos = F.cosine_similarity(g_img, swapped.text.global_, dim=-1)
             g_extra = twin_cos.masked_fill(~changed, float("-inf")).unsqueeze(1)
         if gather is not None:
             g_img, g_txt = gather(g_img), gather(g_txt)
@@ -377,7 +387,7 @@ class VLModel(nn.Module):
                 own_cos = F.cosine_similarity(img.global_, txt.global_, dim=-1)
                 terms["binding_global_acc"] = (own_cos[changed] > twin_cos[changed]).float().mean()
         if p.claim_weight > 0 and swapped is not None:
-            terms.update(self._claim_loss(img.global_, txt, swapped[0]))
+            terms.update(self._claim_loss(img.global_, txt, swapped.text))
             total = total + p.claim_weight * terms["claim"]
         if p.has_local:
             terms.update(self._local_loss(img, txt, gather if gather_local else None, swapped))
@@ -405,9 +415,9 @@ class VLModel(nn.Module):
             terms["global_tau"] = self.global_tau.tau.detach()
         return terms
 
-    def _binding_negative_texts(self, batch: dict[str, Any]) -> tuple[TextFeatures, Tensor] | None:
-        """Each report with its sides (and zones) swapped, encoded, and which of them differ from the
-        original (``method.binding_negatives``; ``None`` when off)."""
+    def _binding_negative_texts(self, batch: dict[str, Any]) -> Twins | None:
+        """Each report with its sides (and zones) swapped, encoded, which of them differ from the original and
+        which the binding term scores (``method.binding_negatives``, ``binding_term_on``; ``None`` when off)."""
         mode = self.params.binding_negatives
         if mode == "none":
             return None
@@ -416,7 +426,10 @@ class VLModel(nn.Module):
             raise ValueError("method.binding_negatives needs the report strings in the batch (batch['reports'])")
         swapped = [swap_laterality(r, zones=mode == "side+zone") for r in reports]
         changed = torch.tensor([a != b for a, b in zip(swapped, reports)], device=self.device)
-        return self.encode_text(swapped), changed
+        scored = changed
+        if self.params.binding_term_on == "both-sides":
+            scored = changed & torch.tensor([names_both_sides(r) for r in reports], device=self.device)
+        return Twins(self.encode_text(swapped), changed, scored)
 
     def _claim_loss(self, g: Tensor, txt: TextFeatures, twin: TextFeatures) -> dict[str, Tensor]:
         """``claim``: each sentence the side swap changes, scored against the images by ``cos(g, u) / tau_g``
@@ -444,20 +457,20 @@ class VLModel(nn.Module):
         img: ImageFeatures,
         txt: TextFeatures,
         gather: Gather | None,
-        swapped: tuple[TextFeatures, Tensor] | None = None,
+        swapped: Twins | None = None,
     ) -> dict[str, Tensor]:
         """``local``: the local InfoNCE; with binding negatives (single process) also ``binding``, the
-        pairwise term ``-log sigmoid((s(i, T_i) - s(i, swap(T_i))) / tau_l)`` over the reports the swap
-        changes (the own report against its twin alone: not diluted by the batch's easy negatives), and
-        ``binding_acc``, the share of them whose own report wins (no gradient)."""
+        pairwise term ``-log sigmoid((s(i, T_i) - s(i, swap(T_i))) / tau_l)`` over the scored twins (those the
+        swap changes, or only those naming both sides: ``binding_term_on``; the own report against its twin
+        alone, not diluted by the batch's easy negatives), and ``binding_acc``, the share of them whose own report
+        wins (no gradient)."""
         p = self.params
         extra = None
         if swapped is not None:
             # image i against its own report with the places swapped (same words, other binding), before
             # any gathering: a rank's own images and swapped reports
-            sw_txt, changed = swapped
-            own = torch.arange(len(sw_txt), device=changed.device).unsqueeze(1)
-            extra = self._local(img, sw_txt, own).masked_fill(~changed.unsqueeze(1), float("-inf"))
+            own = torch.arange(len(swapped.text), device=swapped.changed.device).unsqueeze(1)
+            extra = self._local(img, swapped.text, own).masked_fill(~swapped.changed.unsqueeze(1), float("-inf"))
         if gather is not None:
             img, txt = _gather_features(img, txt, gather, self.tokenizer.max_tokens)
             if extra is not None:
@@ -492,9 +505,11 @@ class VLModel(nn.Module):
         if irm_stds:
             terms["irm_logit_std"] = torch.stack(irm_stds).mean()
         if extra is not None and gather is None:
-            margin = self.local_tau(torch.cat(own_scores) - extra[:, 0])[changed]
-            terms["binding"] = F.softplus(-margin).mean() if bool(changed.any()) else margin.new_zeros(())
-            if bool(changed.any()):
+            assert swapped is not None
+            scored = swapped.scored
+            margin = self.local_tau(torch.cat(own_scores) - extra[:, 0])[scored]
+            terms["binding"] = F.softplus(-margin).mean() if bool(scored.any()) else margin.new_zeros(())
+            if bool(scored.any()):
                 terms["binding_acc"] = (margin.detach() > 0).float().mean()
         return terms
 

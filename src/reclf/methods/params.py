@@ -91,6 +91,10 @@ class MethodParams:
     # weight of the pairwise binding term (own report vs its swapped twin alone); 0: the twins only join
     # the local InfoNCE as extra negatives
     binding_weight: float = 0.0
+    # which twins the binding term scores: "changed" (every report the swap changes) or "both-sides" (only reports
+    # that name both left and right, as two findings on opposite sides do: a one-finding flip is solvable by side
+    # alone, these only by binding each finding to its side)
+    binding_term_on: str = "changed"
     # sentence claims: each sentence of a report that the side swap changes ("moderate left lower lobe
     # consolidation") is a claim about the image. The image's global vector g must score it above the same
     # sentence with its side flipped (the twin's sentence), and the sentence must pick its image among the
@@ -212,6 +216,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 METHODS: tuple[str, ...] = tuple(PRESETS)
 BINDING_NEGATIVES: tuple[str, ...] = ("none", "side", "side+zone")
+BINDING_TERM_ON: tuple[str, ...] = ("changed", "both-sides")
 SIMILARITIES: tuple[str, ...] = ("global", "local", "fused", "gloria")
 LOCAL_INFERENCE: tuple[str, ...] = ("aggregator", "max")
 
@@ -275,6 +280,10 @@ def _validate(p: MethodParams) -> None:
         (
             p.binding_weight >= 0 and (p.binding_weight == 0 or p.binding_negatives != "none"),
             "method.binding_weight must be >= 0 and needs method.binding_negatives",
+        ),
+        (
+            p.binding_term_on in BINDING_TERM_ON,
+            f"method.binding_term_on must be one of {BINDING_TERM_ON}, got {p.binding_term_on!r}",
         ),
         (
             p.binding_negatives == "none" or p.has_local or p.binding_global or p.claim_weight > 0,
