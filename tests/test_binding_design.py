@@ -283,13 +283,19 @@ def unit(*shape: int, seed: int) -> torch.Tensor:
     return F.normalize(torch.randn(*shape, generator=torch.Generator().manual_seed(seed)), dim=-1)
 
 
-@pytest.mark.parametrize("method", ["reclf", "gloria"])
-def test_binding_negatives_join_the_image_to_report_softmax_only(method):
+def twin_features() -> tuple[ImageFeatures, TextFeatures, TextFeatures]:
+    """Fixed image features, report features and the swapped twins' features for the ``REPORTS`` batch."""
     mask = torch.ones(B, WORDS, dtype=torch.bool)
     sentences = torch.tensor([0, 0, 1, 1, 1]).repeat(B, 1)
     img = ImageFeatures(unit(B, 128, seed=1), unit(B, 16, 128, seed=2), GRID)
     txt = TextFeatures(unit(B, 128, seed=4), unit(B, WORDS, 128, seed=3), mask, sentences)
     sw = TextFeatures(unit(B, 128, seed=6), unit(B, WORDS, 128, seed=5), mask, sentences)
+    return img, txt, sw
+
+
+@pytest.mark.parametrize("method", ["reclf", "gloria"])
+def test_binding_negatives_join_the_image_to_report_softmax_only(method):
+    img, txt, sw = twin_features()
     torch.manual_seed(0)
     # local_inference "aggregator": local_similarity as training aggregates (GLoRIA's inference takes the max)
     model = create_model(method, image_encoder=IMAGE, text_encoder=TEXT, binding_negatives="side",
@@ -313,11 +319,7 @@ def test_binding_negatives_join_the_image_to_report_softmax_only(method):
 def test_the_binding_term_scores_the_twins_binding_term_on_names(term_on):
     """``binding`` = mean softplus(-(s(i, T_i) - s(i, swap T_i)) / tau_l) over the changed reports, or with
     ``both-sides`` over those naming both left and right only (report 0; report 2 is a one-side flip)."""
-    mask = torch.ones(B, WORDS, dtype=torch.bool)
-    sentences = torch.tensor([0, 0, 1, 1, 1]).repeat(B, 1)
-    img = ImageFeatures(unit(B, 128, seed=1), unit(B, 16, 128, seed=2), GRID)
-    txt = TextFeatures(unit(B, 128, seed=4), unit(B, WORDS, 128, seed=3), mask, sentences)
-    sw = TextFeatures(unit(B, 128, seed=6), unit(B, WORDS, 128, seed=5), mask, sentences)
+    img, txt, sw = twin_features()
     torch.manual_seed(0)
     model = create_model("reclf", image_encoder=IMAGE, text_encoder=TEXT, binding_negatives="side",
                          binding_weight=2.0, binding_term_on=term_on, local_inference="aggregator").eval()
@@ -337,11 +339,7 @@ def test_the_binding_term_scores_the_twins_binding_term_on_names(term_on):
 
 @pytest.mark.parametrize("method", ["reclf", "convirt"])
 def test_binding_global_adds_the_twin_to_the_global_image_to_report_softmax(method):
-    img = ImageFeatures(unit(B, 128, seed=1), unit(B, 16, 128, seed=2), GRID)
-    mask = torch.ones(B, WORDS, dtype=torch.bool)
-    sentences = torch.tensor([0, 0, 1, 1, 1]).repeat(B, 1)
-    txt = TextFeatures(unit(B, 128, seed=4), unit(B, WORDS, 128, seed=3), mask, sentences)
-    sw = TextFeatures(unit(B, 128, seed=6), unit(B, WORDS, 128, seed=5), mask, sentences)
+    img, txt, sw = twin_features()
     torch.manual_seed(0)
     model = create_model(method, image_encoder=IMAGE, text_encoder=TEXT, binding_negatives="side",
                          binding_global=True).eval()
