@@ -348,15 +348,18 @@ class MatchingVectors(nn.Module):
             c = torch.cat([img_global[:, None, None, :].expand(n_img, n_txt, 1, dim), c], dim=2)
         e = e.reshape(n_img * n_txt, -1, dim)
         c = c.reshape(n_img * n_txt, -1, dim)
-        node = torch.arange(e.shape[1], device=e.device).expand(e.shape[0], -1)
         if keep is not None:
             index = keep.unsqueeze(-1).expand(-1, -1, dim)
-            e, c, node = e.gather(1, index), c.gather(1, index), keep
+            e, c = e.gather(1, index), c.gather(1, index)
         prod = (e * self.scale).unsqueeze(2) * c.unsqueeze(1)  # [P, K, K, d]
         x = self.word(prod)
-        if self.glob is not None:
-            is_global = (node == 0)[:, :, None, None]
-            x = torch.where(is_global, self.glob(prod), x)
+        if self.glob is not None:  # the global node's rows take W_0 (computed on those rows only)
+            if keep is None:  # every node: the global one is node 0
+                is_global = torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)
+                is_global[:, 0] = True
+            else:
+                is_global = keep == 0
+            x = x.index_put((is_global,), self.glob(prod[is_global]))
         return x
 
 
