@@ -67,6 +67,11 @@ class TextEncoderConfig:
     last_n_layers: int = 1  # sum of the last N hidden layers (GLoRIA uses 4)
     word_merge: str = "sum"  # sum | mean: WordPiece pieces to words
     pooling: str = "cls"  # cls | mean | max: the report vector ([CLS] as MGCA, token mean as GLoRIA, max as ConVIRT)
+    # report: each word's vector is read in its report (BERT's contextual states). word: each word is encoded
+    # alone ("[CLS] pieces [SEP]") and the report vector is the mean of its words — a bag of words, so a report
+    # and its twin with sides swapped between two findings have the same word vectors and report vector, and
+    # only the report's structure (SRM's sentence graph) can tell them apart: the test that isolates SRM
+    context: str = "report"
     sections: list[str] = field(default_factory=lambda: ["findings", "impression"])
     freeze: bool = False  # freeze the whole backbone (its outputs are then cached per report: see cache_size)
     freeze_layers: int = 0  # freeze the embeddings and the first N transformer layers (ConVIRT: 6); 0 = none

@@ -194,11 +194,15 @@ class TextEncoder(nn.Module):
         pooling: str = "cls",
         freeze_layers: int = 0,
         cache_size: int = 0,
+        context: str = "report",
     ) -> None:
         super().__init__()
         if pooling not in ("cls", "mean", "max"):
             raise TextEncoderError(f"text_encoder.pooling must be 'cls', 'mean' or 'max', got {pooling!r}")
+        if context not in ("report", "word"):
+            raise TextEncoderError(f"text_encoder.context must be 'report' or 'word', got {context!r}")
         self.pooling = pooling
+        self.context = context
         n_layers = int(backbone.config.num_hidden_layers)
         if not 1 <= last_n_layers <= n_layers:
             raise TextEncoderError(f"text_encoder.last_n_layers={last_n_layers} must be in 1..{n_layers} for {name}")
@@ -246,6 +250,8 @@ class TextEncoder(nn.Module):
             h.update(name.encode())
             h.update(p.detach().float().cpu().numpy().tobytes())
         h.update(f"{self.tokenizer.max_tokens}|{self.last_n_layers}|{self.word_merge}|{self.pooling}".encode())
+        if self.context != "report":  # (the default leaves the fingerprints of existing files as they were)
+            h.update(f"|context={self.context}".encode())
         return h.hexdigest()[:24]
 
     def load_cache(self, path: str | Path) -> int:
@@ -337,6 +343,8 @@ class TextEncoder(nn.Module):
         return self._encode(tokens, need_cls_attention)
 
     def _encode(self, tokens: WordTokens, need_cls_attention: bool = False) -> TextEncoderOutput:
+        if self.context == "word":
+            return self._encode_words_alone(tokens)
         n = self.last_n_layers
         kwargs: dict[str, Any] = {
             "input_ids": tokens.input_ids,
@@ -348,10 +356,7 @@ class TextEncoder(nn.Module):
                 out = self.backbone(**kwargs, output_attentions=True)
         else:
             out = self.backbone(**kwargs)
-        if n > 1:
-            hidden = torch.stack(out.hidden_states[-n:], dim=0).sum(dim=0)  # [B, T, H]
-        else:
-            hidden = out.last_hidden_state
+        hidden = self._summed_layers(out)
         n_words = tokens.word_mask.shape[1]
         words = merge_pieces(hidden, tokens.piece_to_word, n_words, self.word_merge)
         cls_attention = None
@@ -359,14 +364,7 @@ class TextEncoder(nn.Module):
             att = out.attentions[-1]  # [B, heads, T, T]
             cls_to_piece = att[:, :, 0, :].mean(dim=1)  # [B, T]
             cls_attention = merge_pieces(cls_to_piece, tokens.piece_to_word, n_words, "sum")
-        if self.pooling == "mean":  # mean over the real pieces ([CLS] and [SEP] included, padding not)
-            keep = tokens.attention_mask.unsqueeze(-1).to(hidden.dtype)
-            global_ = (hidden * keep).sum(1) / keep.sum(1).clamp_min(1.0)
-        elif self.pooling == "max":  # ConVIRT: element-wise max over the real pieces' output vectors
-            pad = tokens.attention_mask.unsqueeze(-1) == 0
-            global_ = hidden.masked_fill(pad, torch.finfo(hidden.dtype).min).amax(dim=1)
-        else:
-            global_ = hidden[:, 0]
+        global_ = self._pool_report(hidden, tokens.attention_mask)
         return TextEncoderOutput(
             global_=global_,
             words=words,
@@ -374,6 +372,73 @@ class TextEncoder(nn.Module):
             sentence_ids=tokens.sentence_ids,
             word_strings=tokens.words,
             cls_attention=cls_attention,
+        )
+
+    def _summed_layers(self, out: Any) -> torch.Tensor:
+        """``[B, T, H]``: the sum of the backbone output's last ``last_n_layers`` hidden layers."""
+        n = self.last_n_layers
+        return torch.stack(out.hidden_states[-n:], dim=0).sum(dim=0) if n > 1 else out.last_hidden_state
+
+    def _pool_report(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The report vector from the pieces' states ``hidden[B, T, H]`` (``pooling``)."""
+        if self.pooling == "mean":  # mean over the real pieces ([CLS] and [SEP] included, padding not)
+            keep = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            global_ = (hidden * keep).sum(1) / keep.sum(1).clamp_min(1.0)
+        elif self.pooling == "max":  # ConVIRT: element-wise max over the real pieces' output vectors
+            pad = attention_mask.unsqueeze(-1) == 0
+            global_ = hidden.masked_fill(pad, torch.finfo(hidden.dtype).min).amax(dim=1)
+        else:
+            global_ = hidden[:, 0]
+        return global_
+
+    def _encode_words_alone(self, tokens: WordTokens) -> TextEncoderOutput:
+        """``context="word"``: every distinct word of the batch encoded alone as ``[CLS] pieces [SEP]`` (its
+        pieces merged as in a report, ``pooling`` giving nothing: a word has no report), the report vector the
+        mean of its words' vectors and the ``[CLS]`` attention uniform over its words. The same word gives the
+        same vector wherever it stands, so the words of a report carry no binding of their own."""
+        ids, p2w = tokens.input_ids.cpu().tolist(), tokens.piece_to_word.cpu().tolist()
+        n_rows, n_words = tokens.word_mask.shape
+        distinct: dict[tuple[int, ...], int] = {}
+        slot = torch.full((n_rows, n_words), -1, dtype=torch.long)
+        for b in range(n_rows):
+            pieces: dict[int, list[int]] = {}
+            for piece, w in zip(ids[b], p2w[b], strict=True):
+                if 0 <= w < n_words:
+                    pieces.setdefault(w, []).append(piece)
+            for w, seq in pieces.items():
+                slot[b, w] = distinct.setdefault(tuple(seq), len(distinct))
+        hf = self.tokenizer.hf
+        width = max((len(seq) for seq in distinct), default=0) + 2
+        input_ids = torch.full((len(distinct), width), int(hf.pad_token_id or 0), dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        piece_to_word = torch.full_like(input_ids, -1)
+        for u, seq in enumerate(distinct):
+            input_ids[u, : len(seq) + 2] = torch.tensor([hf.cls_token_id, *seq, hf.sep_token_id])
+            attention_mask[u, : len(seq) + 2] = 1
+            piece_to_word[u, 1 : len(seq) + 1] = 0
+        dim = self.hidden_size
+        if distinct:
+            n = self.last_n_layers
+            out = self.backbone(
+                input_ids=input_ids.to(self.device),
+                attention_mask=attention_mask.to(self.device),
+                output_hidden_states=n > 1,
+            )
+            hidden = self._summed_layers(out)
+            vectors = merge_pieces(hidden, piece_to_word.to(self.device), 1, self.word_merge)[:, 0]  # [U, H]
+        else:
+            vectors = torch.zeros(0, dim, device=self.device)
+        real = (slot >= 0).to(self.device)
+        words = vectors.new_zeros(n_rows, n_words, dim)
+        words[real] = vectors[slot.to(self.device)[real]]
+        counts = real.sum(1, keepdim=True).clamp_min(1).to(words.dtype)
+        return TextEncoderOutput(
+            global_=words.sum(1) / counts,
+            words=words,
+            word_mask=tokens.word_mask,
+            sentence_ids=tokens.sentence_ids,
+            word_strings=tokens.words,
+            cls_attention=real.to(words.dtype) / counts,
         )
 
 
@@ -563,6 +628,7 @@ def _build_text_encoder(cfg: TextEncoderConfig, need_attention: bool, gradient_c
         cfg.freeze,
         name=name,
         pooling=cfg.pooling,
+        context=cfg.context,
         freeze_layers=cfg.freeze_layers,
         cache_size=cfg.cache_size,
     )

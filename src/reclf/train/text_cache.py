@@ -32,8 +32,9 @@ class TextCacheResult:
 
 def shared_cache_file(folder: str | Path, text: TextEncoderConfig) -> Path:
     """Where runs that share the frozen text encoder ``text`` keep its features under ``folder``
-    (the demo, ``reclf tune``): one file per encoder, pooling and length."""
-    return Path(folder) / f"text-{text.name}-{text.pooling}-{text.max_tokens}.safetensors"
+    (the demo, ``reclf tune``): one file per encoder, pooling, length and word context."""
+    context = "" if text.context == "report" else f"-{text.context}"
+    return Path(folder) / f"text-{text.name}-{text.pooling}-{text.max_tokens}{context}.safetensors"
 
 
 def needs_cls_attention(methods: list[dict]) -> bool:
