@@ -540,3 +540,30 @@ def test_global_node_off_builds_the_local_score_from_the_words_alone():
     with_node = create_model("reclf", image_encoder=IMAGE, text_encoder=TEXT).eval()
     with torch.no_grad():
         assert not torch.allclose(with_node.local_similarity(img, txt), with_node.local_similarity(moved, txt))
+
+
+def test_words_alone_leave_the_binding_to_srm():
+    """``text_encoder.context=word``: a report and its twin with the sides swapped between two findings have the
+    same words and report vector, so reclf-no-srm and GLoRIA score them alike (their nodes are the same set) and
+    only SRM, which reads which words share a sentence, can tell them apart — the test only SRM can pass. With
+    contextual words (the default) the ablation can tell them apart too."""
+    true = "small effusion on the left. nodule on the right."
+    swapped = swap_laterality(true)
+    images = torch.rand(1, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    scores = {}
+    for context in ("word", "report"):
+        for method in ("reclf-no-srm", "gloria", "reclf"):
+            torch.manual_seed(0)
+            model = create_model(method, image_encoder=IMAGE, text_encoder={**TEXT, "context": context}).eval()
+            srm = getattr(model.aggregator, "srm", None)
+            for layer in srm.layers if srm is not None else []:  # pre-norm SRM starts as the identity: wake it
+                for lin in (layer.out, layer.ffn[-1]):
+                    torch.nn.init.normal_(lin.weight, std=0.3)
+            with torch.no_grad():
+                img = model.encode_image(images)
+                txt = [model.encode_text([r]) for r in (true, swapped)]
+                scores[context, method] = [float(model.similarity(img, t)) for t in txt]
+    tie = {k: abs(a - b) for k, (a, b) in scores.items()}
+    assert tie["word", "reclf-no-srm"] < 1e-5 and tie["word", "gloria"] < 1e-5
+    assert tie["word", "reclf"] > 1e-3
+    assert tie["report", "reclf-no-srm"] > 1e-3

@@ -304,3 +304,35 @@ def test_keep_layers_runs_the_first_n_pretrained_layers(minilm) -> None:
     assert cut.fingerprint() != minilm.fingerprint()  # a cached feature file of the full encoder is not reused
     with pytest.raises(TextEncoderError, match="keep_layers=7"):
         build_text_encoder(TextEncoderConfig(name="minilm", keep_layers=7))
+
+
+def test_words_alone_are_context_free_and_the_report_is_their_bag() -> None:
+    """``context="word"``: a word's vector is the word encoded alone (what the report context encodes for a report
+    of that one word), the same wherever it stands; the report vector is the mean of its words; the [CLS]
+    attention is uniform; a report and its twin with sides swapped between two findings are the same bag."""
+    torch.manual_seed(0)
+    cfg = TextEncoderConfig(name="bert-tiny", hidden_size=32, num_layers=2, num_heads=2, word_merge="mean")
+    plain = build_text_encoder(cfg).eval()
+    alone = TextEncoder(plain.backbone, plain.tokenizer, word_merge="mean", context="word").eval()
+    true = "Small effusion on the left. Pneumothorax on the right."
+    swapped = "Small effusion on the right. Pneumothorax on the left."
+    with torch.no_grad():
+        out = alone.encode([true, swapped, "pneumothorax"], need_cls_attention=True)
+        ref = plain.encode(["pneumothorax", "left"])
+    n = int(out.word_mask[0].sum())
+    assert out.word_strings[0][4] == "left" and out.word_strings[1][8] == "left" and n == 9
+    torch.testing.assert_close(out.words[2, 0], ref.words[0, 0], atol=1e-5, rtol=1e-5)  # a multi-piece word
+    torch.testing.assert_close(out.words[0, 5], ref.words[0, 0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.words[1, 8], ref.words[1, 0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.words[0, 4], out.words[1, 8])  # "left" in either place
+    torch.testing.assert_close(out.global_[0], out.words[0, :n].mean(0), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(out.global_[0], out.global_[1], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(out.cls_attention[0, :n], torch.full((n,), 1 / n))
+    assert (out.words[2, 1:] == 0).all() and float(out.cls_attention[2, 0]) == 1.0
+    # a report context differs: the same word reads its neighbours
+    with torch.no_grad():
+        ctx = plain.encode([true, swapped])
+    assert not torch.allclose(ctx.words[0, 4], ctx.words[1, 8], atol=1e-3)
+    assert alone.fingerprint() != plain.fingerprint()
+    with pytest.raises(TextEncoderError, match="context"):
+        TextEncoder(plain.backbone, plain.tokenizer, context="sentence")

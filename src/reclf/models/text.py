@@ -405,8 +405,8 @@ class TextEncoder(nn.Module):
             for piece, w in zip(ids[b], p2w[b], strict=True):
                 if 0 <= w < n_words:
                     pieces.setdefault(w, []).append(piece)
-            for w, seq in pieces.items():
-                slot[b, w] = distinct.setdefault(tuple(seq), len(distinct))
+            for w, word_pieces in pieces.items():
+                slot[b, w] = distinct.setdefault(tuple(word_pieces), len(distinct))
         hf = self.tokenizer.hf
         width = max((len(seq) for seq in distinct), default=0) + 2
         input_ids = torch.full((len(distinct), width), int(hf.pad_token_id or 0), dtype=torch.long)
@@ -415,7 +415,7 @@ class TextEncoder(nn.Module):
         for u, seq in enumerate(distinct):
             input_ids[u, : len(seq) + 2] = torch.tensor([hf.cls_token_id, *seq, hf.sep_token_id])
             attention_mask[u, : len(seq) + 2] = 1
-            piece_to_word[u, 1 : len(seq) + 1] = 0
+            piece_to_word[u, 1 : len(seq) + 1] = 0  # one word: every piece goes to word 0
         dim = self.hidden_size
         if distinct:
             n = self.last_n_layers
