@@ -19,6 +19,9 @@ class SideLover(StubModel):
 
 def test_wins_counts_ties_as_half():
     assert wins(0.9, 0.1) == 1.0 and wins(0.1, 0.9) == 0.0 and wins(0.5, 0.5) == 0.5
+    # float32 rounding is a tie (the same words summed in another order), a real difference is not
+    assert wins(3.0, 3.0 + 2e-6) == 0.5 and wins(1e-3, 1e-3 - 5e-7) == 0.5
+    assert wins(3.0, 3.0 - 1e-4) == 1.0 and wins(1e-3, 1e-3 + 2e-5) == 0.0
 
 
 def test_relations_picks_the_higher_scored_caption(tmp_path):

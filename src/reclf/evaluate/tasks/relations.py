@@ -7,7 +7,9 @@ exactly one attribute (side, zone, severity, negation); binding studies get foil
 the sides (``swap_side``) or zones (``swap_zone``) of two findings (the same words, another
 binding) and one that flips every side (``flip_sides``). With ``model.similarity`` as the score,
 the metric per contrast type is the fraction of (image, foil) pairs whose true caption scores
-strictly higher than the foil (a tie counts as half: a constant scorer gets 0.5, chance).
+strictly higher than the foil (a tie counts as half: a constant scorer gets 0.5, chance). Scores within float32
+rounding of each other (``TIE_RTOL``) are a tie: a report and its swapped twin are the same words in another order,
+and a model that cannot tell them apart (a bag of words) gives scores that differ only in summation order.
 ``all_foils`` is the fraction of images whose true caption beats every one of its foils;
 ``all_foils_single`` and ``all_foils_binding`` the same over each kind of study (when the table
 has a ``task`` column). ``split`` (default ``test``) keeps the rows of one split: SynthCXR
@@ -82,9 +84,16 @@ def table_candidates(df: pd.DataFrame, path: Path, seed: int = 0) -> pd.DataFram
     return cands
 
 
+#: scores this close (relative to the larger, or absolute below 1) are a tie: float32 sums of a few hundred terms
+#: in another order differ by about 1e-7 relative
+TIE_RTOL = 1e-5
+
+
 def wins(true_score: float, foil_score: float) -> float:
-    """1 if the true caption scores higher, 0.5 on a tie, 0 otherwise."""
-    return 1.0 if true_score > foil_score else (0.5 if true_score == foil_score else 0.0)
+    """1 if the true caption scores higher, 0.5 on a tie (within ``TIE_RTOL``), 0 otherwise."""
+    if abs(true_score - foil_score) <= TIE_RTOL * max(1.0, abs(true_score), abs(foil_score)):
+        return 0.5
+    return 1.0 if true_score > foil_score else 0.0
 
 
 def run_relations(loaded: LoadedModel, data: str | Path, out: str | Path | None, cfg: RelationsConfig) -> TaskResult:
