@@ -289,7 +289,9 @@ def demo_sections(demo: dict[str, Any], results: list[dict[str, Any]], figs: Pat
         lines += [
             f"Every method: the shipped preset `demo_<method>` (`reclf presets`), image encoder `{ie['name']}` at "
             f"{ie['image_size']} px from random init, text encoder `{te['name']}` "
-            f"({'frozen' if te['freeze'] else 'trained'}, {te['pooling']} pooling, {te['max_tokens']} tokens), "
+            f"({'frozen' if te['freeze'] else 'trained'}, "
+            f"{'words alone, the report their mean' if te.get('context') == 'word' else te['pooling'] + ' pooling'}, "
+            f"{te['max_tokens']} tokens), "
             f"{tr['max_steps']} steps of batch {cfg['data']['batch_size']}, {lr}, "
             f"weight decay {tr['weight_decay']}, warm-up {tr['warmup_fraction']} then cosine; seeds: "
             f"{demo.get('settings', {}).get('seeds')}. The resolved config of every run is in `demo.json`.", ""]
