@@ -139,6 +139,11 @@ def test_report_summary_table_merges_seeds_and_falls_back_to_global():
     assert lines[2] == "| model | zero-shot acc |"
     assert "| convirt | 0.200 |" in lines
     assert "| reclf | 0.350 ± 0.071 |" in lines
+    # seeds that agree exactly (a tie in every item) are still a mean over seeds, not one seed's interval
+    ties = [res(f"bag@seed{k}", "zeroshot", {"method/accuracy": 0.5}) for k in range(3)]
+    for r in ties:
+        r["metrics"]["method/accuracy"].update(ci_low=0.5, ci_high=0.5)
+    assert "| bag | 0.500 ± 0.000 |" in summary_table(merge_seeds(ties))
 
 
 def test_paired_difference_aligns_items_by_id_and_resamples_pairs() -> None:

@@ -144,8 +144,10 @@ def _summary_cell(merged: dict[str, dict[str, dict[str, Any]]], task: str, key: 
     m = method_or_global(metrics, key)
     if not m or m.get("value") is None or np.isnan(m["value"]):
         return "–"
-    text = f"{m['value']:.3f}" + (f" ± {m['std']:.3f}" if m.get("std") else "")
-    if m.get("ci_low") is not None and m.get("ci_high") is not None and not m.get("std"):
+    # merged over pretraining seeds: mean ± std, even when the seeds agree exactly (std 0: e.g. a tie in every item)
+    over_seeds = (m.get("seeds") or 1) > 1 or bool(m.get("std"))
+    text = f"{m['value']:.3f}" + (f" ± {m['std']:.3f}" if over_seeds else "")
+    if m.get("ci_low") is not None and m.get("ci_high") is not None and not over_seeds:
         text += f" [{m['ci_low']:.2f}, {m['ci_high']:.2f}]"
     return text
 
