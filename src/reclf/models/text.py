@@ -9,6 +9,10 @@
 - ``cls_attention`` (only when asked): last-layer ``[CLS]`` -> piece attention averaged over the
   heads and summed per word; MGCA uses it as word weights.
 
+``cfg.context="word"`` (a probe, docs/training.md) encodes every word alone instead, the report vector
+being the mean of its words: a bag of words, in which only a model's own reading of the report's
+structure can bind a finding to its side.
+
 Names (``cfg.name``):
 
 - ``bert-tiny``: a small randomly initialised BERT (``hidden_size``/``num_layers``/``num_heads``
