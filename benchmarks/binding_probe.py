@@ -8,7 +8,11 @@ between them: the same words, another binding), this prints
 - how far apart the text side puts a caption and its twin: mean ``cos(h_true, h_swap)`` (1: the same vector);
 - on the true captions, where the words look (``model.word_region_attention``): the share of a side word's
   attention on the image half it names (radiology convention: the patient's left is the image's right;
-  chance 0.5), and a finding word's peak over uniform and its ``cos(e_w, c_w)``.
+  chance 0.5), and a finding word's peak over uniform and its ``cos(e_w, c_w)``;
+- what SRM's nodes can know about a finding's side: the share of a lateral finding's word occurrences whose
+  attention puts more mass on the image half of *its* finding (from the study's annotations) than on the
+  other half (chance 0.5), and, for RECLF, the shares of finding-word and side-word occurrences that are among
+  the nodes SRM reasons over (``srm_topk``: a kept word has a non-zero relation row or column).
 
 It also asks whether the *image* side holds the binding at all (``--image-probe``): per finding type, a
 logistic regression on frozen image features predicts the side of that finding in images with two
@@ -55,6 +59,8 @@ def probe(model, root: Path) -> dict:
     findings = finding_words(rel / "caption_roles.jsonl")
     wins: dict[str, list[float]] = {"global": [], "local": [], "method": []}
     text_cos, side_mass, peak, cos_find, cos_side = [], [], [], [], []
+    own_half: list[float] = []
+    kept: dict[str, list[float]] = {"finding": [], "side": []}
     for sid, group in cands.groupby("study_id"):
         foils = group[group.contrast == "swap_side"].text.tolist()
         if not foils:
@@ -76,6 +82,24 @@ def probe(model, root: Path) -> dict:
         side = int(round(attn.shape[-1] ** 0.5))
         ctx = F.normalize(attn @ img.local[0], dim=-1)
         cos = (F.normalize(one.words[0], dim=-1) * ctx).sum(-1)
+        words = [w.lower() for w in one.word_strings[0]]
+        for ann in json.loads(studies.loc[sid, "annotations"]):
+            if ann["side"] not in ("left", "right"):
+                continue
+            name = ann["finding"].split()[-1]  # "pleural effusion" -> "effusion"
+            for i in (i for i, w in enumerate(words) if w == name):
+                amap = attn[i].reshape(side, side)
+                image_left, image_right = float(amap[:, : side // 2].sum()), float(amap[:, side // 2 :].sum())
+                # the patient's right is the image's left
+                own_half.append(float((image_left > image_right) == (ann["side"] == "right")))
+        aggregator = getattr(model, "aggregator", None)
+        if aggregator is not None and aggregator.produces_relations:
+            edges = model.explain_pairs(image, [true]).relations[0]  # [n, n], zero for nodes SRM left out
+            in_graph = (edges.abs().sum(0) + edges.abs().sum(1)) > 0
+            names = {a["finding"].split()[-1] for a in json.loads(studies.loc[sid, "annotations"])}
+            for i, w in enumerate(words):
+                if w in names or w in ("left", "right"):
+                    kept["finding" if w in names else "side"].append(float(in_graph[i]))
         for i, word in enumerate(one.word_strings[0]):
             if not bool(one.word_mask[0, i]):
                 continue
@@ -100,6 +124,9 @@ def probe(model, root: Path) -> dict:
         "side_word_cos": avg(cos_side),
         "finding_word_peak_over_uniform": avg(peak),
         "finding_word_cos": avg(cos_find),
+        "finding_word_on_own_half": avg(own_half),
+        "srm_keeps_finding_word": avg(kept["finding"]),
+        "srm_keeps_side_word": avg(kept["side"]),
     }
 
 
