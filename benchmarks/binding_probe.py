@@ -61,6 +61,8 @@ def probe(model, root: Path) -> dict:
     text_cos, side_mass, peak, cos_find, cos_side = [], [], [], [], []
     own_half: list[float] = []
     kept: dict[str, list[float]] = {"finding": [], "side": []}
+    aggregator = getattr(model, "aggregator", None)
+    has_srm = aggregator is not None and aggregator.produces_relations
     for sid, group in cands.groupby("study_id"):
         foils = group[group.contrast == "swap_side"].text.tolist()
         if not foils:
@@ -83,7 +85,8 @@ def probe(model, root: Path) -> dict:
         ctx = F.normalize(attn @ img.local[0], dim=-1)
         cos = (F.normalize(one.words[0], dim=-1) * ctx).sum(-1)
         words = [w.lower() for w in one.word_strings[0]]
-        for ann in json.loads(studies.loc[sid, "annotations"]):
+        annotations = json.loads(studies.loc[sid, "annotations"])
+        for ann in annotations:
             if ann["side"] not in ("left", "right"):
                 continue
             name = ann["finding"].split()[-1]  # "pleural effusion" -> "effusion"
@@ -92,11 +95,10 @@ def probe(model, root: Path) -> dict:
                 image_left, image_right = float(amap[:, : side // 2].sum()), float(amap[:, side // 2 :].sum())
                 # the patient's right is the image's left
                 own_half.append(float((image_left > image_right) == (ann["side"] == "right")))
-        aggregator = getattr(model, "aggregator", None)
-        if aggregator is not None and aggregator.produces_relations:
+        if has_srm:
             edges = model.explain_pairs(image, [true]).relations[0]  # [n, n], zero for nodes SRM left out
             in_graph = (edges.abs().sum(0) + edges.abs().sum(1)) > 0
-            names = {a["finding"].split()[-1] for a in json.loads(studies.loc[sid, "annotations"])}
+            names = {a["finding"].split()[-1] for a in annotations}
             for i, w in enumerate(words):
                 if w in names or w in ("left", "right"):
                     kept["finding" if w in names else "side"].append(float(in_graph[i]))

@@ -422,11 +422,10 @@ class TextEncoder(nn.Module):
             piece_to_word[u, 1 : len(seq) + 1] = 0  # one word: every piece goes to word 0
         dim = self.hidden_size
         if distinct:
-            n = self.last_n_layers
             out = self.backbone(
                 input_ids=input_ids.to(self.device),
                 attention_mask=attention_mask.to(self.device),
-                output_hidden_states=n > 1,
+                output_hidden_states=self.last_n_layers > 1,
             )
             hidden = self._summed_layers(out)
             vectors = merge_pieces(hidden, piece_to_word.to(self.device), 1, self.word_merge)[:, 0]  # [U, H]
