@@ -160,7 +160,7 @@ def test_grounding_values_put_the_attention_weighted_overlap_into_each_message()
     kp = keep[2 * 4 + 0]
     sub, _ = top.srm(zt[8, kp].unsqueeze(0), allowed[kp][:, kp].unsqueeze(0), need_relations=False,
                      overlap=g[kp][:, kp].unsqueeze(0))
-    full = top._srm_on(keep, zt, valid, build_edge_mask(valid, _node_sentences(sent, 3), True), None, False,
+    full = top._srm_on(keep, zt, valid, _node_sentences(sent, 3), attn, False,
                        grounding_overlap(attn, True).reshape(12, 9, 9))[0]
     torch.testing.assert_close(full[8, kp], sub[0], atol=1e-5, rtol=1e-5)
 
@@ -218,7 +218,7 @@ def test_cross_values_put_each_words_matching_at_its_neighbours_place_into_the_m
     kp = keep[8]
     sub, _ = top.srm(zt[8, kp].unsqueeze(0), allowed[kp][:, kp].unsqueeze(0), need_relations=False,
                      cross=xs[8][kp][:, kp].unsqueeze(0))
-    full = top._srm_on(keep, zt, valid, build_edge_mask(valid, _node_sentences(sent, 3), True), None, False,
+    full = top._srm_on(keep, zt, valid, _node_sentences(sent, 3), None, False,
                        None, top.matchings.cross(words, ctx, mask, img_g, txt_g.unsqueeze(0), keep))[0]
     torch.testing.assert_close(full[8, kp], sub[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(res.score, top(words, ctx, mask, sent, img_g, txt_g, extras=False).score,
@@ -484,6 +484,36 @@ def test_srm_topk_reasons_over_the_most_important_nodes_and_passes_the_rest_thro
                                full(words, ctx, mask, sent, img_g, txt_g).score)
     with pytest.raises(Exception, match="srm_topk"):
         create_model("reclf-no-irm", image_encoder=IMAGE, text_encoder=TEXT, srm_topk=4)
+
+
+def test_srm_topk_builds_the_kept_subgraph_of_the_whole_graph():
+    """The subgraph SRM reasons over (built for the kept nodes alone) is the whole graph's kept rows and columns:
+    sentence edges, structure and grounding biases, written out here from the full ``[N, N]`` graph, per pair."""
+    from reclf.align.aggregators import kept_square
+
+    words, ctx, mask, sent, img_g, txt_g, attn = inputs()
+    torch.manual_seed(0)
+    agg = build_aggregator("srm+irm", D, d_z=8, heads=2, irm_before_srm=True, topk=4, sentence_edges=True,
+                           prenorm=True, **ALL_SWITCHES)
+    with torch.no_grad():  # biases and a residual branch that matter
+        agg.srm.structure.normal_()
+        agg.srm.grounding.normal_()
+        agg.srm.layers[0].out.weight.normal_()
+    out = agg(words, ctx, mask, sent, img_g, txt_g, attention=attn)
+    z, valid = agg.matchings(words, ctx, mask, img_g, txt_g, attn)
+    u = agg.irm.logits(z, valid, agg._irm_prior(words, ctx, mask, img_g, txt_g))
+    keep = agg._srm_nodes(u, valid)
+    assert keep.shape == (12, 5) and (keep[:, 0] == 0).all()
+    edges = build_edge_mask(valid, _node_sentences(sent, 3), True)  # [P, N, N]
+    bias = agg.srm.edge_bias(structure_buckets(sent[None], True), grounding_overlap(attn, True), 3, 4)
+    sub, _ = agg.srm(z.gather(1, keep[..., None].expand(-1, -1, 8)), kept_square(edges, keep),
+                     need_relations=False, bias=kept_square(bias, keep))
+    ref = z.scatter(1, keep[..., None].expand(-1, -1, 8), sub)
+    torch.testing.assert_close(out.score.reshape(-1), agg.irm(ref, valid, u=u)[0], atol=1e-5, rtol=1e-5)
+    # the fused training path agrees; the pair with masked words keeps none of them
+    torch.testing.assert_close(agg(words, ctx, mask, sent, img_g, txt_g, extras=False, attention=attn).score,
+                               out.score, atol=1e-5, rtol=0)
+    assert not bool((keep.view(3, 4, 5)[:, 1] > 5).any())  # report 1 has 5 valid words: nodes 1..5
 
 
 def test_claim_loss_scores_each_changed_sentence_against_the_images_and_its_twin():
