@@ -21,7 +21,11 @@ relations studies), from the global vector and from the region vectors (flattene
 beside it the same probe on one-finding images (side without binding) and on a random-init encoder of the
 same architecture (what the grid's geometry gives for free).
 
-    python benchmarks/binding_probe.py MODEL_DIR [--synth out/synth-seed1] [--image-probe] [--out probe.json]
+``--split valid`` keeps one half of the relations studies (designs are chosen on valid); ``--srm-topk K`` serves a
+RECLF model with SRM over its ``K`` most important word nodes (0: every node), whatever it was trained with.
+
+    python benchmarks/binding_probe.py MODEL_DIR [--synth out/synth-seed1] [--image-probe] [--split valid]
+        [--srm-topk K] [--out probe.json]
 """
 
 from __future__ import annotations
@@ -52,9 +56,12 @@ def finding_words(roles_file: Path) -> set[str]:
 
 
 @torch.no_grad()
-def probe(model, root: Path) -> dict:
+def probe(model, root: Path, split: str | None = None) -> dict:
+    """The numbers above over the relations studies with a ``swap_side`` foil (of ``split`` only when given)."""
     rel = root / "relations"
     cands = pd.read_csv(rel / "candidates.csv")
+    if split is not None:
+        cands = cands[cands.study_id.astype(str).isin(set((rel / "splits" / f"{split}.txt").read_text().split()))]
     studies = pd.read_csv(rel / "studies.csv").set_index("study_id")
     findings = finding_words(rel / "caption_roles.jsonl")
     wins: dict[str, list[float]] = {"global": [], "local": [], "method": []}
@@ -208,6 +215,17 @@ def image_probe(model, root: Path) -> dict[str, dict[str, float]]:
     return result
 
 
+def set_srm_topk(model, k: int) -> None:
+    """Serve ``model`` with SRM over its ``k`` most important word nodes (0: every node), whatever it was trained
+    with: does a binding learned over one graph survive another at inference?"""
+    aggregator = getattr(model, "aggregator", None)
+    if aggregator is None or not aggregator.produces_relations:
+        raise SystemExit(f"--srm-topk: {type(model).__name__} {getattr(model, 'method', '')!r} has no SRM")
+    if k > 0 and not aggregator.cfg.irm.before_srm:
+        raise SystemExit("--srm-topk > 0 needs IRM's importance before SRM (method.irm_before_srm)")
+    aggregator.cfg.srm.topk = k
+
+
 def emit(result: dict, out: str | None) -> None:
     """Print ``result`` as JSON, and write it to ``out`` (atomically) when given."""
     print(json.dumps(result, indent=1))
@@ -222,12 +240,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="also write the numbers as JSON")
     p.add_argument("--image-probe", action="store_true", help="also probe the image features for the binding")
     p.add_argument("--no-text", action="store_true", help="skip the caption scores (with --image-probe)")
+    p.add_argument("--split", default=None, choices=("valid", "test"), help="only this half of the relations studies")
+    p.add_argument(
+        "--srm-topk", type=int, default=None, help="score with SRM over this many top word nodes (0: every node)"
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     model = reclf.from_pretrained(args.model).eval()
-    result: dict = {"model": args.model, "synth": args.synth}
+    result: dict = {"model": args.model, "synth": args.synth, "split": args.split}
+    if args.srm_topk is not None:
+        set_srm_topk(model, args.srm_topk)
+        result["srm_topk"] = args.srm_topk
     if not args.no_text:
-        result.update(probe(model, Path(args.synth)))
+        result.update(probe(model, Path(args.synth), args.split))
     if args.image_probe:
         result["image_side_probe"] = image_probe(model, Path(args.synth))
     emit(result, args.out)

@@ -54,3 +54,17 @@ def test_no_srm_has_no_graph_to_measure(probe_module, synth):
     res = _probe(probe_module, synth, "reclf-no-srm")
     assert res["srm_keeps_finding_word"] is None and res["srm_keeps_side_word"] is None
     assert res["finding_word_on_own_half"] is not None
+
+
+def test_split_and_serving_srm_over_another_graph(probe_module, synth):
+    torch.manual_seed(0)
+    model = create_model("reclf", image_encoder=IMAGE, text_encoder=TEXT, srm_topk=1).eval()
+    both = probe_module.probe(model, synth)
+    valid = probe_module.probe(model, synth, "valid")
+    test = probe_module.probe(model, synth, "test")
+    assert 0 < valid["binding_studies"] < both["binding_studies"]
+    assert valid["binding_studies"] + test["binding_studies"] == both["binding_studies"]
+    probe_module.set_srm_topk(model, 0)  # trained over one word node, served over every node
+    assert probe_module.probe(model, synth)["srm_keeps_finding_word"] == 1.0
+    with pytest.raises(SystemExit, match="no SRM"):
+        probe_module.set_srm_topk(create_model("reclf-no-srm", image_encoder=IMAGE, text_encoder=TEXT), 8)
