@@ -160,8 +160,8 @@ def test_grounding_values_put_the_attention_weighted_overlap_into_each_message()
     kp = keep[2 * 4 + 0]
     sub, _ = top.srm(zt[8, kp].unsqueeze(0), allowed[kp][:, kp].unsqueeze(0), need_relations=False,
                      overlap=g[kp][:, kp].unsqueeze(0))
-    full = top._srm_on(keep, zt, valid, _node_sentences(sent, 3), attn, False,
-                       grounding_overlap(attn, True).reshape(12, 9, 9))[0]
+    full = top._srm_on(keep, zt, valid, _node_sentences(sent, 3), grounding_overlap(attn, True).reshape(12, 9, 9),
+                       False)[0]
     torch.testing.assert_close(full[8, kp], sub[0], atol=1e-5, rtol=1e-5)
 
 
@@ -219,7 +219,7 @@ def test_cross_values_put_each_words_matching_at_its_neighbours_place_into_the_m
     sub, _ = top.srm(zt[8, kp].unsqueeze(0), allowed[kp][:, kp].unsqueeze(0), need_relations=False,
                      cross=xs[8][kp][:, kp].unsqueeze(0))
     full = top._srm_on(keep, zt, valid, _node_sentences(sent, 3), None, False,
-                       None, top.matchings.cross(words, ctx, mask, img_g, txt_g.unsqueeze(0), keep))[0]
+                       top.matchings.cross(words, ctx, mask, img_g, txt_g.unsqueeze(0), keep))[0]
     torch.testing.assert_close(full[8, kp], sub[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(res.score, top(words, ctx, mask, sent, img_g, txt_g, extras=False).score,
                                atol=1e-5, rtol=0)

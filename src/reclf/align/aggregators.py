@@ -423,22 +423,13 @@ def structure_buckets(sentence_ids: Tensor, global_node: bool) -> Tensor:
     return buckets
 
 
-def map_overlap(attention: Tensor, is_global: Tensor | None = None) -> Tensor:
-    """``[..., K, K]`` ``log(R * sum_r a_ir a_jr)`` of the maps ``attention[..., K, R]`` (clamped below at
-    ``log(R * 1e-4)``); 0 on the edges to and from the nodes ``is_global`` marks."""
-    n_regions = attention.shape[-1]
-    overlap = torch.matmul(attention, attention.transpose(-1, -2))
-    g = (overlap * n_regions).clamp_min(OVERLAP_EPS * n_regions).log()
-    if is_global is not None:
-        g = g.masked_fill(is_global.unsqueeze(-1) | is_global.unsqueeze(-2), 0.0)
-    return g
-
-
 def grounding_overlap(attention: Tensor, global_node: bool) -> Tensor:
     """``[I, T, N, N]`` ``log(R * sum_r a_ir a_jr)``: how much two words look at the same place (0 when one
     map is uniform, ``log R`` when both sit on the same region; clamped below at ``log(R * 1e-4)``).
     Edges to the global node get 0."""
-    g = map_overlap(attention)  # [I, T, W, W]
+    n_regions = attention.shape[-1]
+    overlap = torch.matmul(attention, attention.transpose(-1, -2))  # [I, T, W, W]
+    g = (overlap * n_regions).clamp_min(OVERLAP_EPS * n_regions).log()
     return F.pad(g, (1, 0, 1, 0)) if global_node else g
 
 
@@ -700,7 +691,7 @@ class RelationAggregator(Aggregator):
             if self.global_node:
                 sid = torch.cat([sid.new_full((sid.shape[0], 1), GLOBAL_SENTENCE_ID), sid], dim=1)
             overlap = values = None
-            if self.cfg.srm.grounding_values or (keep is None and self.cfg.srm.grounding_edges):
+            if self.cfg.srm.grounding_edges or self.cfg.srm.grounding_values:
                 overlap = grounding_overlap(attention, self.global_node)  # [I, T, N, N]
             if self.cfg.srm.grounding_values:
                 assert overlap is not None
@@ -720,7 +711,8 @@ class RelationAggregator(Aggregator):
                     bias = self.srm.edge_bias(buckets, overlap, n_img, n_txt)
                 z, rel = self.srm(z, edges, need_relations=extras, bias=bias, overlap=values, cross=cross)
             else:
-                z, rel = self._srm_on(keep, z, valid, sid, attention, extras, values, cross)
+                pair_overlap = overlap.reshape(n_img * n_txt, *overlap.shape[2:]) if overlap is not None else None
+                z, rel = self._srm_on(keep, z, valid, sid, pair_overlap, extras, cross)
             if rel is not None:
                 pair_valid = (valid.unsqueeze(2) & valid.unsqueeze(1)).unsqueeze(1)
                 rel = (rel * pair_valid).reshape(n_img, n_txt, *rel.shape[1:])
@@ -764,16 +756,15 @@ class RelationAggregator(Aggregator):
         z: Tensor,
         valid: Tensor,
         node_sentence: Tensor,
-        attention: Tensor | None,
+        overlap: Tensor | None,
         extras: bool,
-        overlap: Tensor | None = None,
         cross: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """SRM over the nodes ``keep[P, K]`` only; the other nodes keep their matching vectors. Relations of
-        the nodes left out are 0. ``node_sentence[P, N]``: each node's sentence id; ``attention[I, T, W, R]``: the
-        word maps (grounding edges). The subgraph's edges and edge biases are those of the whole graph's kept rows
-        and columns, built for the kept nodes alone (``K^2`` per pair, not ``N^2``). ``overlap[P, N, N]``
-        (``grounding_values``) is the whole graph's; ``cross`` is already that of the kept nodes ``[P, K, K, d_z]``."""
+        the nodes left out are 0. ``node_sentence[P, N]``: each node's sentence id; ``overlap[P, N, N]``: the
+        maps' grounding overlap (``grounding_overlap``; grounding edges and values). The subgraph's edges and edge
+        biases are the whole graph's kept rows and columns, built for the kept nodes alone (``K^2`` per pair, not
+        the ``[P, H, N, N]`` biases and masks); ``cross`` is already that of the kept nodes ``[P, K, K, d_z]``."""
         assert self.srm is not None
         p, n_nodes, d = z.shape
         valid_k, sid_k = valid.gather(1, keep), node_sentence.gather(1, keep)
@@ -783,16 +774,16 @@ class RelationAggregator(Aggregator):
         else:  # fully connected: the key mask of the kept nodes
             sub_edges = key_padding_mask(valid_k)
         pos = keep - int(self.global_node)  # word positions (the global node: -1)
-        buckets = over = None
+        buckets = None
         if self.cfg.srm.structure_edges:
             buckets = node_buckets(pos, sid_k, is_global).unsqueeze(1)  # [P, 1, K, K]
-        if self.cfg.srm.grounding_edges:
-            assert attention is not None
-            maps = attention.reshape(p, -1, attention.shape[-1])  # [P, W, R]
-            rows = maps.gather(1, pos.clamp_min(0).unsqueeze(-1).expand(-1, -1, maps.shape[-1]))  # [P, K, R]
-            over = map_overlap(rows, is_global).unsqueeze(1)  # [P, 1, K, K]
-        sub_bias = self.srm.edge_bias(buckets, over, p, 1) if self.srm.has_bias else None  # [P, H, K, K]
+        # the kept square of the whole graph's overlap (one [W, R] x [R, W] product per pair, the same numbers as
+        # SRM over every node reads): cheap beside the per-head [N, N] biases it replaces
         sub_overlap = kept_square(overlap, keep) if overlap is not None else None  # [P, K, K]
+        over = sub_overlap.unsqueeze(1) if sub_overlap is not None and self.cfg.srm.grounding_edges else None
+        sub_bias = self.srm.edge_bias(buckets, over, p, 1) if self.srm.has_bias else None  # [P, H, K, K]
+        if not self.cfg.srm.grounding_values:
+            sub_overlap = None
         index = keep.unsqueeze(-1).expand(-1, -1, d)
         out, rel = self.srm(
             z.gather(1, index), sub_edges, need_relations=extras, bias=sub_bias, overlap=sub_overlap, cross=cross
@@ -874,7 +865,6 @@ __all__ = [
     "build_edge_mask",
     "grounding_overlap",
     "key_padding_mask",
-    "map_overlap",
     "node_buckets",
     "structure_buckets",
     "word_cosines",
