@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 import reclf
+from reclf.evaluate.tasks.relations import wins as tie_or_win
 from reclf.methods.inference import preprocess
 from reclf.utils.io import atomic_write_json
 
@@ -82,7 +83,7 @@ def probe(model, root: Path, split: str | None = None) -> dict:
             scores["local"] = model.local_similarity(img, txt)[0]
         scores["method"] = model.similarity(img, txt)[0]
         for key, s in scores.items():
-            wins[key].append(float((s[0] > s[1:]).float().mean()))
+            wins[key].append(mean(tie_or_win(float(s[0]), float(f)) for f in s[1:]))  # a tie counts half
         text_cos.append(float((txt.global_[0] * txt.global_[1:]).sum(-1).mean()))
         if not model.params.needs_local_features:
             continue

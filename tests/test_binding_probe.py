@@ -68,3 +68,13 @@ def test_split_and_serving_srm_over_another_graph(probe_module, synth):
     assert probe_module.probe(model, synth)["srm_keeps_finding_word"] == 1.0
     with pytest.raises(SystemExit, match="no SRM"):
         probe_module.set_srm_topk(create_model("reclf-no-srm", image_encoder=IMAGE, text_encoder=TEXT), 8)
+
+
+def test_a_tie_counts_half(probe_module, synth):
+    """With every word encoded alone a report and its side-swapped twin are the same bag: the global score ties on
+    every foil, and a tie counts half (as in ``reclf evaluate relations``), not as a loss."""
+    torch.manual_seed(0)
+    model = create_model("reclf", image_encoder=IMAGE, text_encoder={**TEXT, "context": "word"}).eval()
+    res = probe_module.probe(model, synth)
+    assert res["text_cos_true_vs_swap"] == pytest.approx(1.0, abs=1e-4)
+    assert res["swap_side"]["global"] == 0.5
