@@ -160,8 +160,8 @@ def test_grounding_values_put_the_attention_weighted_overlap_into_each_message()
     kp = keep[2 * 4 + 0]
     sub, _ = top.srm(zt[8, kp].unsqueeze(0), allowed[kp][:, kp].unsqueeze(0), need_relations=False,
                      overlap=g[kp][:, kp].unsqueeze(0))
-    full = top._srm_on(keep, zt, valid, _node_sentences(sent, 3), grounding_overlap(attn, True).reshape(12, 9, 9),
-                       False)[0]
+    full = top._srm_on(keep, zt, valid, build_edge_mask(valid, _node_sentences(sent, 3), True), None, False,
+                       grounding_overlap(attn, True).reshape(12, 9, 9))[0]
     torch.testing.assert_close(full[8, kp], sub[0], atol=1e-5, rtol=1e-5)
 
 
@@ -218,8 +218,8 @@ def test_cross_values_put_each_words_matching_at_its_neighbours_place_into_the_m
     kp = keep[8]
     sub, _ = top.srm(zt[8, kp].unsqueeze(0), allowed[kp][:, kp].unsqueeze(0), need_relations=False,
                      cross=xs[8][kp][:, kp].unsqueeze(0))
-    full = top._srm_on(keep, zt, valid, _node_sentences(sent, 3), None, False,
-                       top.matchings.cross(words, ctx, mask, img_g, txt_g.unsqueeze(0), keep))[0]
+    full = top._srm_on(keep, zt, valid, build_edge_mask(valid, _node_sentences(sent, 3), True), None, False,
+                       None, top.matchings.cross(words, ctx, mask, img_g, txt_g.unsqueeze(0), keep))[0]
     torch.testing.assert_close(full[8, kp], sub[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(res.score, top(words, ctx, mask, sent, img_g, txt_g, extras=False).score,
                                atol=1e-5, rtol=0)
@@ -487,8 +487,8 @@ def test_srm_topk_reasons_over_the_most_important_nodes_and_passes_the_rest_thro
 
 
 def test_srm_topk_builds_the_kept_subgraph_of_the_whole_graph():
-    """The subgraph SRM reasons over (built for the kept nodes alone) is the whole graph's kept rows and columns:
-    sentence edges, structure and grounding biases, written out here from the full ``[N, N]`` graph, per pair."""
+    """The subgraph SRM reasons over is the whole graph's kept rows and columns: sentence edges, structure and
+    grounding biases, written out here from the full ``[N, N]`` graph, per pair."""
     from reclf.align.aggregators import kept_square
 
     words, ctx, mask, sent, img_g, txt_g, attn = inputs()

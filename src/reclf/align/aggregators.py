@@ -363,20 +363,16 @@ class MatchingVectors(nn.Module):
         return x
 
 
-def build_edge_mask(
-    valid: Tensor, node_sentence: Tensor | None, global_node: bool, is_global: Tensor | None = None
-) -> Tensor:
+def build_edge_mask(valid: Tensor, node_sentence: Tensor | None, global_node: bool) -> Tensor:
     """Allowed edges ``[P, N, N]``: valid-valid pairs (same sentence only when ``node_sentence`` is given,
-    the global node connected to all); the diagonal is always allowed so no row is empty. The global node is
-    node 0, or where ``is_global[P, N]`` says (a subgraph's nodes)."""
+    the global node connected to all); the diagonal is always allowed so no row is empty."""
     allowed = valid.unsqueeze(2) & valid.unsqueeze(1)
     if node_sentence is not None:
         same = node_sentence.unsqueeze(2) == node_sentence.unsqueeze(1)
         if global_node:
-            if is_global is None:
-                is_global = torch.zeros_like(valid)
-                is_global[:, 0] = True
-            same = same | is_global.unsqueeze(2) | is_global.unsqueeze(1)
+            is_g = torch.zeros_like(valid)
+            is_g[:, 0] = True
+            same = same | is_g.unsqueeze(2) | is_g.unsqueeze(1)
         allowed = allowed & same
     eye = torch.eye(valid.shape[1], dtype=torch.bool, device=valid.device)
     return allowed | eye
@@ -402,22 +398,14 @@ N_STRUCTURE_BUCKETS = MAX_DISTANCE + 3
 OVERLAP_EPS = 1e-4
 
 
-def node_buckets(pos: Tensor, sentence_ids: Tensor, is_global: Tensor | None = None) -> Tensor:
-    """``[..., K, K]`` structure bucket of every edge among nodes at word positions ``pos[..., K]`` with sentence
-    ids ``sentence_ids[..., K]``: the distance within a sentence (``MAX_DISTANCE``: "farther"), ``MAX_DISTANCE + 1``
-    across sentences, ``MAX_DISTANCE + 2`` to and from the nodes ``is_global`` marks."""
-    dist = (pos.unsqueeze(-1) - pos.unsqueeze(-2)).abs().clamp_max(MAX_DISTANCE)
-    same = sentence_ids.unsqueeze(-1) == sentence_ids.unsqueeze(-2)
-    buckets = torch.where(same, dist, torch.full_like(dist, MAX_DISTANCE + 1))
-    if is_global is not None:
-        buckets = buckets.masked_fill(is_global.unsqueeze(-1) | is_global.unsqueeze(-2), MAX_DISTANCE + 2)
-    return buckets
-
-
 def structure_buckets(sentence_ids: Tensor, global_node: bool) -> Tensor:
     """``[G, T, N, N]`` bucket of every edge of a report's graph (``sentence_ids[G, T, W]``; depends on the
     text only, so it is built once per report, not per image-report pair)."""
-    buckets = node_buckets(torch.arange(sentence_ids.shape[-1], device=sentence_ids.device), sentence_ids)
+    n_words = sentence_ids.shape[-1]
+    pos = torch.arange(n_words, device=sentence_ids.device)
+    dist = (pos[:, None] - pos[None, :]).abs().clamp_max(MAX_DISTANCE)  # MAX_DISTANCE = "farther"
+    same = sentence_ids.unsqueeze(-1) == sentence_ids.unsqueeze(-2)
+    buckets = torch.where(same, dist, torch.full_like(dist, MAX_DISTANCE + 1))
     if global_node:
         buckets = F.pad(buckets, (1, 0, 1, 0), value=MAX_DISTANCE + 2)
     return buckets
@@ -686,33 +674,34 @@ class RelationAggregator(Aggregator):
         if self.irm is not None and self.cfg.irm.before_srm:  # importance from the matchings before SRM
             u = self.irm.logits(z, valid, self._irm_prior(words, context, word_mask, img_global, txt_global))
         if self.srm is not None:
-            keep = self._srm_nodes(u, valid) if self.cfg.srm.topk > 0 else None
-            sid = sentence_ids.expand(n_img, n_txt, n_words).reshape(n_img * n_txt, n_words)
-            if self.global_node:
-                sid = torch.cat([sid.new_full((sid.shape[0], 1), GLOBAL_SENTENCE_ID), sid], dim=1)
-            overlap = values = None
+            node_sentence = None
+            if self.cfg.srm.sentence_edges:
+                sid = sentence_ids.expand(n_img, n_txt, n_words).reshape(n_img * n_txt, n_words)
+                if self.global_node:
+                    sid = torch.cat([sid.new_full((sid.shape[0], 1), GLOBAL_SENTENCE_ID), sid], dim=1)
+                node_sentence = sid
+            if node_sentence is None:  # fully connected: a key mask is the same graph for every valid node
+                edges = key_padding_mask(valid)
+            else:
+                edges = build_edge_mask(valid, node_sentence, self.global_node)
+            bias = overlap = None
             if self.cfg.srm.grounding_edges or self.cfg.srm.grounding_values:
                 overlap = grounding_overlap(attention, self.global_node)  # [I, T, N, N]
+            if self.srm.has_bias:
+                buckets = structure_buckets(sentence_ids, self.global_node) if self.cfg.srm.structure_edges else None
+                bias = self.srm.edge_bias(buckets, overlap, n_img, n_txt)
+            values = None
             if self.cfg.srm.grounding_values:
                 assert overlap is not None
                 values = overlap.reshape(n_img * n_txt, *overlap.shape[2:])
+            keep = self._srm_nodes(u, valid) if self.cfg.srm.topk > 0 else None
             cross = None
             if self.cfg.srm.cross_values:
                 cross = self.matchings.cross(words, context, word_mask, img_global, txt_global, keep)
             if keep is None:
-                if self.cfg.srm.sentence_edges:
-                    edges = build_edge_mask(valid, sid, self.global_node)
-                else:  # fully connected: a key mask is the same graph for every valid node
-                    edges = key_padding_mask(valid)
-                bias = buckets = None
-                if self.cfg.srm.structure_edges:
-                    buckets = structure_buckets(sentence_ids, self.global_node)
-                if self.srm.has_bias:
-                    bias = self.srm.edge_bias(buckets, overlap, n_img, n_txt)
                 z, rel = self.srm(z, edges, need_relations=extras, bias=bias, overlap=values, cross=cross)
             else:
-                pair_overlap = overlap.reshape(n_img * n_txt, *overlap.shape[2:]) if overlap is not None else None
-                z, rel = self._srm_on(keep, z, valid, sid, pair_overlap, extras, cross)
+                z, rel = self._srm_on(keep, z, valid, edges, bias, extras, values, cross)
             if rel is not None:
                 pair_valid = (valid.unsqueeze(2) & valid.unsqueeze(1)).unsqueeze(1)
                 rel = (rel * pair_valid).reshape(n_img, n_txt, *rel.shape[1:])
@@ -755,35 +744,22 @@ class RelationAggregator(Aggregator):
         keep: Tensor,
         z: Tensor,
         valid: Tensor,
-        node_sentence: Tensor,
-        overlap: Tensor | None,
+        edges: Tensor,
+        bias: Tensor | None,
         extras: bool,
+        overlap: Tensor | None = None,
         cross: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """SRM over the nodes ``keep[P, K]`` only; the other nodes keep their matching vectors. Relations of
-        the nodes left out are 0. ``node_sentence[P, N]``: each node's sentence id; ``overlap[P, N, N]``: the
-        maps' grounding overlap (``grounding_overlap``; grounding edges and values). The subgraph's edges and edge
-        biases are the whole graph's kept rows and columns, built for the kept nodes alone (``K^2`` per pair, not
-        the ``[P, H, N, N]`` biases and masks); ``cross`` is already that of the kept nodes ``[P, K, K, d_z]``."""
+        the nodes left out are 0. ``cross`` is already that of the kept nodes ``[P, K, K, d_z]``."""
         assert self.srm is not None
         p, n_nodes, d = z.shape
-        valid_k, sid_k = valid.gather(1, keep), node_sentence.gather(1, keep)
-        is_global = keep == 0 if self.global_node else None
-        if self.cfg.srm.sentence_edges:
-            sub_edges = build_edge_mask(valid_k, sid_k, self.global_node, is_global)
-        else:  # fully connected: the key mask of the kept nodes
-            sub_edges = key_padding_mask(valid_k)
-        pos = keep - int(self.global_node)  # word positions (the global node: -1)
-        buckets = None
-        if self.cfg.srm.structure_edges:
-            buckets = node_buckets(pos, sid_k, is_global).unsqueeze(1)  # [P, 1, K, K]
-        # the kept square of the whole graph's overlap (one [W, R] x [R, W] product per pair, the same numbers as
-        # SRM over every node reads): cheap beside the per-head [N, N] biases it replaces
+        if edges.shape[1] == 1:  # fully connected: the key mask of the kept nodes
+            sub_edges = key_padding_mask(valid.gather(1, keep))
+        else:  # a sentence graph [P, N, N]
+            sub_edges = kept_square(edges, keep)
+        sub_bias = kept_square(bias, keep) if bias is not None else None  # [P, H, K, K]
         sub_overlap = kept_square(overlap, keep) if overlap is not None else None  # [P, K, K]
-        over = sub_overlap.unsqueeze(1) if sub_overlap is not None and self.cfg.srm.grounding_edges else None
-        sub_bias = self.srm.edge_bias(buckets, over, p, 1) if self.srm.has_bias else None  # [P, H, K, K]
-        if not self.cfg.srm.grounding_values:
-            sub_overlap = None
         index = keep.unsqueeze(-1).expand(-1, -1, d)
         out, rel = self.srm(
             z.gather(1, index), sub_edges, need_relations=extras, bias=sub_bias, overlap=sub_overlap, cross=cross
@@ -863,9 +839,6 @@ __all__ = [
     "aggregator_config",
     "build_aggregator",
     "build_edge_mask",
-    "grounding_overlap",
     "key_padding_mask",
-    "node_buckets",
-    "structure_buckets",
     "word_cosines",
 ]
