@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 
 import reclf
+from reclf.evaluate.common import load_table
+from reclf.evaluate.tasks.relations import read_candidates
 from reclf.evaluate.tasks.relations import wins as tie_or_win
 from reclf.methods.inference import preprocess
 from reclf.utils.io import atomic_write_json
@@ -60,17 +62,16 @@ def finding_words(roles_file: Path) -> set[str]:
 def probe(model, root: Path, split: str | None = None) -> dict:
     """The numbers above over the relations studies with a ``swap_side`` foil (of ``split`` only when given)."""
     rel = root / "relations"
-    cands = pd.read_csv(rel / "candidates.csv")
-    if split is not None:
-        cands = cands[cands.study_id.astype(str).isin(set((rel / "splits" / f"{split}.txt").read_text().split()))]
-    studies = pd.read_csv(rel / "studies.csv").set_index("study_id")
+    table = load_table(rel, splits=(split,) if split else None, require=("annotations",))
+    studies = table.df.set_index("study_id")
+    cands = read_candidates(rel / "candidates.csv")
+    cands = cands[cands.study_id.isin(studies.index)]
     findings = finding_words(rel / "caption_roles.jsonl")
     wins: dict[str, list[float]] = {"global": [], "local": [], "method": []}
     text_cos, side_mass, peak, cos_find, cos_side = [], [], [], [], []
     own_half: list[float] = []
     kept: dict[str, list[float]] = {"finding": [], "side": []}
-    aggregator = getattr(model, "aggregator", None)
-    has_srm = aggregator is not None and aggregator.produces_relations
+    has_srm = srm_aggregator(model) is not None
     for sid, group in cands.groupby("study_id"):
         foils = group[group.contrast == "swap_side"].text.tolist()
         if not foils:
@@ -110,11 +111,10 @@ def probe(model, root: Path, split: str | None = None) -> dict:
             for i, w in enumerate(words):
                 if w in names or w in ("left", "right"):
                     kept["finding" if w in names else "side"].append(float(in_graph[i]))
-        for i, word in enumerate(one.word_strings[0]):
+        for i, w in enumerate(words):
             if not bool(one.word_mask[0, i]):
                 continue
             amap = attn[i].reshape(side, side)
-            w = word.lower()
             if w in ("left", "right"):  # the patient's left is the image's right half
                 half = amap[:, side // 2 :] if w == "left" else amap[:, : side // 2]
                 side_mass.append(float(half.sum()))
@@ -216,11 +216,17 @@ def image_probe(model, root: Path) -> dict[str, dict[str, float]]:
     return result
 
 
+def srm_aggregator(model):
+    """The model's RECLF aggregator when it has SRM, else ``None``."""
+    aggregator = getattr(model, "aggregator", None)
+    return aggregator if aggregator is not None and aggregator.produces_relations else None
+
+
 def set_srm_topk(model, k: int) -> None:
     """Serve ``model`` with SRM over its ``k`` most important word nodes (0: every node), whatever it was trained
     with: does a binding learned over one graph survive another at inference?"""
-    aggregator = getattr(model, "aggregator", None)
-    if aggregator is None or not aggregator.produces_relations:
+    aggregator = srm_aggregator(model)
+    if aggregator is None:
         raise SystemExit(f"--srm-topk: {type(model).__name__} {getattr(model, 'method', '')!r} has no SRM")
     if k > 0 and not aggregator.cfg.irm.before_srm:
         raise SystemExit("--srm-topk > 0 needs IRM's importance before SRM (method.irm_before_srm)")
